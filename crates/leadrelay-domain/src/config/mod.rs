@@ -1,0 +1,385 @@
+//! Configuration: the declarative document of `leadrelay apply`, the whole current configuration,
+//! and the changes the API makes to it, each validated as a whole before it is stored.
+
+mod objects;
+mod validate;
+
+use std::fmt;
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use objects::*;
+
+use crate::ids::slug_from_name;
+
+/// The kinds of configuration object that have their own REST collection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfigKind {
+    Flow,
+    Source,
+    Destination,
+}
+
+impl ConfigKind {
+    pub const ALL: [ConfigKind; 3] = [ConfigKind::Flow, ConfigKind::Source, ConfigKind::Destination];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConfigKind::Flow => "flow",
+            ConfigKind::Source => "source",
+            ConfigKind::Destination => "destination",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == text)
+    }
+}
+
+impl fmt::Display for ConfigKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A declarative configuration file (YAML or JSON), as `leadrelay apply` and `POST /api/v1/config` take it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigDocument {
+    #[serde(default)]
+    pub flows: Vec<Flow>,
+    #[serde(default)]
+    pub sources: Vec<Source>,
+    #[serde(default)]
+    pub destinations: Vec<Destination>,
+    // The following lists belong to features that are not built yet. They are part of the
+    // document's shape, so they are recognised by name, and refused when non-empty rather
+    // than silently ignored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub event_definitions: Vec<Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub event_lists: Vec<Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<Value>,
+}
+
+/// What is wrong with a configuration: every problem found, each naming where it is.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .problems.join("; "))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl ConfigError {
+    pub fn one(problem: impl Into<String>) -> Self {
+        Self { problems: vec![problem.into()] }
+    }
+}
+
+/// Parses a document from JSON, naming the path of the first problem (`flows[0].fields[1]: unknown field ...`).
+pub fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+    let deserializer = &mut serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(deserializer).map_err(|error| ConfigError::one(describe_path_error(&error)))
+}
+
+/// Parses a document from a JSON value already in memory.
+pub fn parse_value<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|error| ConfigError::one(describe_path_error(&error)))
+}
+
+/// Parses a document from YAML (a superset of JSON), naming the path of the first problem.
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+    let deserializer = serde_yaml_ng::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(deserializer).map_err(|error| ConfigError::one(describe_path_error(&error)))
+}
+
+fn describe_path_error<E: fmt::Display>(error: &serde_path_to_error::Error<E>) -> String {
+    let path = error.path().to_string();
+    if path == "." || path.is_empty() {
+        error.inner().to_string()
+    } else {
+        format!("{path}: {}", error.inner())
+    }
+}
+
+/// The whole current configuration, keyed by id in creation order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Config {
+    pub flows: IndexMap<String, Flow>,
+    pub sources: IndexMap<String, Source>,
+    pub destinations: IndexMap<String, Destination>,
+}
+
+/// One object of any kind, as the REST API creates and replaces them.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ConfigObject {
+    Flow(Flow),
+    Source(Source),
+    Destination(Destination),
+}
+
+impl ConfigObject {
+    pub fn kind(&self) -> ConfigKind {
+        match self {
+            ConfigObject::Flow(_) => ConfigKind::Flow,
+            ConfigObject::Source(_) => ConfigKind::Source,
+            ConfigObject::Destination(_) => ConfigKind::Destination,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        match self {
+            ConfigObject::Flow(flow) => &flow.id,
+            ConfigObject::Source(source) => &source.id,
+            ConfigObject::Destination(destination) => &destination.id,
+        }
+    }
+
+    pub fn parse(kind: ConfigKind, value: Value) -> Result<Self, ConfigError> {
+        Ok(match kind {
+            ConfigKind::Flow => ConfigObject::Flow(parse_value(value)?),
+            ConfigKind::Source => ConfigObject::Source(parse_value(value)?),
+            ConfigKind::Destination => ConfigObject::Destination(parse_value(value)?),
+        })
+    }
+
+    pub fn to_json(&self) -> Value {
+        let value = match self {
+            ConfigObject::Flow(flow) => serde_json::to_value(flow),
+            ConfigObject::Source(source) => serde_json::to_value(source),
+            ConfigObject::Destination(destination) => serde_json::to_value(destination),
+        };
+        value.unwrap_or(Value::Null)
+    }
+
+    /// Fills in a generated id (from the name) and a name (from the id) where they are absent.
+    pub fn fill_defaults(&mut self) {
+        let (id, name) = match self {
+            ConfigObject::Flow(flow) => (&mut flow.id, &mut flow.name),
+            ConfigObject::Source(source) => (&mut source.id, &mut source.name),
+            ConfigObject::Destination(destination) => (&mut destination.id, &mut destination.name),
+        };
+        if id.is_empty() {
+            *id = slug_from_name(name);
+        }
+        if name.is_empty() {
+            *name = id.clone();
+        }
+    }
+}
+
+/// How a change to one object treats an object of the same id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteMode {
+    /// `POST`: the id must be new.
+    Create,
+    /// `PUT`: the id must exist.
+    Replace,
+    /// `apply`: either.
+    Upsert,
+}
+
+/// A change to the configuration, applied to a copy and validated as a whole before it is kept.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ConfigChange {
+    Put { object: ConfigObject, mode: WriteMode },
+    Delete { kind: ConfigKind, id: String },
+    Apply(ConfigDocument),
+}
+
+/// Why a change was refused.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ChangeError {
+    #[error("{kind} {id:?} already exists")]
+    AlreadyExists { kind: ConfigKind, id: String },
+    #[error("{kind} {id:?} not found")]
+    NotFound { kind: ConfigKind, id: String },
+    #[error("{0}")]
+    InUse(String),
+    #[error("{0}")]
+    Invalid(#[from] ConfigError),
+}
+
+impl Config {
+    pub fn get(&self, kind: ConfigKind, id: &str) -> Option<ConfigObject> {
+        match kind {
+            ConfigKind::Flow => self.flows.get(id).cloned().map(ConfigObject::Flow),
+            ConfigKind::Source => self.sources.get(id).cloned().map(ConfigObject::Source),
+            ConfigKind::Destination => self.destinations.get(id).cloned().map(ConfigObject::Destination),
+        }
+    }
+
+    pub fn list(&self, kind: ConfigKind) -> Vec<ConfigObject> {
+        match kind {
+            ConfigKind::Flow => self.flows.values().cloned().map(ConfigObject::Flow).collect(),
+            ConfigKind::Source => self.sources.values().cloned().map(ConfigObject::Source).collect(),
+            ConfigKind::Destination => self.destinations.values().cloned().map(ConfigObject::Destination).collect(),
+        }
+    }
+
+    fn contains(&self, kind: ConfigKind, id: &str) -> bool {
+        match kind {
+            ConfigKind::Flow => self.flows.contains_key(id),
+            ConfigKind::Source => self.sources.contains_key(id),
+            ConfigKind::Destination => self.destinations.contains_key(id),
+        }
+    }
+
+    fn insert(&mut self, object: ConfigObject) {
+        match object {
+            ConfigObject::Flow(flow) => {
+                self.flows.insert(flow.id.clone(), flow);
+            }
+            ConfigObject::Source(source) => {
+                self.sources.insert(source.id.clone(), source);
+            }
+            ConfigObject::Destination(destination) => {
+                self.destinations.insert(destination.id.clone(), destination);
+            }
+        }
+    }
+
+    fn remove(&mut self, kind: ConfigKind, id: &str) {
+        match kind {
+            ConfigKind::Flow => {
+                self.flows.shift_remove(id);
+            }
+            ConfigKind::Source => {
+                self.sources.shift_remove(id);
+            }
+            ConfigKind::Destination => {
+                self.destinations.shift_remove(id);
+            }
+        }
+    }
+
+    /// Applies a change to a copy of this configuration and validates the result as a whole.
+    /// Returns the new configuration and the objects whose stored form changed.
+    pub fn change(&self, change: ConfigChange) -> Result<(Config, Vec<ObjectWrite>), ChangeError> {
+        let mut next = self.clone();
+        let mut writes = Vec::new();
+        match change {
+            ConfigChange::Put { mut object, mode } => {
+                object.fill_defaults();
+                let exists = self.contains(object.kind(), object.id());
+                match (mode, exists) {
+                    (WriteMode::Create, true) => {
+                        return Err(ChangeError::AlreadyExists { kind: object.kind(), id: object.id().to_owned() })
+                    }
+                    (WriteMode::Replace, false) => {
+                        return Err(ChangeError::NotFound { kind: object.kind(), id: object.id().to_owned() })
+                    }
+                    _ => {}
+                }
+                writes.push(ObjectWrite::Put(object.clone()));
+                next.insert(object);
+            }
+            ConfigChange::Delete { kind, id } => {
+                if !self.contains(kind, &id) {
+                    return Err(ChangeError::NotFound { kind, id });
+                }
+                if let Some(user) = self.user_of(kind, &id) {
+                    return Err(ChangeError::InUse(format!("{kind} {id:?} is used by {user}; change that first")));
+                }
+                next.remove(kind, &id);
+                writes.push(ObjectWrite::Delete { kind, id });
+            }
+            ConfigChange::Apply(document) => {
+                document.refuse_unbuilt_sections()?;
+                let objects = document
+                    .flows
+                    .into_iter()
+                    .map(ConfigObject::Flow)
+                    .chain(document.destinations.into_iter().map(ConfigObject::Destination))
+                    .chain(document.sources.into_iter().map(ConfigObject::Source));
+                let mut seen = std::collections::HashSet::new();
+                for mut object in objects {
+                    object.fill_defaults();
+                    if !seen.insert((object.kind(), object.id().to_owned())) {
+                        return Err(ConfigError::one(format!(
+                            "{} {:?} appears twice in the document",
+                            object.kind(),
+                            object.id()
+                        ))
+                        .into());
+                    }
+                    if next.get(object.kind(), object.id()).as_ref() != Some(&object) {
+                        writes.push(ObjectWrite::Put(object.clone()));
+                        next.insert(object);
+                    }
+                }
+            }
+        }
+        next.validate()?;
+        Ok((next, writes))
+    }
+
+    /// Names an object that refers to the given one, if any.
+    fn user_of(&self, kind: ConfigKind, id: &str) -> Option<String> {
+        match kind {
+            ConfigKind::Flow => self.sources.values().find(|s| s.flow_id == id).map(|s| format!("source {:?}", s.id)),
+            ConfigKind::Destination => {
+                self.flows.values().find(|f| f.destinations.iter().any(|d| d == id)).map(|f| format!("flow {:?}", f.id))
+            }
+            ConfigKind::Source => None,
+        }
+    }
+
+    /// The document form, for `GET /api/v1/config` and export.
+    pub fn to_document(&self) -> ConfigDocument {
+        ConfigDocument {
+            flows: self.flows.values().cloned().collect(),
+            sources: self.sources.values().cloned().collect(),
+            destinations: self.destinations.values().cloned().collect(),
+            ..ConfigDocument::default()
+        }
+    }
+
+    /// Rebuilds the configuration from stored objects (in stored order).
+    pub fn from_objects(objects: impl IntoIterator<Item = ConfigObject>) -> Self {
+        let mut config = Config::default();
+        for object in objects {
+            config.insert(object);
+        }
+        config
+    }
+}
+
+impl ConfigDocument {
+    fn refuse_unbuilt_sections(&self) -> Result<(), ConfigError> {
+        let sections = [
+            ("event_definitions", self.event_definitions.len()),
+            ("event_lists", self.event_lists.len()),
+            ("actions", self.actions.len()),
+            ("users", self.users.len()),
+            ("groups", self.groups.len()),
+            ("alerts", self.alerts.len()),
+        ];
+        let problems: Vec<String> = sections
+            .iter()
+            .filter(|(_, count)| *count > 0)
+            .map(|(name, _)| format!("{name}: not supported by this version of leadrelay yet"))
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+}
+
+/// One object as it must be written to (or removed from) storage.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ObjectWrite {
+    Put(ConfigObject),
+    Delete { kind: ConfigKind, id: String },
+}

@@ -1,0 +1,262 @@
+//! Whole-configuration validation: each object on its own, then the references between them.
+
+use std::collections::HashSet;
+
+use base64::Engine;
+use chrono_tz::Tz;
+
+use super::{BodyFormat, Config, ConfigError, Destination, DestinationKind, Flow, Source};
+use crate::ids::validate_slug;
+
+/// Most fields a flow may declare; submissions are limited separately.
+const MAX_FIELDS: usize = 500;
+
+impl Config {
+    /// Checks every object and every reference; collects all problems, each naming where it is.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        for flow in self.flows.values() {
+            validate_flow(self, flow, &mut problems);
+        }
+        for source in self.sources.values() {
+            validate_source(self, source, &mut problems);
+        }
+        for destination in self.destinations.values() {
+            validate_destination(destination, &mut problems);
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+}
+
+/// A field name: 1–64 characters of letters, digits and `_`, not the reserved `appended`.
+pub fn validate_field_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!("invalid field name {name:?}: use 1-64 characters of A-Z, a-z, 0-9 and '_'"));
+    }
+    if name == "appended" {
+        return Err("field name \"appended\" is reserved for enhancement data".to_owned());
+    }
+    Ok(())
+}
+
+fn validate_flow(config: &Config, flow: &Flow, problems: &mut Vec<String>) {
+    let at = format!("flows[{}]", flow.id);
+    if let Err(problem) = validate_slug(&flow.id) {
+        problems.push(format!("{at}.id: {problem}"));
+    }
+    if flow.fields.len() > MAX_FIELDS {
+        problems.push(format!("{at}.fields: at most {MAX_FIELDS} fields"));
+    }
+    let mut names = HashSet::new();
+    for field in &flow.fields {
+        if let Err(problem) = validate_field_name(&field.name) {
+            problems.push(format!("{at}.fields[{}]: {problem}", field.name));
+        }
+        if !names.insert(field.name.as_str()) {
+            problems.push(format!("{at}.fields[{}]: declared twice", field.name));
+        }
+    }
+    if let Some(duplicates) = &flow.duplicates {
+        if duplicates.keys.is_empty() {
+            problems.push(format!("{at}.duplicates.keys: name at least one field"));
+        }
+        for key in &duplicates.keys {
+            if !names.contains(key.as_str()) {
+                problems.push(format!("{at}.duplicates.keys: {key:?} is not a field of this flow"));
+            }
+        }
+        if duplicates.window_days == 0 || duplicates.window_days > 3650 {
+            problems.push(format!("{at}.duplicates.window_days: must be between 1 and 3650"));
+        }
+    }
+    let mut filter_names = HashSet::new();
+    for filter in &flow.filters {
+        if filter.name.trim().is_empty() {
+            problems.push(format!("{at}.filters: every filter needs a name"));
+        }
+        if !filter_names.insert(filter.name.as_str()) {
+            problems.push(format!("{at}.filters[{}]: name used twice", filter.name));
+        }
+    }
+    let mut enhancement_names = HashSet::new();
+    for enhancement in &flow.enhancements {
+        if validate_field_name(&enhancement.name).is_err() {
+            problems.push(format!(
+                "{at}.enhancements[{}]: name must be 1-64 characters of A-Z, a-z, 0-9 and '_'",
+                enhancement.name
+            ));
+        }
+        if !enhancement_names.insert(enhancement.name.as_str()) {
+            problems.push(format!("{at}.enhancements[{}]: name used twice", enhancement.name));
+        }
+        if let Err(problem) = validate_http_url(&enhancement.url) {
+            problems.push(format!("{at}.enhancements[{}].url: {problem}", enhancement.name));
+        }
+        if enhancement.timeout_ms == 0 || enhancement.timeout_ms > 60_000 {
+            problems.push(format!("{at}.enhancements[{}].timeout_ms: must be between 1 and 60000", enhancement.name));
+        }
+    }
+    let mut seen_destinations = HashSet::new();
+    for destination in &flow.destinations {
+        if !config.destinations.contains_key(destination) {
+            problems.push(format!("{at}.destinations: unknown destination {destination:?}"));
+        }
+        if !seen_destinations.insert(destination.as_str()) {
+            problems.push(format!("{at}.destinations: {destination:?} listed twice"));
+        }
+    }
+    if flow.statuses.is_empty() {
+        problems.push(format!("{at}.statuses: name at least one status"));
+    }
+    let mut statuses = HashSet::new();
+    for status in &flow.statuses {
+        if status.trim().is_empty() || !statuses.insert(status.as_str()) {
+            problems.push(format!("{at}.statuses: {status:?} is empty or listed twice"));
+        }
+    }
+}
+
+fn validate_source(config: &Config, source: &Source, problems: &mut Vec<String>) {
+    let at = format!("sources[{}]", source.id);
+    if let Err(problem) = validate_slug(&source.id) {
+        problems.push(format!("{at}.id: {problem}"));
+    }
+    if !config.flows.contains_key(&source.flow_id) {
+        problems.push(format!("{at}.flow_id: unknown flow {:?}", source.flow_id));
+    }
+    if let Some(key) = &source.key {
+        if key.trim().is_empty() {
+            problems.push(format!("{at}.key: must not be empty (use null for no key)"));
+        }
+    }
+    check_price(&at, source.price, problems);
+    for (from, to) in &source.field_map {
+        if from.is_empty() {
+            problems.push(format!("{at}.field_map: an empty name cannot be mapped"));
+        }
+        if let Err(problem) = validate_field_name(to) {
+            problems.push(format!("{at}.field_map[{from}]: {problem}"));
+        }
+    }
+}
+
+fn check_price(at: &str, price: Option<f64>, problems: &mut Vec<String>) {
+    if let Some(price) = price {
+        if !price.is_finite() || price < 0.0 {
+            problems.push(format!("{at}.price: must be a number of at least 0"));
+        }
+    }
+}
+
+/// An absolute `http` or `https` URL with a host.
+pub fn validate_http_url(text: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(text).map_err(|error| format!("invalid URL {text:?}: {error}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("URL {text:?} must use http or https"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("URL {text:?} has no host"));
+    }
+    Ok(url)
+}
+
+/// Parses `200-399` or `201` into an inclusive range.
+pub fn parse_status_range(text: &str) -> Result<(u16, u16), String> {
+    let parse = |part: &str| part.trim().parse::<u16>().ok().filter(|code| (100..=599).contains(code));
+    let range = match text.split_once('-') {
+        Some((low, high)) => parse(low).zip(parse(high)),
+        None => parse(text).map(|code| (code, code)),
+    };
+    match range {
+        Some((low, high)) if low <= high => Ok((low, high)),
+        _ => Err(format!("invalid status range {text:?}: use e.g. \"200-399\" or \"201\"")),
+    }
+}
+
+fn validate_destination(destination: &Destination, problems: &mut Vec<String>) {
+    let at = format!("destinations[{}]", destination.id);
+    if let Err(problem) = validate_slug(&destination.id) {
+        problems.push(format!("{at}.id: {problem}"));
+    }
+    match (&destination.kind, &destination.url) {
+        (DestinationKind::Webhook, None) => problems.push(format!("{at}.url: a webhook destination needs a url")),
+        (_, Some(url)) => {
+            if let Err(problem) = validate_http_url(url) {
+                problems.push(format!("{at}.url: {problem}"));
+            }
+        }
+        _ => {}
+    }
+    if destination.kind == DestinationKind::Email {
+        problems.push(format!("{at}.kind: email destinations are not supported by this version yet"));
+    }
+    if destination.format == BodyFormat::Query && destination.body_template.is_some() {
+        problems.push(format!("{at}.body_template: a query-format destination sends no body"));
+    }
+    for name in destination.headers.keys() {
+        let valid =
+            !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b));
+        if !valid {
+            problems.push(format!("{at}.headers: invalid header name {name:?}"));
+        }
+    }
+    if let Err(problem) = parse_status_range(&destination.success.status) {
+        problems.push(format!("{at}.success.status: {problem}"));
+    }
+    if let Some(pattern) = &destination.success.body_regex {
+        if let Err(error) = regex::RegexBuilder::new(pattern).size_limit(1 << 20).build() {
+            problems.push(format!("{at}.success.body_regex: invalid regex: {error}"));
+        }
+    }
+    if destination.success.json_equals.is_some() && destination.success.json_path.is_none() {
+        problems.push(format!("{at}.success.json_equals: needs a json_path"));
+    }
+    if let Some(path) = &destination.success.json_path {
+        if path.trim().is_empty() {
+            problems.push(format!("{at}.success.json_path: must not be empty"));
+        }
+    }
+    if destination.timeout_ms == 0 || destination.timeout_ms > 120_000 {
+        problems.push(format!("{at}.timeout_ms: must be between 1 and 120000"));
+    }
+    let retry = &destination.retry;
+    if retry.max_attempts == 0 || retry.max_attempts > 100 {
+        problems.push(format!("{at}.retry.max_attempts: must be between 1 and 100"));
+    }
+    if retry.schedule_ms.is_empty() && retry.max_attempts > 1 {
+        problems.push(format!("{at}.retry.schedule_ms: name at least one delay"));
+    }
+    if retry.schedule_ms.iter().any(|delay| *delay > 30 * 86_400_000) {
+        problems.push(format!("{at}.retry.schedule_ms: a delay may be at most 30 days"));
+    }
+    if !(0.0..=1.0).contains(&retry.jitter) {
+        problems.push(format!("{at}.retry.jitter: must be between 0 and 1"));
+    }
+    for (index, cap) in destination.caps.iter().enumerate() {
+        if cap.max == 0 {
+            problems.push(format!("{at}.caps[{index}].max: must be at least 1"));
+        }
+        if cap.time_zone.parse::<Tz>().is_err() {
+            problems.push(format!("{at}.caps[{index}].time_zone: unknown time zone {:?}", cap.time_zone));
+        }
+    }
+    check_price(&at, destination.price, problems);
+    if let Some(secret) = &destination.signing_secret {
+        let decoded =
+            secret.strip_prefix("whsec_").and_then(|key| base64::engine::general_purpose::STANDARD.decode(key).ok());
+        if decoded.is_none_or(|key| key.len() < 16 || key.len() > 64) {
+            problems
+                .push(format!("{at}.signing_secret: must be \"whsec_\" followed by base64 of 16 to 64 random bytes"));
+        }
+    }
+    if let Some(proxy) = &destination.proxy {
+        let valid = url::Url::parse(proxy).is_ok_and(|url| matches!(url.scheme(), "http" | "https" | "socks5"));
+        if !valid {
+            problems.push(format!("{at}.proxy: must be an http, https or socks5 URL"));
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! Leads: the mutable current state of one submission, its JSON snapshot, and how rule
+//! paths (`state`, `email.domain`, `appended.x.y`) find values in it.
+
+use indexmap::IndexMap;
+use serde_json::{json, Map, Value};
+
+use crate::event::Outcome;
+use crate::ids::LeadId;
+use crate::rules::Resolve;
+use crate::time::{format_millis, Millis};
+
+/// The current state of a lead. Its history is the events.
+/// `outcome` stays empty while the submission is being processed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LeadRecord {
+    pub id: LeadId,
+    pub flow_id: String,
+    pub source_id: String,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    /// The flow's lead status (`new`, `working`, `sold`, …).
+    pub status: String,
+    /// Whether the submission was accepted (`success`) or rejected (`failure`).
+    pub outcome: Option<Outcome>,
+    pub reason: Option<String>,
+    pub duplicate_of: Option<LeadId>,
+    /// What the lead cost: the source's price.
+    pub cost: Option<f64>,
+    /// Parsed field objects (`raw`, `value`, `valid`, components), by field name.
+    pub fields: IndexMap<String, Map<String, Value>>,
+    /// Enhancement data, by enhancement name.
+    pub appended: Map<String, Value>,
+}
+
+impl LeadRecord {
+    /// The complete snapshot stored with every event and served by the API.
+    pub fn snapshot(&self) -> Value {
+        json!({
+            "id": self.id,
+            "flow_id": self.flow_id,
+            "source_id": self.source_id,
+            "status": self.status,
+            "outcome": self.outcome.map(Outcome::as_str),
+            "reason": self.reason,
+            "duplicate_of": self.duplicate_of,
+            "cost": self.cost,
+            "created_at": format_millis(self.created_at),
+            "updated_at": format_millis(self.updated_at),
+            "fields": self.fields,
+            "appended": self.appended,
+        })
+    }
+}
+
+fn walk<'a>(mut value: &'a Value, segments: std::str::Split<'_, char>) -> Option<&'a Value> {
+    for segment in segments {
+        value = match value {
+            Value::Object(map) => map.get(segment)?,
+            Value::Array(items) => items.get(segment.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(value)
+}
+
+/// Resolves rule paths against a lead snapshot: a field name (and its components) first,
+/// then `appended.…`, then the lead's own attributes (`source_id`, `status`, …).
+pub struct LeadView<'a>(pub &'a Value);
+
+fn resolve_in_lead<'a>(lead: &'a Value, path: &str) -> Option<&'a Value> {
+    let mut segments = path.split('.');
+    let first = segments.next()?;
+    if first == "appended" {
+        return walk(lead.get("appended")?, segments);
+    }
+    if let Some(field) = lead.get("fields").and_then(|fields| fields.get(first)) {
+        return walk(field, segments);
+    }
+    if first == "fields" {
+        return None;
+    }
+    walk(lead.get(first)?, segments)
+}
+
+impl Resolve for LeadView<'_> {
+    fn resolve(&self, path: &str) -> Option<&Value> {
+        resolve_in_lead(self.0, path)
+    }
+}
+
+/// Resolves rule paths against an event's JSON: `lead.…` reads the snapshot through
+/// [`LeadView`]; anything else names event fields (`type`, `status`, `data.…`).
+pub struct EventView<'a>(pub &'a Value);
+
+impl Resolve for EventView<'_> {
+    fn resolve(&self, path: &str) -> Option<&Value> {
+        if let Some(rest) = path.strip_prefix("lead.") {
+            return resolve_in_lead(self.0.get("lead")?, rest);
+        }
+        walk(self.0, path.split('.'))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> Value {
+        json!({
+            "id": "lead_x", "source_id": "web", "status": "new",
+            "fields": {"state": {"raw": "texas", "value": "TX", "valid": true},
+                       "email": {"raw": "A@X.COM", "value": "a@x.com", "valid": true, "domain": "x.com"}},
+            "appended": {"phone_check": {"carrier": "acme"}}
+        })
+    }
+
+    #[test]
+    fn lead_paths_find_fields_components_appended_and_attributes() {
+        let lead = snapshot();
+        let view = LeadView(&lead);
+        assert_eq!(view.resolve("state").and_then(|v| v.get("value")), Some(&json!("TX")));
+        assert_eq!(view.resolve("email.domain"), Some(&json!("x.com")));
+        assert_eq!(view.resolve("appended.phone_check.carrier"), Some(&json!("acme")));
+        assert_eq!(view.resolve("source_id"), Some(&json!("web")));
+        assert_eq!(view.resolve("nothing.here"), None);
+    }
+
+    #[test]
+    fn event_paths_reach_into_the_snapshot_under_lead() {
+        let event = json!({"type": "source.accepted", "data": {"n": 1}, "lead": snapshot()});
+        let view = EventView(&event);
+        assert_eq!(view.resolve("type"), Some(&json!("source.accepted")));
+        assert_eq!(view.resolve("data.n"), Some(&json!(1)));
+        assert_eq!(view.resolve("lead.email.domain"), Some(&json!("x.com")));
+    }
+}

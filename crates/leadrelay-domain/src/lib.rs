@@ -1,0 +1,14 @@
+//! The pure domain of leadrelay: identifiers, configuration objects, field types, the rule
+//! engine, the pipeline's decisions and the event log's hash chain. No IO lives here.
+
+#![forbid(unsafe_code)]
+
+pub mod chain;
+pub mod config;
+pub mod event;
+pub mod fields;
+pub mod ids;
+pub mod lead;
+pub mod pipeline;
+pub mod rules;
+pub mod time;

@@ -1,0 +1,400 @@
+//! The pipeline's decisions for one submission, without IO: parse → validate → duplicates →
+//! filters → one transfer per destination → `flow.completed`.
+//!
+//! The caller (the server) supplies what needs IO: the duplicate lookup's answer and the time.
+//! Deciding is cheap and deterministic, so when the store finds that a concurrent submission
+//! changed the duplicate answer, the caller simply decides again with the new answer.
+
+use indexmap::IndexMap;
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::config::{Destination, DuplicateMatch, DuplicatePolicy, Flow, Source};
+use crate::event::{EventType, NewEvent, Outcome, RegisterStatus};
+use crate::fields::{parse_field, FieldType};
+use crate::ids::{LeadId, TransferId};
+use crate::lead::{LeadRecord, LeadView};
+use crate::rules::{RuleSet, Verdict};
+use crate::time::{format_date, Millis};
+
+/// What a submission is processed against: its source, its flow and the flow's destinations.
+pub struct Intake<'a> {
+    pub flow: &'a Flow,
+    pub source: &'a Source,
+    pub destinations: Vec<&'a Destination>,
+}
+
+/// One duplicate-detection key of a lead: a field and a digest of its normalised value.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct DuplicateKey {
+    pub field: String,
+    pub digest: String,
+}
+
+/// The question the store answers atomically at commit: is there an earlier lead in this
+/// flow within the window that matches these keys (any of them, or all of them)?
+#[derive(Clone, Debug, PartialEq)]
+pub struct DuplicateQuery {
+    pub flow_id: String,
+    pub keys: Vec<DuplicateKey>,
+    pub match_mode: DuplicateMatch,
+    pub since: Millis,
+}
+
+/// An earlier lead that a submission duplicates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DuplicateFound {
+    pub lead_id: LeadId,
+    pub created_at: Millis,
+}
+
+/// A submission parsed and validated, ready for a decision.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    pub lead_id: LeadId,
+    pub received_at: Millis,
+    /// The fields exactly as submitted, before the source's field map.
+    pub submitted: Map<String, Value>,
+    pub fields: IndexMap<String, Map<String, Value>>,
+    /// Why the lead must be rejected before any duplicate check, if anything.
+    pub problems: Vec<String>,
+    pub duplicate_query: Option<DuplicateQuery>,
+}
+
+/// A transfer to record: one lead to one destination, or to none when the lead stopped early.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewTransfer {
+    pub id: TransferId,
+    pub lead_id: LeadId,
+    pub flow_id: String,
+    pub source_id: String,
+    pub destination_id: Option<String>,
+    pub status: RegisterStatus,
+    pub description: String,
+    pub created_at: Millis,
+}
+
+/// The answer of the submit endpoint (SPEC 5).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SubmitAnswer {
+    pub outcome: Outcome,
+    pub lead_id: LeadId,
+    pub reason: Option<String>,
+    pub price: Option<f64>,
+    pub deliveries: Vec<Value>,
+}
+
+/// Everything one submission writes, in one transaction.
+#[derive(Clone, Debug)]
+pub struct Decision {
+    pub lead: LeadRecord,
+    pub events: Vec<NewEvent>,
+    pub transfers: Vec<NewTransfer>,
+    /// Keys to remember for later duplicate checks (only for accepted, original leads).
+    pub duplicate_keys: Vec<DuplicateKey>,
+    /// The duplicate answer this decision assumed; the store re-checks it at commit.
+    pub duplicate_query: Option<DuplicateQuery>,
+    pub assumed_duplicate: Option<DuplicateFound>,
+    pub answer: SubmitAnswer,
+}
+
+/// Names that look like contact fields get their type even when the flow does not declare them.
+fn inferred_type(name: &str) -> FieldType {
+    match name {
+        "email" | "email_address" => FieldType::Email,
+        "phone" | "phone_number" | "phone_1" | "mobile" => FieldType::Phone,
+        _ => FieldType::Text,
+    }
+}
+
+/// The text form of a submitted value; `None` for null (treated as absent).
+fn text_of(value: &Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        Value::String(text) => Some(text.clone()),
+        Value::Bool(flag) => Some(flag.to_string()),
+        Value::Number(number) => Some(number.to_string()),
+        other => Some(other.to_string()),
+    }
+}
+
+fn is_blank(field: &Map<String, Value>) -> bool {
+    match field.get("value") {
+        None | Some(Value::Null) => true,
+        Some(Value::String(text)) => text.trim().is_empty(),
+        Some(_) => false,
+    }
+}
+
+fn is_valid(field: Option<&Map<String, Value>>) -> bool {
+    field.and_then(|f| f.get("valid")).and_then(Value::as_bool).unwrap_or(false)
+}
+
+/// Parses and validates a submission: field map, field types, required fields, contact rule,
+/// and the duplicate keys to check.
+pub fn prepare(intake: &Intake<'_>, submitted: Map<String, Value>, received_at: Millis) -> Prepared {
+    let flow = intake.flow;
+    let mut fields: IndexMap<String, Map<String, Value>> = IndexMap::new();
+    for (name, value) in &submitted {
+        let Some(text) = text_of(value) else { continue };
+        let target = intake.source.field_map.get(name).unwrap_or(name);
+        let field_type = flow.field(target).map(|def| def.field_type).unwrap_or_else(|| inferred_type(target));
+        let parsed = parse_field(field_type, &text);
+        // A blank value never overrides a value another submitted name mapped to the same field.
+        if fields.get(target).is_some_and(|existing| !is_blank(existing)) && is_blank(&parsed) {
+            continue;
+        }
+        fields.insert(target.clone(), parsed);
+    }
+
+    let mut problems = Vec::new();
+    for def in flow.fields.iter().filter(|def| def.required) {
+        if fields.get(&def.name).is_none_or(is_blank) {
+            problems.push(format!("Missing required field: {}", def.name));
+        }
+    }
+    if flow.require_contact {
+        let has_contact = fields.iter().any(|(name, field)| {
+            let field_type = flow.field(name).map(|def| def.field_type).unwrap_or_else(|| inferred_type(name));
+            matches!(field_type, FieldType::Email | FieldType::Phone) && is_valid(Some(field))
+        });
+        if !has_contact {
+            problems.push("No valid phone or email".to_owned());
+        }
+    }
+
+    let duplicate_query = flow.duplicates.as_ref().and_then(|policy| {
+        let keys: Vec<DuplicateKey> = policy
+            .keys
+            .iter()
+            .filter_map(|name| {
+                let field = fields.get(name).filter(|field| !is_blank(field))?;
+                let value = field.get("value").and_then(text_of)?;
+                let mut hasher = Sha256::new();
+                hasher.update(name.as_bytes());
+                hasher.update([0]);
+                hasher.update(value.trim().to_lowercase().as_bytes());
+                let digest = hex::encode(&hasher.finalize()[..16]);
+                Some(DuplicateKey { field: name.clone(), digest })
+            })
+            .collect();
+        let complete = match policy.match_mode {
+            DuplicateMatch::Any => !keys.is_empty(),
+            DuplicateMatch::All => keys.len() == policy.keys.len(),
+        };
+        complete.then(|| DuplicateQuery {
+            flow_id: flow.id.clone(),
+            keys,
+            match_mode: policy.match_mode,
+            since: received_at - i64::from(policy.window_days) * 86_400_000,
+        })
+    });
+
+    Prepared { lead_id: LeadId::generate(), received_at, submitted, fields, problems, duplicate_query }
+}
+
+/// Builds events one after another, each carrying the lead's snapshot at that moment.
+struct Timeline<'a> {
+    intake: &'a Intake<'a>,
+    lead: LeadRecord,
+    events: Vec<NewEvent>,
+    transfers: Vec<NewTransfer>,
+    now: Millis,
+}
+
+impl Timeline<'_> {
+    fn push(&mut self, event_type: EventType, timestamp: Millis) -> &mut NewEvent {
+        let mut event =
+            NewEvent::about(event_type, timestamp, &self.lead.id, &self.intake.flow.id, &self.intake.source.id);
+        event.lead = self.lead.snapshot();
+        self.events.push(event);
+        let last = self.events.len() - 1;
+        &mut self.events[last]
+    }
+
+    fn transfer(&mut self, destination_id: Option<&str>, status: RegisterStatus, description: String) -> TransferId {
+        let id = TransferId::generate();
+        self.transfers.push(NewTransfer {
+            id: id.clone(),
+            lead_id: self.lead.id.clone(),
+            flow_id: self.intake.flow.id.clone(),
+            source_id: self.intake.source.id.clone(),
+            destination_id: destination_id.map(str::to_owned),
+            status,
+            description,
+            created_at: self.now,
+        });
+        id
+    }
+
+    /// Rejects the lead: `source.rejected`, a transfer to no destination, `flow.completed`.
+    fn reject(&mut self, event_type: EventType, reason: String, data: Value) {
+        self.lead.outcome = Some(Outcome::Failure);
+        self.lead.reason = Some(reason.clone());
+        let transfer_id = self.transfer(None, RegisterStatus::Skip, reason.clone());
+        let now = self.now;
+        let event = self.push(event_type, now);
+        event.status = Some(RegisterStatus::Skip);
+        event.outcome = Some(Outcome::Failure);
+        event.reason = Some(reason);
+        event.transfer_id = Some(transfer_id);
+        event.data = data;
+    }
+
+    fn complete(
+        mut self,
+        received_at: Millis,
+        price: Option<f64>,
+    ) -> (LeadRecord, Vec<NewEvent>, Vec<NewTransfer>, SubmitAnswer) {
+        let outcome = self.lead.outcome.unwrap_or(Outcome::Success);
+        self.lead.outcome = Some(outcome);
+        let transfers: Vec<Value> = self
+            .transfers
+            .iter()
+            .map(|t| json!({"transfer_id": t.id, "destination_id": t.destination_id, "status": t.status}))
+            .collect();
+        let now = self.now;
+        let reason = self.lead.reason.clone();
+        let event = self.push(EventType::FlowCompleted, now);
+        event.outcome = Some(outcome);
+        event.reason = reason.clone();
+        event.duration_ms = Some((now - received_at).max(0));
+        event.data = json!({ "transfers": transfers });
+        let answer = SubmitAnswer { outcome, lead_id: self.lead.id.clone(), reason, price, deliveries: Vec::new() };
+        (self.lead, self.events, self.transfers, answer)
+    }
+}
+
+fn filter_data(name: &str, verdict: &Verdict) -> Value {
+    json!({
+        "filter": name,
+        "rules_evaluated": verdict.evaluated,
+        "rules_failed": verdict.failed().collect::<Vec<_>>(),
+    })
+}
+
+/// Decides everything a submission does, given the duplicate answer and the time.
+pub fn decide(intake: &Intake<'_>, prepared: &Prepared, duplicate: Option<&DuplicateFound>, now: Millis) -> Decision {
+    let flow = intake.flow;
+    let source = intake.source;
+    let lead = LeadRecord {
+        id: prepared.lead_id.clone(),
+        flow_id: flow.id.clone(),
+        source_id: source.id.clone(),
+        created_at: prepared.received_at,
+        updated_at: now,
+        status: flow.initial_status().to_owned(),
+        outcome: None,
+        reason: None,
+        duplicate_of: None,
+        cost: source.price,
+        fields: prepared.fields.clone(),
+        appended: Map::new(),
+    };
+    let mut timeline = Timeline { intake, lead, events: Vec::new(), transfers: Vec::new(), now };
+
+    let submitted = timeline.push(EventType::SourceSubmitted, prepared.received_at);
+    submitted.status = Some(RegisterStatus::New);
+    submitted.price = source.price;
+    submitted.data = json!({ "submitted": prepared.submitted });
+
+    let mut accepted = false;
+    let policy = flow.duplicates.as_ref().map(|d| d.policy);
+    if !prepared.problems.is_empty() {
+        let reason = prepared.problems.join("; ");
+        timeline.reject(EventType::SourceRejected, reason, json!({ "problems": prepared.problems }));
+    } else if let (Some(original), Some(DuplicatePolicy::Reject)) = (duplicate, policy) {
+        timeline.lead.duplicate_of = Some(original.lead_id.clone());
+        let reason =
+            format!("Duplicate: previously submitted {} ({})", format_date(original.created_at), original.lead_id);
+        let data = json!({ "duplicate_of": original.lead_id, "original_created_at": crate::time::format_millis(original.created_at) });
+        timeline.reject(EventType::SourceRejected, reason, data);
+    } else {
+        if let Some(original) = duplicate {
+            timeline.lead.duplicate_of = Some(original.lead_id.clone());
+        }
+        let event = timeline.push(EventType::SourceAccepted, now);
+        event.status = Some(RegisterStatus::New);
+        event.outcome = Some(Outcome::Success);
+        event.data = json!({ "duplicate_of": duplicate.map(|d| &d.lead_id) });
+        accepted = run_filters(&mut timeline, now);
+    }
+
+    if accepted {
+        route(&mut timeline, now);
+    }
+
+    let duplicate_keys = match (&prepared.duplicate_query, accepted && duplicate.is_none()) {
+        (Some(query), true) => query.keys.clone(),
+        _ => Vec::new(),
+    };
+    let (lead, events, transfers, answer) = timeline.complete(prepared.received_at, source.price);
+    Decision {
+        lead,
+        events,
+        transfers,
+        duplicate_keys,
+        duplicate_query: prepared.duplicate_query.clone(),
+        assumed_duplicate: duplicate.cloned(),
+        answer,
+    }
+}
+
+/// Runs the source's filter and then the flow's filters; false when one failed.
+fn run_filters(timeline: &mut Timeline<'_>, now: Millis) -> bool {
+    let intake = timeline.intake;
+    let source_filter = intake.source.filter.as_ref().map(|rules| (format!("source:{}", intake.source.id), rules));
+    let flow_filters = intake.flow.filters.iter().map(|filter| (filter.name.clone(), &filter.rules));
+    let filters: Vec<(String, &RuleSet)> = source_filter.into_iter().chain(flow_filters).collect();
+    for (name, rules) in filters {
+        let snapshot = timeline.lead.snapshot();
+        let verdict = rules.compile().evaluate(&LeadView(&snapshot));
+        if verdict.passed {
+            let event = timeline.push(EventType::FilterPassed, now);
+            event.outcome = Some(Outcome::Success);
+            event.data = filter_data(&name, &verdict);
+        } else {
+            let reason = format!("Filter {name}: {}", verdict.describe_failure());
+            timeline.reject(EventType::FilterFailed, reason, filter_data(&name, &verdict));
+            return false;
+        }
+    }
+    true
+}
+
+/// One transfer per destination: skipped by the destination's filter, or queued for delivery.
+fn route(timeline: &mut Timeline<'_>, now: Millis) {
+    let intake = timeline.intake;
+    if intake.destinations.is_empty() {
+        timeline.transfer(None, RegisterStatus::Skip, "No destinations configured for this flow".to_owned());
+        return;
+    }
+    for destination in &intake.destinations {
+        let verdict = destination.filter.as_ref().map(|rules| {
+            let snapshot = timeline.lead.snapshot();
+            rules.compile().evaluate(&LeadView(&snapshot))
+        });
+        match verdict {
+            Some(verdict) if !verdict.passed => {
+                let reason = format!("Destination filter: {}", verdict.describe_failure());
+                let transfer_id = timeline.transfer(Some(&destination.id), RegisterStatus::Skip, reason.clone());
+                let event = timeline.push(EventType::RecipientSkipped, now);
+                event.destination_id = Some(destination.id.clone());
+                event.transfer_id = Some(transfer_id);
+                event.status = Some(RegisterStatus::Skip);
+                event.outcome = Some(Outcome::Failure);
+                event.reason = Some(reason);
+                event.data = filter_data(&format!("destination:{}", destination.id), &verdict);
+            }
+            _ => {
+                let description = if destination.enabled {
+                    format!("Queued for delivery to {}", destination.name)
+                } else {
+                    format!("Held: destination {} is disabled", destination.name)
+                };
+                timeline.transfer(Some(&destination.id), RegisterStatus::New, description);
+            }
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! Access: bearer tokens, stored only as SHA-256 hashes and compared in constant time.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::Next;
+use axum::response::Response;
+use base64::Engine;
+use leadrelay_store::Role;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::{ApiError, AppState};
+
+/// The SHA-256 of a token's text; the only form in which tokens are stored.
+pub fn hash_token(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// A new random token: `lr_` + 32 random bytes in URL-safe base64.
+pub fn new_token_value() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("lr_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+pub async fn require_admin(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let header = request.headers().get(AUTHORIZATION).and_then(|value| value.to_str().ok());
+    let Some(token) = header.and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
+    else {
+        return Err(ApiError::Unauthorized("missing bearer token: send Authorization: Bearer <token>"));
+    };
+    let hash = hash_token(token.trim());
+    let record = state.store.find_token(&hash).await?;
+    let Some(record) = record.filter(|record| bool::from(record.hash.ct_eq(&hash))) else {
+        return Err(ApiError::Unauthorized("invalid token"));
+    };
+    if record.role != Role::Admin {
+        return Err(ApiError::Forbidden("this endpoint needs an admin token"));
+    }
+    Ok(next.run(request).await)
+}

@@ -1,0 +1,147 @@
+//! Configuration over REST: CRUD of flows, sources and destinations, and the whole
+//! declarative document (`GET`/`POST /api/v1/config`), validated by the same code as `apply`.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use leadrelay_domain::config::{
+    parse_json, parse_yaml, ConfigChange, ConfigDocument, ConfigKind, ConfigObject, WriteMode,
+};
+use serde_json::{json, Value};
+
+use crate::params::Params;
+use crate::{ApiError, ApiResult, AppState};
+
+pub fn routes() -> Router<Arc<AppState>> {
+    let mut router = Router::new().route("/api/v1/config", get(export_config).post(apply_config));
+    for (collection, kind) in
+        [("flows", ConfigKind::Flow), ("sources", ConfigKind::Source), ("destinations", ConfigKind::Destination)]
+    {
+        router = router
+            .route(
+                &format!("/api/v1/{collection}"),
+                get(move |state| list(state, kind)).post(move |state, body| create(state, kind, body)),
+            )
+            .route(
+                &format!("/api/v1/{collection}/{{id}}"),
+                get(move |state, path| fetch(state, kind, path))
+                    .put(move |state, path, body| replace(state, kind, path, body))
+                    .delete(move |state, path| remove(state, kind, path)),
+            );
+    }
+    router
+}
+
+fn parse_object(kind: ConfigKind, body: &[u8]) -> ApiResult<ConfigObject> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|error| ApiError::bad_request("invalid_json", format!("body is not valid JSON: {error}")))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request("invalid_json", format!("body must be a JSON object describing a {kind}")));
+    }
+    ConfigObject::parse(kind, value).map_err(ApiError::InvalidConfig)
+}
+
+async fn list(State(state): State<Arc<AppState>>, kind: ConfigKind) -> Json<Value> {
+    let items: Vec<Value> = state.config().list(kind).iter().map(ConfigObject::to_json).collect();
+    Json(json!({ "items": items, "next_cursor": null }))
+}
+
+async fn fetch(State(state): State<Arc<AppState>>, kind: ConfigKind, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    state
+        .config()
+        .get(kind, &id)
+        .map(|object| Json(object.to_json()))
+        .ok_or_else(|| ApiError::not_found("not_found", format!("{kind} {id:?} not found")))
+}
+
+async fn write(state: &AppState, object: ConfigObject, mode: WriteMode) -> ApiResult<Value> {
+    let kind = object.kind();
+    let change = ConfigChange::Put { object, mode };
+    let config = state.store.change_config(change.clone()).await?;
+    // The id may have been generated: find the object that this change wrote.
+    let ConfigChange::Put { mut object, .. } = change else { unreachable!("built as a Put above") };
+    object.fill_defaults();
+    let stored = config.get(kind, object.id()).map(|object| object.to_json()).unwrap_or(Value::Null);
+    state.set_config(config);
+    Ok(stored)
+}
+
+async fn create(State(state): State<Arc<AppState>>, kind: ConfigKind, body: Bytes) -> ApiResult<Response> {
+    let mut object = parse_object(kind, &body)?;
+    // Generate the id here so that the answer names the object that was stored.
+    object.fill_defaults();
+    let stored = write(&state, object, WriteMode::Create).await?;
+    Ok((StatusCode::CREATED, Json(stored)).into_response())
+}
+
+async fn replace(
+    State(state): State<Arc<AppState>>,
+    kind: ConfigKind,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let mut value: Value = serde_json::from_slice(&body)
+        .map_err(|error| ApiError::bad_request("invalid_json", format!("body is not valid JSON: {error}")))?;
+    let Some(map) = value.as_object_mut() else {
+        return Err(ApiError::bad_request("invalid_json", format!("body must be a JSON object describing a {kind}")));
+    };
+    match map.get("id") {
+        None | Some(Value::Null) => {
+            map.insert("id".to_owned(), Value::String(id.clone()));
+        }
+        Some(Value::String(given)) if *given == id => {}
+        Some(_) => {
+            return Err(ApiError::bad_request("id_mismatch", format!("the body's id differs from {id:?} in the path")))
+        }
+    }
+    let object = ConfigObject::parse(kind, value).map_err(ApiError::InvalidConfig)?;
+    Ok(Json(write(&state, object, WriteMode::Replace).await?))
+}
+
+async fn remove(State(state): State<Arc<AppState>>, kind: ConfigKind, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let config = state.store.change_config(ConfigChange::Delete { kind, id }).await?;
+    state.set_config(config);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn export_config(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> ApiResult<Response> {
+    let params = Params::parse(query.as_deref(), &["format"])?;
+    let document = state.config().to_document();
+    match params.text("format").as_deref() {
+        None | Some("json") => Ok(Json(document).into_response()),
+        Some("yaml") => {
+            let text = serde_yaml_ng::to_string(&document).map_err(|error| ApiError::Internal(error.to_string()))?;
+            Ok(([(CONTENT_TYPE, HeaderValue::from_static("application/yaml"))], text).into_response())
+        }
+        Some(_) => Err(ApiError::bad_request("invalid_parameter", "format: must be json or yaml")),
+    }
+}
+
+/// Applies a whole document (YAML or JSON) in one transaction.
+async fn apply_config(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> ApiResult<Json<Value>> {
+    let text =
+        std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("invalid_body", "body must be UTF-8 text"))?;
+    let content_type = headers.get(CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or("");
+    let document: ConfigDocument = if content_type.contains("json") { parse_json(text) } else { parse_yaml(text) }
+        .map_err(ApiError::InvalidConfig)?;
+    let before = state.config();
+    let config = state.store.change_config(ConfigChange::Apply(document)).await?;
+    let changed = count_changes(&before, &config);
+    let exported = config.to_document();
+    state.set_config(config);
+    Ok(Json(json!({ "changed": changed, "config": exported })))
+}
+
+fn count_changes(before: &leadrelay_domain::config::Config, after: &leadrelay_domain::config::Config) -> usize {
+    ConfigKind::ALL
+        .iter()
+        .flat_map(|kind| after.list(*kind))
+        .filter(|object| before.get(object.kind(), object.id()).as_ref() != Some(object))
+        .count()
+}

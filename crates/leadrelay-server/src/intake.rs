@@ -1,0 +1,202 @@
+//! Intake: `POST`/`GET /api/v1/sources/{source_id}/submit`. Reads the body (JSON, form or
+//! query string), checks the source key and the limits, runs the pipeline's decisions and
+//! commits everything before answering.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use leadrelay_domain::event::Outcome;
+use leadrelay_domain::pipeline::{decide, prepare, Intake};
+use leadrelay_domain::time::now_millis;
+use leadrelay_store::{CommitOutcome, IdempotencyRecord, StoredAnswer, Submission};
+use serde_json::{Map, Value};
+use subtle::ConstantTimeEq;
+
+use crate::{ApiError, ApiResult, AppState};
+
+/// A commit can find that a concurrent submission changed the duplicate answer; deciding
+/// again is cheap, and a handful of tries always settles.
+const MAX_DECISIONS: usize = 5;
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new().route("/api/v1/sources/{source_id}/submit", get(submit).post(submit))
+}
+
+/// Reads a body into a map of submitted fields, by content type.
+fn parse_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Map<String, Value>> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    let content_type = headers.get(CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or("");
+    let media_type = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let is_json = media_type == "application/json" || media_type.ends_with("+json");
+    let is_form = media_type == "application/x-www-form-urlencoded";
+    let sniff_json = media_type.is_empty() && body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    if is_json || sniff_json {
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|error| ApiError::bad_request("invalid_json", format!("body is not valid JSON: {error}")))?;
+        match value {
+            Value::Object(map) => Ok(map),
+            _ => Err(ApiError::bad_request("invalid_json", "body must be a JSON object of fields")),
+        }
+    } else if is_form || media_type.is_empty() {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body).map_err(|error| {
+            ApiError::bad_request("invalid_form", format!("body is not valid form encoding: {error}"))
+        })?;
+        Ok(pairs.into_iter().map(|(name, value)| (name, Value::String(value))).collect())
+    } else {
+        Err(ApiError::UnsupportedMediaType(format!(
+            "content type {media_type:?} is not supported: send application/json, application/x-www-form-urlencoded, or a query string"
+        )))
+    }
+}
+
+fn parse_query(query: Option<&str>) -> ApiResult<Map<String, Value>> {
+    let Some(query) = query.filter(|query| !query.is_empty()) else { return Ok(Map::new()) };
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+        .map_err(|error| ApiError::bad_request("invalid_query", format!("query string is not valid: {error}")))?;
+    Ok(pairs.into_iter().map(|(name, value)| (name, Value::String(value))).collect())
+}
+
+fn check_limits(fields: &Map<String, Value>, settings: &crate::Settings) -> ApiResult<()> {
+    if fields.len() > settings.max_fields {
+        return Err(ApiError::bad_request(
+            "too_many_fields",
+            format!("a submission may carry at most {} fields, this one has {}", settings.max_fields, fields.len()),
+        ));
+    }
+    for (name, value) in fields {
+        if name.is_empty() || name.len() > 256 {
+            return Err(ApiError::bad_request("invalid_field_name", "field names must be 1 to 256 bytes long"));
+        }
+        let length = match value {
+            Value::String(text) => text.len(),
+            Value::Array(_) | Value::Object(_) => value.to_string().len(),
+            _ => 0,
+        };
+        if length > settings.max_field_bytes {
+            return Err(ApiError::bad_request(
+                "field_too_long",
+                format!("field {name:?} is {length} bytes long; at most {} are accepted", settings.max_field_bytes),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn answer_response(answer: &StoredAnswer, replayed: bool) -> Response {
+    let status = StatusCode::from_u16(answer.http_status).unwrap_or(StatusCode::OK);
+    let mut response =
+        (status, [(CONTENT_TYPE, HeaderValue::from_static("application/json"))], answer.body_json.clone())
+            .into_response();
+    if replayed {
+        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}
+
+async fn submit(
+    State(state): State<Arc<AppState>>,
+    Path(source_id): Path<String>,
+    request: Request,
+) -> ApiResult<Response> {
+    let received_at = now_millis();
+    let config = state.config();
+    let Some(source) = config.sources.get(&source_id) else {
+        return Err(ApiError::not_found("source_not_found", format!("no source {source_id:?}")));
+    };
+    let Some(flow) = config.flows.get(&source.flow_id) else {
+        return Err(ApiError::not_found("source_not_found", format!("source {source_id:?} has no flow")));
+    };
+
+    let (parts, body) = request.into_parts();
+    let limit = state.settings.max_body_bytes;
+    let declared =
+        parts.headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let body = axum::body::to_bytes(Body::new(body), limit).await.map_err(|error| {
+        let inner = error.into_inner();
+        if inner.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            ApiError::PayloadTooLarge { limit }
+        } else {
+            ApiError::bad_request("invalid_body", format!("could not read the body: {inner}"))
+        }
+    })?;
+
+    let mut fields = parse_query(parts.uri.query())?;
+    for (name, value) in parse_body(&parts.headers, &body)? {
+        fields.insert(name, value);
+    }
+
+    if let Some(expected) = &source.key {
+        let header_key = parts.headers.get("x-source-key").and_then(|value| value.to_str().ok()).map(str::to_owned);
+        let given = header_key.or_else(|| fields.get("key").and_then(Value::as_str).map(str::to_owned));
+        let matches = given.is_some_and(|given| bool::from(given.as_bytes().ct_eq(expected.as_bytes())));
+        if !matches {
+            return Err(ApiError::Unauthorized(
+                "wrong or missing source key: send it as X-Source-Key or the key parameter",
+            ));
+        }
+        fields.shift_remove("key");
+    }
+    check_limits(&fields, &state.settings)?;
+
+    let idempotency_key = match parts.headers.get("idempotency-key") {
+        None => None,
+        Some(value) => {
+            let key = value.to_str().ok().map(str::trim).filter(|key| !key.is_empty() && key.len() <= 255).ok_or_else(
+                || {
+                    ApiError::bad_request(
+                        "invalid_idempotency_key",
+                        "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                    )
+                },
+            )?;
+            Some(key.to_owned())
+        }
+    };
+    if let Some(key) = &idempotency_key {
+        if let Some(answer) = state.store.idempotent_answer(&source.id, key).await? {
+            return Ok(answer_response(&answer, true));
+        }
+    }
+
+    let destinations = flow.destinations.iter().filter_map(|id| config.destinations.get(id)).collect();
+    let intake = Intake { flow, source, destinations };
+    let prepared = prepare(&intake, fields, received_at);
+    let mut duplicate = match &prepared.duplicate_query {
+        Some(query) => state.store.find_duplicate(query).await?,
+        None => None,
+    };
+    for _ in 0..MAX_DECISIONS {
+        let decision = decide(&intake, &prepared, duplicate.as_ref(), now_millis());
+        let http_status = match decision.answer.outcome {
+            Outcome::Success => StatusCode::CREATED,
+            _ => StatusCode::OK,
+        };
+        let answer = StoredAnswer {
+            http_status: http_status.as_u16(),
+            body_json: serde_json::to_string(&decision.answer)
+                .map_err(|error| ApiError::Internal(error.to_string()))?,
+        };
+        let idempotency = idempotency_key.as_ref().map(|key| IdempotencyRecord {
+            source_id: source.id.clone(),
+            key: key.clone(),
+            answer: answer.clone(),
+        });
+        match state.store.commit_submission(Submission::from_decision(decision, idempotency)).await? {
+            CommitOutcome::Committed => return Ok(answer_response(&answer, false)),
+            CommitOutcome::Replay(stored) => return Ok(answer_response(&stored, true)),
+            CommitOutcome::DuplicateChanged(actual) => duplicate = actual,
+        }
+    }
+    Err(ApiError::Unavailable("the duplicate check did not settle under concurrent submissions".to_owned()))
+}

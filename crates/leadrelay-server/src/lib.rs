@@ -1,0 +1,118 @@
+//! The HTTP API of leadrelay: intake, configuration, the event log, leads, the register,
+//! export, access control and health, as one axum router.
+
+#![forbid(unsafe_code)]
+
+mod auth;
+mod config_api;
+mod error;
+mod intake;
+mod openapi;
+mod params;
+mod read_api;
+mod tokens_api;
+
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use leadrelay_domain::config::Config;
+use leadrelay_store::Store;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+pub use auth::{hash_token, new_token_value};
+pub use error::{ApiError, ApiResult};
+
+/// Limits and switches of the HTTP layer.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Largest request body accepted, in bytes (SPEC 8: 1 MiB by default).
+    pub max_body_bytes: usize,
+    /// Most fields one submission may carry.
+    pub max_fields: usize,
+    /// Longest value (and name) of one submitted field, in bytes.
+    pub max_field_bytes: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { max_body_bytes: 1 << 20, max_fields: 500, max_field_bytes: 64 << 10 }
+    }
+}
+
+/// What every handler shares: the store, the current configuration and the settings.
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    config: RwLock<Arc<Config>>,
+    pub settings: Settings,
+}
+
+impl AppState {
+    /// Loads the configuration from the store once; later changes through the API refresh it.
+    pub async fn new(store: Arc<dyn Store>, settings: Settings) -> Result<Arc<Self>, leadrelay_store::StoreError> {
+        let config = store.load_config().await?;
+        Ok(Arc::new(Self { store, config: RwLock::new(Arc::new(config)), settings }))
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().map(|config| config.clone()).unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    fn set_config(&self, config: Config) {
+        let mut slot = self.config.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *slot = Arc::new(config);
+    }
+}
+
+/// The whole HTTP surface.
+pub fn router(state: Arc<AppState>) -> Router {
+    let admin = Router::new()
+        .merge(config_api::routes())
+        .merge(read_api::routes())
+        .merge(tokens_api::routes())
+        .route("/api/v1/openapi.json", get(openapi::openapi_json))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_admin));
+    Router::new()
+        .merge(intake::routes())
+        .merge(admin)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            ApiError::Internal("a handler panicked".to_owned()).into_response()
+        }))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("route_not_found", "no such endpoint")
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    match state.store.ping().await {
+        Ok(()) => (StatusCode::OK, Json(json!({"status": "ready", "store": state.store.engine()}))),
+        Err(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "store": state.store.engine(), "error": error.to_string()})),
+        ),
+    }
+}
+
+/// Serves the API on a bound listener until `shutdown` completes, then finishes in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}

@@ -1,0 +1,191 @@
+//! Query parameters of the list endpoints, checked by name and turned into store queries.
+
+use std::collections::HashMap;
+
+use leadrelay_domain::event::{EventType, Outcome, RegisterStatus};
+use leadrelay_domain::rules::RuleSet;
+use leadrelay_domain::time::{parse_query_time, Millis};
+use leadrelay_store::{Cursor, EventQuery, LeadQuery, RegisterQuery, SortOrder, EVENT_FIELDS, MAX_PAGE};
+
+use crate::{ApiError, ApiResult};
+
+/// The raw parameters, each given at most once, all of them known to the endpoint.
+pub struct Params(HashMap<String, String>);
+
+fn invalid(name: &str, message: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request("invalid_parameter", format!("{name}: {message}"))
+}
+
+impl Params {
+    pub fn parse(query: Option<&str>, known: &[&str]) -> ApiResult<Self> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
+            .map_err(|error| ApiError::bad_request("invalid_query", format!("query string is not valid: {error}")))?;
+        let mut map = HashMap::new();
+        for (name, value) in pairs {
+            if !known.contains(&name.as_str()) {
+                return Err(invalid(&name, format!("unknown parameter; known parameters are {}", known.join(", "))));
+            }
+            if map.insert(name.clone(), value).is_some() {
+                return Err(invalid(&name, "given more than once"));
+            }
+        }
+        Ok(Self(map))
+    }
+
+    pub fn text(&self, name: &str) -> Option<String> {
+        self.0.get(name).map(|value| value.trim().to_owned()).filter(|value| !value.is_empty())
+    }
+
+    fn time(&self, name: &str, end_of_day: bool) -> ApiResult<Option<Millis>> {
+        self.text(name)
+            .map(|text| parse_query_time(&text, end_of_day).map_err(|error| invalid(name, error)))
+            .transpose()
+    }
+
+    pub fn limit(&self, default: usize) -> ApiResult<usize> {
+        match self.text("limit") {
+            None => Ok(default),
+            Some(text) => match text.parse::<usize>() {
+                Ok(limit) if (1..=MAX_PAGE).contains(&limit) => Ok(limit),
+                _ => Err(invalid("limit", format!("must be a whole number from 1 to {MAX_PAGE}"))),
+            },
+        }
+    }
+
+    pub fn sort(&self, default: SortOrder) -> ApiResult<SortOrder> {
+        match self.text("sort").as_deref() {
+            None => Ok(default),
+            Some("asc") => Ok(SortOrder::Asc),
+            Some("desc") => Ok(SortOrder::Desc),
+            Some(_) => Err(invalid("sort", "must be asc or desc")),
+        }
+    }
+
+    pub fn cursor(&self) -> ApiResult<Option<Cursor>> {
+        self.text("cursor")
+            .map(|text| Cursor::decode(&text).ok_or_else(|| invalid("cursor", "not a cursor this API handed out")))
+            .transpose()
+    }
+
+    fn status(&self) -> ApiResult<Option<RegisterStatus>> {
+        self.text("status")
+            .map(|text| {
+                RegisterStatus::parse(&text)
+                    .ok_or_else(|| invalid("status", "must be one of new, success, skip, error"))
+            })
+            .transpose()
+    }
+
+    fn range(&self) -> ApiResult<(Option<Millis>, Option<Millis>)> {
+        let start = self.time("start", false)?;
+        let end = self.time("end", true)?;
+        if let (Some(start), Some(end)) = (start, end) {
+            if start > end {
+                return Err(invalid("start", "must not be after end"));
+            }
+        }
+        Ok((start, end))
+    }
+
+    /// A comma-separated list of top-level event fields.
+    pub fn field_list(&self, name: &str) -> ApiResult<Option<Vec<String>>> {
+        let Some(text) = self.text(name) else { return Ok(None) };
+        let fields: Vec<String> =
+            text.split(',').map(|field| field.trim().to_owned()).filter(|f| !f.is_empty()).collect();
+        for field in &fields {
+            if !EVENT_FIELDS.contains(&field.as_str()) {
+                return Err(invalid(
+                    name,
+                    format!("unknown event field {field:?}; fields are {}", EVENT_FIELDS.join(", ")),
+                ));
+            }
+        }
+        Ok(Some(fields))
+    }
+}
+
+pub const EVENT_PARAMS: &[&str] = &[
+    "lead_id",
+    "type",
+    "status",
+    "source_id",
+    "destination_id",
+    "flow_id",
+    "start",
+    "end",
+    "rules",
+    "include",
+    "exclude",
+    "limit",
+    "sort",
+    "cursor",
+];
+
+pub fn event_query(params: &Params, default_sort: SortOrder) -> ApiResult<EventQuery> {
+    let event_type = params
+        .text("type")
+        .map(|text| EventType::parse(&text).ok_or_else(|| invalid("type", format!("unknown event type {text:?}"))))
+        .transpose()?;
+    let rules = params
+        .text("rules")
+        .map(|text| {
+            let value: serde_json::Value =
+                serde_json::from_str(&text).map_err(|error| invalid("rules", format!("not valid JSON: {error}")))?;
+            RuleSet::from_json(&value).map_err(|error| invalid("rules", error))
+        })
+        .transpose()?;
+    let (start, end) = params.range()?;
+    Ok(EventQuery {
+        lead_id: params.text("lead_id"),
+        event_type,
+        status: params.status()?,
+        source_id: params.text("source_id"),
+        destination_id: params.text("destination_id"),
+        flow_id: params.text("flow_id"),
+        start,
+        end,
+        rules,
+        limit: params.limit(100)?,
+        sort: params.sort(default_sort)?,
+        cursor: params.cursor()?,
+    })
+}
+
+pub const LEAD_PARAMS: &[&str] = &["flow_id", "source_id", "outcome", "start", "end", "limit", "sort", "cursor"];
+
+pub fn lead_query(params: &Params) -> ApiResult<LeadQuery> {
+    let outcome = params
+        .text("outcome")
+        .map(|text| Outcome::parse(&text).ok_or_else(|| invalid("outcome", "must be success, failure or error")))
+        .transpose()?;
+    let (start, end) = params.range()?;
+    Ok(LeadQuery {
+        flow_id: params.text("flow_id"),
+        source_id: params.text("source_id"),
+        outcome,
+        start,
+        end,
+        limit: params.limit(100)?,
+        sort: params.sort(SortOrder::Desc)?,
+        cursor: params.cursor()?,
+    })
+}
+
+pub const REGISTER_PARAMS: &[&str] =
+    &["status", "lead_id", "source_id", "destination_id", "flow_id", "start", "end", "limit", "sort", "cursor"];
+
+pub fn register_query(params: &Params) -> ApiResult<RegisterQuery> {
+    let (start, end) = params.range()?;
+    Ok(RegisterQuery {
+        status: params.status()?,
+        lead_id: params.text("lead_id"),
+        source_id: params.text("source_id"),
+        destination_id: params.text("destination_id"),
+        flow_id: params.text("flow_id"),
+        start,
+        end,
+        limit: params.limit(100)?,
+        sort: params.sort(SortOrder::Desc)?,
+        cursor: params.cursor()?,
+    })
+}

@@ -1,0 +1,259 @@
+//! Reading the log: events (with every filter of SPEC 5), leads and their timelines, the
+//! register, and streamed exports in NDJSON or CSV.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::header::{CONTENT_DISPOSITION, CONTENT_TYPE};
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use futures::StreamExt;
+use leadrelay_store::{events_page, export_events, Cursor, EventQuery, SortOrder, StoredEvent, EVENT_FIELDS};
+use serde::{Serialize, Serializer};
+
+use crate::params::{event_query, lead_query, register_query, Params, EVENT_PARAMS, LEAD_PARAMS, REGISTER_PARAMS};
+use crate::{ApiError, ApiResult, AppState};
+
+/// Rows a `rules` query may scan for one page before it answers with a cursor to go on.
+const RULES_SCAN_BUDGET: usize = 20_000;
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/api/v1/events", get(list_events))
+        .route("/api/v1/events/{event_id}", get(get_event))
+        .route("/api/v1/flows/{flow_id}/events", get(list_flow_events))
+        .route("/api/v1/leads", get(list_leads))
+        .route("/api/v1/leads/{lead_id}", get(get_lead))
+        .route("/api/v1/leads/{lead_id}/events", get(lead_timeline))
+        .route("/api/v1/register", get(list_register))
+        .route("/api/v1/export", get(export))
+}
+
+/// Which top-level fields of an event to write (`include`/`exclude`).
+#[derive(Clone)]
+struct Projection(Vec<&'static str>);
+
+impl Projection {
+    fn from_params(params: &Params) -> ApiResult<Self> {
+        let include = params.field_list("include")?;
+        let exclude = params.field_list("exclude")?.unwrap_or_default();
+        let fields = EVENT_FIELDS
+            .iter()
+            .copied()
+            .filter(|field| include.as_ref().is_none_or(|include| include.iter().any(|f| f == field)))
+            .filter(|field| !exclude.iter().any(|f| f == field))
+            .collect();
+        Ok(Self(fields))
+    }
+
+    fn keeps(&self, field: &str) -> bool {
+        self.0.contains(&field)
+    }
+}
+
+struct Projected<'a>(&'a StoredEvent, &'a Projection);
+
+impl Serialize for Projected<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize_fields(serializer, &|field| self.1.keeps(field))
+    }
+}
+
+#[derive(Serialize)]
+struct PageBody<T> {
+    items: Vec<T>,
+    next_cursor: Option<String>,
+}
+
+fn json_response(body: &impl Serialize) -> ApiResult<Response> {
+    let bytes = serde_json::to_vec(body).map_err(|error| ApiError::Internal(error.to_string()))?;
+    Ok(([(CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes).into_response())
+}
+
+async fn events_response(state: &AppState, query: EventQuery, projection: Projection) -> ApiResult<Response> {
+    let page = events_page(state.store.as_ref(), &query, RULES_SCAN_BUDGET).await?;
+    let items: Vec<Projected> = page.items.iter().map(|event| Projected(event, &projection)).collect();
+    json_response(&PageBody { items, next_cursor: page.next_cursor.as_ref().map(Cursor::encode) })
+}
+
+async fn list_events(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> ApiResult<Response> {
+    let params = Params::parse(query.as_deref(), EVENT_PARAMS)?;
+    let events = event_query(&params, SortOrder::Desc)?;
+    events_response(&state, events, Projection::from_params(&params)?).await
+}
+
+async fn list_flow_events(
+    State(state): State<Arc<AppState>>,
+    Path(flow_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    let params = Params::parse(query.as_deref(), EVENT_PARAMS)?;
+    let mut events = event_query(&params, SortOrder::Desc)?;
+    if events.flow_id.as_ref().is_some_and(|given| *given != flow_id) {
+        return Err(ApiError::bad_request("invalid_parameter", "flow_id: differs from the flow in the path"));
+    }
+    events.flow_id = Some(flow_id);
+    events_response(&state, events, Projection::from_params(&params)?).await
+}
+
+async fn get_event(State(state): State<Arc<AppState>>, Path(event_id): Path<String>) -> ApiResult<Response> {
+    match state.store.event(&event_id).await? {
+        Some(event) => json_response(&event),
+        None => Err(ApiError::not_found("event_not_found", format!("no event {event_id:?}"))),
+    }
+}
+
+async fn list_leads(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> ApiResult<Response> {
+    let params = Params::parse(query.as_deref(), LEAD_PARAMS)?;
+    let page = state.store.leads_page(&lead_query(&params)?).await?;
+    json_response(&PageBody { items: page.items, next_cursor: page.next_cursor.as_ref().map(Cursor::encode) })
+}
+
+async fn get_lead(State(state): State<Arc<AppState>>, Path(lead_id): Path<String>) -> ApiResult<Response> {
+    match state.store.lead(&lead_id).await? {
+        Some(lead) => json_response(&lead),
+        None => Err(ApiError::not_found("lead_not_found", format!("no lead {lead_id:?}"))),
+    }
+}
+
+/// A lead's timeline, oldest first.
+async fn lead_timeline(
+    State(state): State<Arc<AppState>>,
+    Path(lead_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    let params = Params::parse(query.as_deref(), &["limit", "cursor", "include", "exclude"])?;
+    if state.store.lead(&lead_id).await?.is_none() {
+        return Err(ApiError::not_found("lead_not_found", format!("no lead {lead_id:?}")));
+    }
+    let events = EventQuery {
+        lead_id: Some(lead_id),
+        limit: params.limit(1000)?,
+        sort: SortOrder::Asc,
+        cursor: params.cursor()?,
+        ..EventQuery::default()
+    };
+    events_response(&state, events, Projection::from_params(&params)?).await
+}
+
+async fn list_register(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> ApiResult<Response> {
+    let params = Params::parse(query.as_deref(), REGISTER_PARAMS)?;
+    let page = state.store.register_page(&register_query(&params)?).await?;
+    json_response(&PageBody { items: page.items, next_cursor: page.next_cursor.as_ref().map(Cursor::encode) })
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum ExportFormat {
+    Csv,
+    Ndjson,
+}
+
+/// A cell that a spreadsheet would run as a formula gets a leading `'` (SPEC 8).
+fn neutralise(cell: &str) -> std::borrow::Cow<'_, str> {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        std::borrow::Cow::Owned(format!("'{cell}"))
+    } else {
+        std::borrow::Cow::Borrowed(cell)
+    }
+}
+
+fn csv_cells(event: &StoredEvent, projection: &Projection) -> Vec<String> {
+    let value = serde_json::to_value(Projected(event, projection)).unwrap_or_default();
+    projection
+        .0
+        .iter()
+        .map(|field| match value.get(*field) {
+            None | Some(serde_json::Value::Null) => String::new(),
+            Some(serde_json::Value::String(text)) => neutralise(text).into_owned(),
+            Some(serde_json::Value::Number(number)) => number.to_string(),
+            Some(other) => neutralise(&other.to_string()).into_owned(),
+        })
+        .collect()
+}
+
+fn encode_chunk(
+    events: &[StoredEvent],
+    projection: &Projection,
+    format: ExportFormat,
+) -> Result<Bytes, std::io::Error> {
+    let mut buffer = Vec::with_capacity(events.len() * 512);
+    match format {
+        ExportFormat::Ndjson => {
+            for event in events {
+                serde_json::to_writer(&mut buffer, &Projected(event, projection))?;
+                buffer.push(b'\n');
+            }
+        }
+        ExportFormat::Csv => {
+            let mut writer = csv::Writer::from_writer(&mut buffer);
+            for event in events {
+                writer.write_record(csv_cells(event, projection))?;
+            }
+            writer.flush()?;
+        }
+    }
+    Ok(Bytes::from(buffer))
+}
+
+/// Streams every matching event, one page in memory at a time.
+async fn export(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> ApiResult<Response> {
+    let mut known = EVENT_PARAMS.to_vec();
+    known.push("format");
+    let params = Params::parse(query.as_deref(), &known)?;
+    let format = match params.text("format").as_deref() {
+        None | Some("ndjson") => ExportFormat::Ndjson,
+        Some("csv") => ExportFormat::Csv,
+        Some(_) => return Err(ApiError::bad_request("invalid_parameter", "format: must be csv or ndjson")),
+    };
+    let mut events = event_query(&params, SortOrder::Asc)?;
+    events.limit = leadrelay_store::MAX_PAGE;
+    let projection = Projection::from_params(&params)?;
+
+    let header = match format {
+        ExportFormat::Csv => {
+            let mut line = projection.0.join(",");
+            line.push('\n');
+            Some(Ok::<Bytes, std::io::Error>(Bytes::from(line)))
+        }
+        ExportFormat::Ndjson => None,
+    };
+    let body_projection = projection.clone();
+    let rows = export_events(state.store.clone(), events).chunks(500).map(move |chunk| {
+        let mut events = Vec::with_capacity(chunk.len());
+        for item in chunk {
+            match item {
+                Ok(event) => events.push(event),
+                // The status is already sent: end the stream so the client sees a broken download.
+                Err(error) => return Err(std::io::Error::other(error.to_string())),
+            }
+        }
+        encode_chunk(&events, &body_projection, format)
+    });
+    let stream = futures::stream::iter(header).chain(rows);
+    let (content_type, file) = match format {
+        ExportFormat::Csv => ("text/csv; charset=utf-8", "attachment; filename=\"events.csv\""),
+        ExportFormat::Ndjson => ("application/x-ndjson", "attachment; filename=\"events.ndjson\""),
+    };
+    Ok((
+        [(CONTENT_TYPE, HeaderValue::from_static(content_type)), (CONTENT_DISPOSITION, HeaderValue::from_static(file))],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::neutralise;
+
+    #[test]
+    fn formula_cells_are_neutralised() {
+        assert_eq!(neutralise("=SUM(A1)"), "'=SUM(A1)");
+        assert_eq!(neutralise("+1"), "'+1");
+        assert_eq!(neutralise("@cmd"), "'@cmd");
+        assert_eq!(neutralise("\tx"), "'\tx");
+        assert_eq!(neutralise("plain"), "plain");
+    }
+}

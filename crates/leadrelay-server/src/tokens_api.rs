@@ -1,0 +1,66 @@
+//! API tokens over REST: create (the value is shown once), list, revoke.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use leadrelay_domain::ids::TokenId;
+use leadrelay_domain::time::now_millis;
+use leadrelay_store::{NewToken, Role};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::{hash_token, new_token_value};
+use crate::{ApiError, ApiResult, AppState};
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new().route("/api/v1/tokens", get(list).post(create)).route("/api/v1/tokens/{token_id}", delete(remove))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateToken {
+    name: String,
+    #[serde(default = "default_role")]
+    role: Role,
+}
+
+fn default_role() -> Role {
+    Role::Admin
+}
+
+async fn create(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> ApiResult<Response> {
+    let request: CreateToken = serde_json::from_slice(&body).map_err(|error| {
+        ApiError::bad_request("invalid_json", format!("body must be {{\"name\": …, \"role\": …}}: {error}"))
+    })?;
+    if request.name.trim().is_empty() || request.name.len() > 200 {
+        return Err(ApiError::bad_request("invalid_token_name", "name must be 1 to 200 characters"));
+    }
+    let value = new_token_value();
+    let token = NewToken {
+        id: TokenId::generate().into_string(),
+        name: request.name,
+        role: request.role,
+        hash: hash_token(&value),
+        created_at: now_millis(),
+    };
+    state.store.create_token(token.clone()).await?;
+    let body = json!({"id": token.id, "name": token.name, "role": token.role, "token": value});
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+async fn list(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_json::Value>> {
+    let tokens = state.store.list_tokens().await?;
+    Ok(Json(json!({"items": tokens, "next_cursor": null})))
+}
+
+async fn remove(State(state): State<Arc<AppState>>, Path(token_id): Path<String>) -> ApiResult<StatusCode> {
+    if state.store.delete_token(&token_id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("token_not_found", format!("no token {token_id:?}")))
+    }
+}

@@ -1,0 +1,213 @@
+//! The embedded SQLite engine of the storage trait: one file, WAL, `synchronous=FULL`, a single
+//! writer task that group-commits concurrent writes, and a pool of readers.
+
+#![forbid(unsafe_code)]
+
+mod read;
+mod verify;
+mod writer;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use leadrelay_domain::config::{Config, ConfigChange};
+use leadrelay_domain::pipeline::{DuplicateFound, DuplicateQuery};
+use leadrelay_store::{
+    ChainReport, CommitOutcome, ConfigWriteError, Cursor, EventQuery, LeadQuery, NewToken, Page, RegisterQuery, Store,
+    StoreError, StoreResult, StoredAnswer, StoredEvent, StoredLead, Submission, TokenRecord, TransferRow,
+};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::ConnectOptions;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::writer::{WriteCommand, Writer};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// How the engine is tuned; the defaults suit a server.
+#[derive(Clone, Debug)]
+pub struct SqliteOptions {
+    /// Most writes one transaction takes when many arrive at once.
+    pub max_batch: usize,
+    pub read_connections: u32,
+    /// How often the WAL is checkpointed off the request path.
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self { max_batch: 512, read_connections: 4, checkpoint_interval: Duration::from_millis(500) }
+    }
+}
+
+/// The SQLite engine. Cheap to share behind an `Arc`.
+pub struct SqliteStore {
+    readers: SqlitePool,
+    writes: mpsc::Sender<WriteCommand>,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn unavailable(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at a `sqlite://path` URL and migrates it.
+    pub async fn open(url: &str, options: SqliteOptions) -> StoreResult<Arc<Self>> {
+        let connect = SqliteConnectOptions::from_str(url)
+            .map_err(|error| unavailable(format!("invalid SQLite URL {url:?}: {error}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(false)
+            // Checkpoints run on a timer of their own, never inside a commit.
+            .pragma("wal_autocheckpoint", "0")
+            .pragma("cache_size", "-65536")
+            .pragma("temp_store", "memory")
+            .disable_statement_logging();
+
+        let mut write_connection = connect.connect().await.map_err(unavailable)?;
+        MIGRATOR
+            .run(&mut write_connection)
+            .await
+            .map_err(|error| unavailable(format!("migrating the SQLite database: {error}")))?;
+
+        let readers = SqlitePoolOptions::new()
+            .max_connections(options.read_connections.max(1))
+            .min_connections(1)
+            .connect_with(connect.clone())
+            .await
+            .map_err(unavailable)?;
+
+        let writer = Writer::start(write_connection, options.max_batch).await?;
+        let (writes, receiver) = mpsc::channel(options.max_batch * 4);
+        let writer_task = tokio::spawn(writer.run(receiver));
+        let checkpoint_task = tokio::spawn(checkpoint_loop(readers.clone(), options.checkpoint_interval));
+        Ok(Arc::new(Self { readers, writes, tasks: std::sync::Mutex::new(vec![writer_task, checkpoint_task]) }))
+    }
+
+    async fn write<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> WriteCommand) -> StoreResult<T> {
+        let (reply, answer) = oneshot::channel();
+        self.writes.send(make(reply)).await.map_err(|_| unavailable("the writer has stopped"))?;
+        answer.await.map_err(|_| unavailable("the writer stopped before answering"))
+    }
+}
+
+/// Moves committed pages from the WAL into the database file, so that the WAL stays small
+/// and commits never pay for a checkpoint.
+async fn checkpoint_loop(readers: SqlitePool, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if readers.is_closed() {
+            return;
+        }
+        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&readers).await {
+            tracing::warn!(%error, "WAL checkpoint failed");
+        }
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn engine(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.readers).await.map_err(unavailable)?;
+        if self.writes.is_closed() {
+            return Err(unavailable("the writer has stopped"));
+        }
+        Ok(())
+    }
+
+    async fn load_config(&self) -> StoreResult<Config> {
+        read::load_config(&self.readers).await
+    }
+
+    async fn change_config(&self, change: ConfigChange) -> Result<Config, ConfigWriteError> {
+        self.write(|reply| WriteCommand::Config { change, reply }).await?
+    }
+
+    async fn find_duplicate(&self, query: &DuplicateQuery) -> StoreResult<Option<DuplicateFound>> {
+        read::find_duplicate(&self.readers, query).await
+    }
+
+    async fn idempotent_answer(&self, source_id: &str, key: &str) -> StoreResult<Option<StoredAnswer>> {
+        read::idempotent_answer(&self.readers, source_id, key).await
+    }
+
+    async fn commit_submission(&self, submission: Submission) -> StoreResult<CommitOutcome> {
+        self.write(|reply| WriteCommand::Submit { submission: Box::new(submission), reply }).await?
+    }
+
+    async fn scan_events(
+        &self,
+        query: &EventQuery,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        read::scan_events(&self.readers, query, after, limit).await
+    }
+
+    async fn event(&self, event_id: &str) -> StoreResult<Option<StoredEvent>> {
+        read::event(&self.readers, event_id).await
+    }
+
+    async fn lead(&self, lead_id: &str) -> StoreResult<Option<StoredLead>> {
+        read::lead(&self.readers, lead_id).await
+    }
+
+    async fn leads_page(&self, query: &LeadQuery) -> StoreResult<Page<StoredLead>> {
+        read::leads_page(&self.readers, query).await
+    }
+
+    async fn register_page(&self, query: &RegisterQuery) -> StoreResult<Page<TransferRow>> {
+        read::register_page(&self.readers, query).await
+    }
+
+    async fn verify_chain(&self) -> StoreResult<ChainReport> {
+        verify::verify_chain(&self.readers).await
+    }
+
+    async fn create_token(&self, token: NewToken) -> StoreResult<()> {
+        self.write(|reply| WriteCommand::CreateToken { token, replace: false, reply }).await?
+    }
+
+    async fn ensure_token(&self, token: NewToken) -> StoreResult<()> {
+        self.write(|reply| WriteCommand::CreateToken { token, replace: true, reply }).await?
+    }
+
+    async fn find_token(&self, hash: &[u8; 32]) -> StoreResult<Option<TokenRecord>> {
+        read::find_token(&self.readers, hash).await
+    }
+
+    async fn list_tokens(&self) -> StoreResult<Vec<TokenRecord>> {
+        read::list_tokens(&self.readers).await
+    }
+
+    async fn delete_token(&self, token_id: &str) -> StoreResult<bool> {
+        let token_id = token_id.to_owned();
+        self.write(|reply| WriteCommand::DeleteToken { token_id, reply }).await?
+    }
+
+    async fn close(&self) {
+        let (reply, done) = oneshot::channel();
+        if self.writes.send(WriteCommand::Shutdown { reply }).await.is_ok() {
+            let _ = done.await;
+        }
+        let tasks: Vec<JoinHandle<()>> =
+            self.tasks.lock().map(|mut tasks| tasks.drain(..).collect()).unwrap_or_default();
+        self.readers.close().await;
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}

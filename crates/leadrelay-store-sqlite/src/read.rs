@@ -1,0 +1,290 @@
+//! Reads: configuration, duplicate and idempotency look-ups, and keyset pages of the log,
+//! the leads and the register.
+
+use leadrelay_domain::config::{Config, ConfigKind, ConfigObject, DuplicateMatch};
+use leadrelay_domain::event::RegisterStatus;
+use leadrelay_domain::ids::LeadId;
+use leadrelay_domain::pipeline::{DuplicateFound, DuplicateQuery};
+use leadrelay_domain::time::Millis;
+use leadrelay_store::{
+    Cursor, EventQuery, LeadQuery, Page, RegisterQuery, Role, SortOrder, StoreError, StoreResult, StoredAnswer,
+    StoredEvent, StoredLead, TokenRecord, TransferRow, MAX_PAGE,
+};
+use serde_json::value::RawValue;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteExecutor, SqlitePool};
+
+use crate::unavailable;
+
+fn corrupt(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(error.to_string())
+}
+
+pub(crate) async fn load_config(executor: impl SqliteExecutor<'_>) -> StoreResult<Config> {
+    let rows = sqlx::query("SELECT kind, id, body FROM config_objects ORDER BY position")
+        .fetch_all(executor)
+        .await
+        .map_err(unavailable)?;
+    let mut objects = Vec::with_capacity(rows.len());
+    for row in rows {
+        let kind: String = row.try_get("kind").map_err(corrupt)?;
+        let id: String = row.try_get("id").map_err(corrupt)?;
+        let body: String = row.try_get("body").map_err(corrupt)?;
+        let kind = ConfigKind::parse(&kind).ok_or_else(|| corrupt(format!("unknown config kind {kind:?}")))?;
+        let value: serde_json::Value = serde_json::from_str(&body).map_err(corrupt)?;
+        let object =
+            ConfigObject::parse(kind, value).map_err(|error| corrupt(format!("stored {kind} {id:?}: {error}")))?;
+        objects.push(object);
+    }
+    Ok(Config::from_objects(objects))
+}
+
+pub(crate) async fn find_duplicate(
+    executor: impl SqliteExecutor<'_>,
+    query: &DuplicateQuery,
+) -> StoreResult<Option<DuplicateFound>> {
+    if query.keys.is_empty() {
+        return Ok(None);
+    }
+    let mut builder: QueryBuilder<Sqlite> =
+        QueryBuilder::new("SELECT lead_id, MIN(created_at) AS first FROM duplicate_keys WHERE flow_id = ");
+    builder.push_bind(query.flow_id.as_str()).push(" AND created_at >= ").push_bind(query.since);
+    builder.push(" AND digest IN (");
+    let mut separated = builder.separated(", ");
+    for key in &query.keys {
+        separated.push_bind(key.digest.as_str());
+    }
+    builder.push(") GROUP BY lead_id");
+    if query.match_mode == DuplicateMatch::All {
+        builder.push(" HAVING COUNT(DISTINCT digest) = ").push_bind(query.keys.len() as i64);
+    }
+    builder.push(" ORDER BY first, lead_id LIMIT 1");
+    let row = builder.build().fetch_optional(executor).await.map_err(unavailable)?;
+    let Some(row) = row else { return Ok(None) };
+    Ok(Some(DuplicateFound {
+        lead_id: LeadId::from_stored(row.try_get("lead_id").map_err(corrupt)?),
+        created_at: row.try_get("first").map_err(corrupt)?,
+    }))
+}
+
+pub(crate) async fn idempotent_answer(
+    executor: impl SqliteExecutor<'_>,
+    source_id: &str,
+    key: &str,
+) -> StoreResult<Option<StoredAnswer>> {
+    let row = sqlx::query("SELECT http_status, answer FROM idempotency_keys WHERE source_id = ? AND key = ?")
+        .bind(source_id)
+        .bind(key)
+        .fetch_optional(executor)
+        .await
+        .map_err(unavailable)?;
+    let Some(row) = row else { return Ok(None) };
+    let status: i64 = row.try_get("http_status").map_err(corrupt)?;
+    Ok(Some(StoredAnswer {
+        http_status: u16::try_from(status).map_err(corrupt)?,
+        body_json: row.try_get("answer").map_err(corrupt)?,
+    }))
+}
+
+const EVENT_COLUMNS: &str = "seq, id, type, ts, lead_id, flow_id, source_id, destination_id, transfer_id, status, outcome, reason, duration_ms, integration, response_code, price, attempt, data, lead";
+
+fn raw(text: String) -> StoreResult<Box<RawValue>> {
+    RawValue::from_string(text).map_err(corrupt)
+}
+
+pub(crate) fn event_from_row(row: &SqliteRow) -> StoreResult<StoredEvent> {
+    Ok(StoredEvent {
+        seq: row.try_get(0).map_err(corrupt)?,
+        id: row.try_get(1).map_err(corrupt)?,
+        event_type: row.try_get(2).map_err(corrupt)?,
+        timestamp: row.try_get(3).map_err(corrupt)?,
+        lead_id: row.try_get(4).map_err(corrupt)?,
+        flow_id: row.try_get(5).map_err(corrupt)?,
+        source_id: row.try_get(6).map_err(corrupt)?,
+        destination_id: row.try_get(7).map_err(corrupt)?,
+        transfer_id: row.try_get(8).map_err(corrupt)?,
+        status: row.try_get(9).map_err(corrupt)?,
+        outcome: row.try_get(10).map_err(corrupt)?,
+        reason: row.try_get(11).map_err(corrupt)?,
+        duration_ms: row.try_get(12).map_err(corrupt)?,
+        integration: row.try_get(13).map_err(corrupt)?,
+        response_code: row.try_get(14).map_err(corrupt)?,
+        price: row.try_get(15).map_err(corrupt)?,
+        attempt: row.try_get(16).map_err(corrupt)?,
+        data: raw(row.try_get(17).map_err(corrupt)?)?,
+        lead: raw(row.try_get(18).map_err(corrupt)?)?,
+    })
+}
+
+/// Appends `AND column = value` for each filter that is set.
+fn push_equals<'a>(builder: &mut QueryBuilder<'a, Sqlite>, column: &str, value: Option<&'a str>) {
+    if let Some(value) = value {
+        builder.push(format_args!(" AND {column} = ")).push_bind(value);
+    }
+}
+
+/// Appends the time range and the keyset condition on `(time_column, seq)` and the order.
+fn push_keyset(
+    builder: &mut QueryBuilder<'_, Sqlite>,
+    time_column: &str,
+    start: Option<Millis>,
+    end: Option<Millis>,
+    after: Option<&Cursor>,
+    sort: SortOrder,
+    limit: usize,
+) {
+    if let Some(start) = start {
+        builder.push(format_args!(" AND {time_column} >= ")).push_bind(start);
+    }
+    if let Some(end) = end {
+        builder.push(format_args!(" AND {time_column} <= ")).push_bind(end);
+    }
+    if let Some(cursor) = after {
+        // Written so that the index range on the time column does the work.
+        let (bound, strict) = match sort {
+            SortOrder::Asc => (">=", ">"),
+            SortOrder::Desc => ("<=", "<"),
+        };
+        builder.push(format_args!(" AND {time_column} {bound} ")).push_bind(cursor.time);
+        builder.push(format_args!(" AND ({time_column} {strict} ")).push_bind(cursor.time);
+        builder.push(format_args!(" OR seq {strict} ")).push_bind(cursor.seq).push(")");
+    }
+    let direction = match sort {
+        SortOrder::Asc => "ASC",
+        SortOrder::Desc => "DESC",
+    };
+    builder.push(format_args!(" ORDER BY {time_column} {direction}, seq {direction} LIMIT "));
+    builder.push_bind(limit.clamp(1, MAX_PAGE + 1) as i64);
+}
+
+pub(crate) async fn scan_events(
+    pool: &SqlitePool,
+    query: &EventQuery,
+    after: Option<&Cursor>,
+    limit: usize,
+) -> StoreResult<Vec<StoredEvent>> {
+    let mut builder: QueryBuilder<Sqlite> =
+        QueryBuilder::new(format!("SELECT {EVENT_COLUMNS} FROM events WHERE 1 = 1"));
+    push_equals(&mut builder, "lead_id", query.lead_id.as_deref());
+    push_equals(&mut builder, "type", query.event_type.map(|t| t.as_str()));
+    push_equals(&mut builder, "status", query.status.map(|s| s.as_str()));
+    push_equals(&mut builder, "source_id", query.source_id.as_deref());
+    push_equals(&mut builder, "destination_id", query.destination_id.as_deref());
+    push_equals(&mut builder, "flow_id", query.flow_id.as_deref());
+    push_keyset(&mut builder, "ts", query.start, query.end, after, query.sort, limit);
+    let rows = builder.build().fetch_all(pool).await.map_err(unavailable)?;
+    rows.iter().map(event_from_row).collect()
+}
+
+pub(crate) async fn event(pool: &SqlitePool, event_id: &str) -> StoreResult<Option<StoredEvent>> {
+    let row = sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?"))
+        .bind(event_id)
+        .fetch_optional(pool)
+        .await
+        .map_err(unavailable)?;
+    row.as_ref().map(event_from_row).transpose()
+}
+
+fn lead_from_row(row: &SqliteRow) -> StoreResult<StoredLead> {
+    Ok(StoredLead {
+        seq: row.try_get(0).map_err(corrupt)?,
+        id: row.try_get(1).map_err(corrupt)?,
+        created_at: row.try_get(2).map_err(corrupt)?,
+        snapshot: raw(row.try_get(3).map_err(corrupt)?)?,
+    })
+}
+
+pub(crate) async fn lead(pool: &SqlitePool, lead_id: &str) -> StoreResult<Option<StoredLead>> {
+    let row = sqlx::query("SELECT seq, id, created_at, snapshot FROM leads WHERE id = ?")
+        .bind(lead_id)
+        .fetch_optional(pool)
+        .await
+        .map_err(unavailable)?;
+    row.as_ref().map(lead_from_row).transpose()
+}
+
+fn page_of<T>(mut items: Vec<T>, limit: usize, cursor: impl Fn(&T) -> Cursor) -> Page<T> {
+    let next_cursor = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(cursor)
+    } else {
+        None
+    };
+    Page { items, next_cursor }
+}
+
+pub(crate) async fn leads_page(pool: &SqlitePool, query: &LeadQuery) -> StoreResult<Page<StoredLead>> {
+    let limit = query.limit.clamp(1, MAX_PAGE);
+    let mut builder: QueryBuilder<Sqlite> =
+        QueryBuilder::new("SELECT seq, id, created_at, snapshot FROM leads WHERE 1 = 1");
+    push_equals(&mut builder, "flow_id", query.flow_id.as_deref());
+    push_equals(&mut builder, "source_id", query.source_id.as_deref());
+    push_equals(&mut builder, "outcome", query.outcome.map(|o| o.as_str()));
+    push_keyset(&mut builder, "created_at", query.start, query.end, query.cursor.as_ref(), query.sort, limit + 1);
+    let rows = builder.build().fetch_all(pool).await.map_err(unavailable)?;
+    let items = rows.iter().map(lead_from_row).collect::<StoreResult<Vec<_>>>()?;
+    Ok(page_of(items, limit, StoredLead::cursor))
+}
+
+pub(crate) async fn register_page(pool: &SqlitePool, query: &RegisterQuery) -> StoreResult<Page<TransferRow>> {
+    let limit = query.limit.clamp(1, MAX_PAGE);
+    let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "SELECT seq, id, lead_id, flow_id, source_id, destination_id, status, description, created_at, updated_at, attempts FROM transfers WHERE 1 = 1",
+    );
+    push_equals(&mut builder, "status", query.status.map(|s| s.as_str()));
+    push_equals(&mut builder, "lead_id", query.lead_id.as_deref());
+    push_equals(&mut builder, "source_id", query.source_id.as_deref());
+    push_equals(&mut builder, "destination_id", query.destination_id.as_deref());
+    push_equals(&mut builder, "flow_id", query.flow_id.as_deref());
+    push_keyset(&mut builder, "created_at", query.start, query.end, query.cursor.as_ref(), query.sort, limit + 1);
+    let rows = builder.build().fetch_all(pool).await.map_err(unavailable)?;
+    let items = rows
+        .iter()
+        .map(|row| {
+            let status: String = row.try_get(6).map_err(corrupt)?;
+            Ok(TransferRow {
+                seq: row.try_get(0).map_err(corrupt)?,
+                transfer_id: row.try_get(1).map_err(corrupt)?,
+                lead_id: row.try_get(2).map_err(corrupt)?,
+                flow_id: row.try_get(3).map_err(corrupt)?,
+                source_id: row.try_get(4).map_err(corrupt)?,
+                destination_id: row.try_get(5).map_err(corrupt)?,
+                status: RegisterStatus::parse(&status).ok_or_else(|| corrupt(format!("unknown status {status:?}")))?,
+                description: row.try_get(7).map_err(corrupt)?,
+                created_at: row.try_get(8).map_err(corrupt)?,
+                updated_at: row.try_get(9).map_err(corrupt)?,
+                attempts: row.try_get(10).map_err(corrupt)?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(page_of(items, limit, TransferRow::cursor))
+}
+
+fn token_from_row(row: &SqliteRow) -> StoreResult<TokenRecord> {
+    let role: String = row.try_get("role").map_err(corrupt)?;
+    let hash: Vec<u8> = row.try_get("hash").map_err(corrupt)?;
+    Ok(TokenRecord {
+        id: row.try_get("id").map_err(corrupt)?,
+        name: row.try_get("name").map_err(corrupt)?,
+        role: Role::parse(&role).ok_or_else(|| corrupt(format!("unknown role {role:?}")))?,
+        hash: hash.try_into().map_err(|_| corrupt("token hash is not 32 bytes"))?,
+        created_at: row.try_get("created_at").map_err(corrupt)?,
+    })
+}
+
+pub(crate) async fn find_token(pool: &SqlitePool, hash: &[u8; 32]) -> StoreResult<Option<TokenRecord>> {
+    let row = sqlx::query("SELECT id, name, role, hash, created_at FROM tokens WHERE hash = ?")
+        .bind(&hash[..])
+        .fetch_optional(pool)
+        .await
+        .map_err(unavailable)?;
+    row.as_ref().map(token_from_row).transpose()
+}
+
+pub(crate) async fn list_tokens(pool: &SqlitePool) -> StoreResult<Vec<TokenRecord>> {
+    let rows = sqlx::query("SELECT id, name, role, hash, created_at FROM tokens ORDER BY created_at, id")
+        .fetch_all(pool)
+        .await
+        .map_err(unavailable)?;
+    rows.iter().map(token_from_row).collect()
+}

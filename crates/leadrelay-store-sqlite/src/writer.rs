@@ -1,0 +1,472 @@
+//! The single writer: every write goes through one connection and one task, which takes all
+//! submissions waiting at once into one transaction (group commit) and links their events
+//! into the hash chain in order.
+
+use std::collections::HashMap;
+
+use leadrelay_domain::chain::{link, ChainHeader, Hash, GENESIS};
+use leadrelay_domain::config::DuplicateMatch;
+use leadrelay_domain::config::{Config, ConfigChange, ObjectWrite};
+use leadrelay_domain::pipeline::{DuplicateFound, DuplicateQuery};
+use leadrelay_domain::time::now_millis;
+use leadrelay_store::{CommitOutcome, ConfigWriteError, NewToken, StoreError, StoreResult, StoredAnswer, Submission};
+use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{read, unavailable};
+
+/// SQLite allows 32766 bound values in one statement; stay well below.
+const MAX_BOUND_VALUES: usize = 30_000;
+
+pub(crate) enum WriteCommand {
+    Submit { submission: Box<Submission>, reply: oneshot::Sender<StoreResult<CommitOutcome>> },
+    Config { change: ConfigChange, reply: oneshot::Sender<Result<Config, ConfigWriteError>> },
+    CreateToken { token: NewToken, replace: bool, reply: oneshot::Sender<StoreResult<()>> },
+    DeleteToken { token_id: String, reply: oneshot::Sender<StoreResult<bool>> },
+    Shutdown { reply: oneshot::Sender<()> },
+}
+
+/// The end of the chain as of the last commit.
+#[derive(Clone, Copy)]
+struct Head {
+    seq: i64,
+    hash: Hash,
+}
+
+pub(crate) struct Writer {
+    connection: SqliteConnection,
+    head: Head,
+    max_batch: usize,
+}
+
+type Reply = oneshot::Sender<StoreResult<CommitOutcome>>;
+
+impl Writer {
+    pub(crate) async fn start(mut connection: SqliteConnection, max_batch: usize) -> StoreResult<Self> {
+        let head = load_head(&mut connection).await?;
+        Ok(Self { connection, head, max_batch: max_batch.max(1) })
+    }
+
+    pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<WriteCommand>) {
+        let mut pending: Vec<WriteCommand> = Vec::new();
+        loop {
+            if pending.is_empty() {
+                match commands.recv().await {
+                    Some(command) => pending.push(command),
+                    None => break,
+                }
+            }
+            // Everything that arrived while the last commit was syncing goes into this one.
+            while pending.len() < self.max_batch {
+                match commands.try_recv() {
+                    Ok(command) => pending.push(command),
+                    Err(_) => break,
+                }
+            }
+            let mut submissions: Vec<(Box<Submission>, Reply)> = Vec::new();
+            for command in pending.drain(..) {
+                match command {
+                    WriteCommand::Submit { submission, reply } => submissions.push((submission, reply)),
+                    other => {
+                        // Keep the order of writes: commit the submissions received before it.
+                        self.commit_submissions(std::mem::take(&mut submissions)).await;
+                        if let Some(reply) = self.handle_other(other).await {
+                            self.commit_submissions(submissions).await;
+                            let _ = reply.send(());
+                            commands.close();
+                            let _ = self.connection.close().await;
+                            return;
+                        }
+                    }
+                }
+            }
+            self.commit_submissions(submissions).await;
+        }
+        let _ = self.connection.close().await;
+    }
+
+    /// Handles a write that is not a submission; returns the reply of a shutdown.
+    async fn handle_other(&mut self, command: WriteCommand) -> Option<oneshot::Sender<()>> {
+        match command {
+            WriteCommand::Submit { .. } => None,
+            WriteCommand::Config { change, reply } => {
+                let _ = reply.send(self.change_config(change).await);
+                None
+            }
+            WriteCommand::CreateToken { token, replace, reply } => {
+                let _ = reply.send(self.create_token(token, replace).await);
+                None
+            }
+            WriteCommand::DeleteToken { token_id, reply } => {
+                let result = sqlx::query("DELETE FROM tokens WHERE id = ?")
+                    .bind(&token_id)
+                    .execute(&mut self.connection)
+                    .await
+                    .map(|done| done.rows_affected() > 0)
+                    .map_err(unavailable);
+                let _ = reply.send(result);
+                None
+            }
+            WriteCommand::Shutdown { reply } => Some(reply),
+        }
+    }
+
+    async fn commit_submissions(&mut self, submissions: Vec<(Box<Submission>, Reply)>) {
+        if submissions.is_empty() {
+            return;
+        }
+        let refs: Vec<&Submission> = submissions.iter().map(|(submission, _)| submission.as_ref()).collect();
+        match self.commit_batch(&refs).await {
+            Ok(outcomes) => {
+                for ((_, reply), outcome) in submissions.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(error) if submissions.len() > 1 => {
+                // One bad submission must not fail the others: retry each on its own.
+                tracing::warn!(%error, count = submissions.len(), "group commit failed; committing one by one");
+                for (submission, reply) in submissions {
+                    let result = self.commit_batch(&[submission.as_ref()]).await;
+                    let _ = reply.send(result.map(|mut outcomes| outcomes.remove(0)));
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "commit failed");
+                for (_, reply) in submissions {
+                    let _ = reply.send(Err(StoreError::Unavailable(error.to_string())));
+                }
+            }
+        }
+    }
+
+    /// Commits a batch in one transaction; on any error nothing of it is written.
+    async fn commit_batch(&mut self, batch: &[&Submission]) -> StoreResult<Vec<CommitOutcome>> {
+        let start_head = self.head;
+        let result = self.try_commit_batch(batch).await;
+        if result.is_err() {
+            self.head = start_head;
+        }
+        result
+    }
+
+    async fn try_commit_batch(&mut self, batch: &[&Submission]) -> StoreResult<Vec<CommitOutcome>> {
+        let mut transaction = self.connection.begin().await.map_err(unavailable)?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut accepted: Vec<&Submission> = Vec::with_capacity(batch.len());
+        let mut batch_keys: HashMap<(&str, &str), Vec<(&str, i64)>> = HashMap::new();
+        let mut batch_answers: HashMap<(&str, &str), &StoredAnswer> = HashMap::new();
+
+        for submission in batch {
+            if let Some(record) = &submission.idempotency {
+                let earlier = match batch_answers.get(&(record.source_id.as_str(), record.key.as_str())) {
+                    Some(answer) => Some((*answer).clone()),
+                    None => read::idempotent_answer(&mut *transaction, &record.source_id, &record.key).await?,
+                };
+                if let Some(answer) = earlier {
+                    outcomes.push(CommitOutcome::Replay(answer));
+                    continue;
+                }
+            }
+            if let Some((query, assumed)) = &submission.duplicate_check {
+                let actual = match read::find_duplicate(&mut *transaction, query).await? {
+                    Some(found) => Some(found),
+                    None => duplicate_in_batch(&batch_keys, query),
+                };
+                let same = actual.as_ref().map(|found| &found.lead_id) == assumed.as_ref().map(|found| &found.lead_id);
+                if !same {
+                    outcomes.push(CommitOutcome::DuplicateChanged(actual));
+                    continue;
+                }
+            }
+            let lead = &submission.lead.record;
+            for key in &submission.duplicate_keys {
+                batch_keys
+                    .entry((lead.flow_id.as_str(), key.digest.as_str()))
+                    .or_default()
+                    .push((lead.id.as_str(), lead.created_at));
+            }
+            if let Some(record) = &submission.idempotency {
+                batch_answers.insert((record.source_id.as_str(), record.key.as_str()), &record.answer);
+            }
+            outcomes.push(CommitOutcome::Committed);
+            accepted.push(submission);
+        }
+
+        if !accepted.is_empty() {
+            let hashes = link_events(&mut self.head, &accepted);
+            insert_leads(&mut transaction, &accepted).await?;
+            insert_events(&mut transaction, &accepted, &hashes).await?;
+            insert_transfers(&mut transaction, &accepted).await?;
+            insert_duplicate_keys(&mut transaction, &accepted).await?;
+            insert_idempotency(&mut transaction, &accepted).await?;
+            sqlx::query("INSERT INTO chain_head (id, seq, hash) VALUES (1, ?, ?) ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash")
+                .bind(self.head.seq)
+                .bind(&self.head.hash[..])
+                .execute(&mut *transaction)
+                .await
+                .map_err(unavailable)?;
+        }
+        transaction.commit().await.map_err(unavailable)?;
+        Ok(outcomes)
+    }
+}
+
+/// Gives every event of the batch its sequence number and hash, advancing the head.
+fn link_events(head: &mut Head, accepted: &[&Submission]) -> Vec<(i64, Hash)> {
+    let mut hashes = Vec::new();
+    for submission in accepted {
+        for encoded in &submission.events {
+            let event = &encoded.event;
+            let seq = head.seq + 1;
+            let header = ChainHeader {
+                seq,
+                id: event.id.as_str(),
+                event_type: event.event_type.as_str(),
+                timestamp: event.timestamp,
+                lead_id: event.lead_id.as_str(),
+                flow_id: &event.flow_id,
+                source_id: &event.source_id,
+                destination_id: event.destination_id.as_deref(),
+                transfer_id: event.transfer_id.as_ref().map(|id| id.as_str()),
+                status: event.status.map(|status| status.as_str()),
+                outcome: event.outcome.map(|outcome| outcome.as_str()),
+                reason: event.reason.as_deref(),
+                duration_ms: event.duration_ms,
+                integration: event.integration.as_deref(),
+                response_code: event.response_code,
+                price: event.price,
+                attempt: event.attempt,
+            };
+            let hash = link(&head.hash, &header, &encoded.content);
+            *head = Head { seq, hash };
+            hashes.push((seq, hash));
+        }
+    }
+    hashes
+}
+
+impl Writer {
+    async fn change_config(&mut self, change: ConfigChange) -> Result<Config, ConfigWriteError> {
+        let mut transaction = self.connection.begin().await.map_err(unavailable)?;
+        let current = read::load_config(&mut *transaction).await?;
+        let (next, writes) = current.change(change)?;
+        let now = now_millis();
+        for write in writes {
+            match write {
+                ObjectWrite::Put(object) => {
+                    sqlx::query(
+                        "INSERT INTO config_objects (kind, id, position, body, created_at, updated_at)
+                         VALUES (?1, ?2, (SELECT COALESCE(MAX(position), 0) + 1 FROM config_objects), ?3, ?4, ?4)
+                         ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
+                    )
+                    .bind(object.kind().as_str())
+                    .bind(object.id())
+                    .bind(object.to_json().to_string())
+                    .bind(now)
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(unavailable)?;
+                }
+                ObjectWrite::Delete { kind, id } => {
+                    sqlx::query("DELETE FROM config_objects WHERE kind = ? AND id = ?")
+                        .bind(kind.as_str())
+                        .bind(&id)
+                        .execute(&mut *transaction)
+                        .await
+                        .map_err(unavailable)?;
+                }
+            }
+        }
+        transaction.commit().await.map_err(unavailable)?;
+        Ok(next)
+    }
+
+    async fn create_token(&mut self, token: NewToken, replace: bool) -> StoreResult<()> {
+        let sql = if replace {
+            "INSERT INTO tokens (id, name, role, hash, created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (hash) DO UPDATE SET role = excluded.role"
+        } else {
+            "INSERT INTO tokens (id, name, role, hash, created_at) VALUES (?, ?, ?, ?, ?)"
+        };
+        sqlx::query(sql)
+            .bind(&token.id)
+            .bind(&token.name)
+            .bind(token.role.as_str())
+            .bind(&token.hash[..])
+            .bind(token.created_at)
+            .execute(&mut self.connection)
+            .await
+            .map_err(|error| match &error {
+                sqlx::Error::Database(db) if db.is_unique_violation() => {
+                    StoreError::Conflict("a token with that value already exists".to_owned())
+                }
+                _ => unavailable(error),
+            })?;
+        Ok(())
+    }
+}
+
+/// An earlier submission of the same batch that the query matches.
+fn duplicate_in_batch(
+    batch_keys: &HashMap<(&str, &str), Vec<(&str, i64)>>,
+    query: &DuplicateQuery,
+) -> Option<DuplicateFound> {
+    let mut matches: HashMap<&str, (usize, i64)> = HashMap::new();
+    for key in &query.keys {
+        let Some(leads) = batch_keys.get(&(query.flow_id.as_str(), key.digest.as_str())) else { continue };
+        for (lead_id, created_at) in leads {
+            let entry = matches.entry(lead_id).or_insert((0, *created_at));
+            entry.0 += 1;
+        }
+    }
+    let needed = match query.match_mode {
+        DuplicateMatch::Any => 1,
+        DuplicateMatch::All => query.keys.len(),
+    };
+    matches
+        .into_iter()
+        .filter(|(_, (count, created_at))| *count >= needed && *created_at >= query.since)
+        .min_by_key(|(lead_id, (_, created_at))| (*created_at, lead_id.to_string()))
+        .map(|(lead_id, (_, created_at))| DuplicateFound {
+            lead_id: leadrelay_domain::ids::LeadId::from_stored(lead_id.to_owned()),
+            created_at,
+        })
+}
+
+async fn load_head(connection: &mut SqliteConnection) -> StoreResult<Head> {
+    let row = sqlx::query("SELECT seq, hash FROM chain_head WHERE id = 1")
+        .fetch_optional(&mut *connection)
+        .await
+        .map_err(unavailable)?;
+    let Some(row) = row else { return Ok(Head { seq: 0, hash: GENESIS }) };
+    let seq: i64 = row.try_get("seq").map_err(unavailable)?;
+    let hash: Vec<u8> = row.try_get("hash").map_err(unavailable)?;
+    let hash: Hash = hash.try_into().map_err(|_| StoreError::Corrupt("chain head hash is not 32 bytes".into()))?;
+    Ok(Head { seq, hash })
+}
+
+/// Rows per statement for a table with `columns` bound values per row.
+fn rows_per_statement(columns: usize) -> usize {
+    (MAX_BOUND_VALUES / columns).max(1)
+}
+
+async fn insert_leads(transaction: &mut SqliteConnection, accepted: &[&Submission]) -> StoreResult<()> {
+    for chunk in accepted.chunks(rows_per_statement(11)) {
+        let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO leads (id, flow_id, source_id, created_at, updated_at, status, outcome, reason, duplicate_of, cost, snapshot) ",
+        );
+        builder.push_values(chunk, |mut row, submission| {
+            let lead = &submission.lead.record;
+            row.push_bind(lead.id.as_str())
+                .push_bind(lead.flow_id.as_str())
+                .push_bind(lead.source_id.as_str())
+                .push_bind(lead.created_at)
+                .push_bind(lead.updated_at)
+                .push_bind(lead.status.as_str())
+                .push_bind(lead.outcome.map(|outcome| outcome.as_str()))
+                .push_bind(lead.reason.as_deref())
+                .push_bind(lead.duplicate_of.as_ref().map(|id| id.as_str()))
+                .push_bind(lead.cost)
+                .push_bind(submission.lead.snapshot_json.as_str());
+        });
+        builder.build().persistent(false).execute(&mut *transaction).await.map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+async fn insert_events(
+    transaction: &mut SqliteConnection,
+    accepted: &[&Submission],
+    hashes: &[(i64, Hash)],
+) -> StoreResult<()> {
+    let events: Vec<_> = accepted.iter().flat_map(|submission| submission.events.iter()).zip(hashes).collect();
+    for chunk in events.chunks(rows_per_statement(21)) {
+        let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO events (seq, id, type, ts, lead_id, flow_id, source_id, destination_id, transfer_id, status, outcome, reason, duration_ms, integration, response_code, price, attempt, data, lead, content_digest, hash) ",
+        );
+        builder.push_values(chunk, |mut row, (encoded, (seq, hash))| {
+            let event = &encoded.event;
+            row.push_bind(*seq)
+                .push_bind(event.id.as_str())
+                .push_bind(event.event_type.as_str())
+                .push_bind(event.timestamp)
+                .push_bind(event.lead_id.as_str())
+                .push_bind(event.flow_id.as_str())
+                .push_bind(event.source_id.as_str())
+                .push_bind(event.destination_id.as_deref())
+                .push_bind(event.transfer_id.as_ref().map(|id| id.as_str()))
+                .push_bind(event.status.map(|status| status.as_str()))
+                .push_bind(event.outcome.map(|outcome| outcome.as_str()))
+                .push_bind(event.reason.as_deref())
+                .push_bind(event.duration_ms)
+                .push_bind(event.integration.as_deref())
+                .push_bind(event.response_code)
+                .push_bind(event.price)
+                .push_bind(event.attempt)
+                .push_bind(encoded.data_json.as_str())
+                .push_bind(encoded.lead_json.as_str())
+                .push_bind(&encoded.content[..])
+                .push_bind(&hash[..]);
+        });
+        builder.build().persistent(false).execute(&mut *transaction).await.map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+async fn insert_transfers(transaction: &mut SqliteConnection, accepted: &[&Submission]) -> StoreResult<()> {
+    let transfers: Vec<_> = accepted.iter().flat_map(|submission| submission.transfers.iter()).collect();
+    for chunk in transfers.chunks(rows_per_statement(9)) {
+        let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO transfers (id, lead_id, flow_id, source_id, destination_id, status, description, created_at, updated_at) ",
+        );
+        builder.push_values(chunk, |mut row, transfer| {
+            row.push_bind(transfer.id.as_str())
+                .push_bind(transfer.lead_id.as_str())
+                .push_bind(transfer.flow_id.as_str())
+                .push_bind(transfer.source_id.as_str())
+                .push_bind(transfer.destination_id.as_deref())
+                .push_bind(transfer.status.as_str())
+                .push_bind(transfer.description.as_str())
+                .push_bind(transfer.created_at)
+                .push_bind(transfer.created_at);
+        });
+        builder.build().persistent(false).execute(&mut *transaction).await.map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+async fn insert_duplicate_keys(transaction: &mut SqliteConnection, accepted: &[&Submission]) -> StoreResult<()> {
+    let keys: Vec<_> = accepted
+        .iter()
+        .flat_map(|submission| submission.duplicate_keys.iter().map(move |key| (&submission.lead.record, key)))
+        .collect();
+    for chunk in keys.chunks(rows_per_statement(4)) {
+        let mut builder: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT INTO duplicate_keys (flow_id, digest, lead_id, created_at) ");
+        builder.push_values(chunk, |mut row, (lead, key)| {
+            row.push_bind(lead.flow_id.as_str())
+                .push_bind(key.digest.as_str())
+                .push_bind(lead.id.as_str())
+                .push_bind(lead.created_at);
+        });
+        builder.build().persistent(false).execute(&mut *transaction).await.map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+async fn insert_idempotency(transaction: &mut SqliteConnection, accepted: &[&Submission]) -> StoreResult<()> {
+    let records: Vec<_> = accepted.iter().filter_map(|submission| submission.idempotency.as_ref()).collect();
+    let now = now_millis();
+    for chunk in records.chunks(rows_per_statement(5)) {
+        let mut builder: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT INTO idempotency_keys (source_id, key, http_status, answer, created_at) ");
+        builder.push_values(chunk, |mut row, record| {
+            row.push_bind(record.source_id.as_str())
+                .push_bind(record.key.as_str())
+                .push_bind(i64::from(record.answer.http_status))
+                .push_bind(record.answer.body_json.as_str())
+                .push_bind(now);
+        });
+        builder.build().persistent(false).execute(&mut *transaction).await.map_err(unavailable)?;
+    }
+    Ok(())
+}

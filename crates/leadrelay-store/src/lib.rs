@@ -1,0 +1,187 @@
+//! The storage trait of leadrelay: domain verbs (commit a submission, page the log, verify the
+//! chain) that every engine implements, so callers never see SQL or an engine's details.
+
+#![forbid(unsafe_code)]
+
+mod query;
+mod records;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use leadrelay_domain::config::{ChangeError, Config, ConfigChange};
+use leadrelay_domain::pipeline::{DuplicateFound, DuplicateQuery};
+
+pub use query::*;
+pub use records::*;
+
+/// Why a storage call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot take writes or reads right now (disk full, database gone, shutting down).
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// A stored value could not be read back (a bug or a tampered database).
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Why a configuration change was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigWriteError {
+    #[error(transparent)]
+    Change(#[from] ChangeError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// How a submission's commit ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CommitOutcome {
+    /// Everything is on disk.
+    Committed,
+    /// A concurrent submission changed the duplicate answer the decision assumed: nothing was
+    /// written; decide again with this answer and commit again.
+    DuplicateChanged(Option<DuplicateFound>),
+    /// The idempotency key was used before: nothing was written; answer with the stored answer.
+    Replay(StoredAnswer),
+}
+
+/// The storage engine. Every write is durable (committed and synced) when its call returns `Ok`.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A short name of the engine, for logs and `/readyz`.
+    fn engine(&self) -> &'static str;
+
+    /// Checks that the store answers.
+    async fn ping(&self) -> StoreResult<()>;
+
+    // Configuration
+
+    async fn load_config(&self) -> StoreResult<Config>;
+
+    /// Applies a change atomically against the stored configuration, validating the whole
+    /// result; returns the new configuration.
+    async fn change_config(&self, change: ConfigChange) -> Result<Config, ConfigWriteError>;
+
+    // Intake
+
+    /// An earlier lead matching a duplicate query, as of now (the commit re-checks it).
+    async fn find_duplicate(&self, query: &DuplicateQuery) -> StoreResult<Option<DuplicateFound>>;
+
+    /// The answer stored for an idempotency key of a source.
+    async fn idempotent_answer(&self, source_id: &str, key: &str) -> StoreResult<Option<StoredAnswer>>;
+
+    /// Writes a lead, its events and its transfers in one transaction, after re-checking the
+    /// duplicate answer and the idempotency key atomically. Concurrent calls are group-committed.
+    async fn commit_submission(&self, submission: Submission) -> StoreResult<CommitOutcome>;
+
+    // Reading
+
+    /// One page of events matching the indexed filters of `query` (not `rules`), strictly after
+    /// `after` in the query's order.
+    async fn scan_events(
+        &self,
+        query: &EventQuery,
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> StoreResult<Vec<StoredEvent>>;
+
+    async fn event(&self, event_id: &str) -> StoreResult<Option<StoredEvent>>;
+
+    async fn lead(&self, lead_id: &str) -> StoreResult<Option<StoredLead>>;
+
+    async fn leads_page(&self, query: &LeadQuery) -> StoreResult<Page<StoredLead>>;
+
+    async fn register_page(&self, query: &RegisterQuery) -> StoreResult<Page<TransferRow>>;
+
+    /// Walks the whole log in order, checking every link, content digest and sequence number.
+    async fn verify_chain(&self) -> StoreResult<ChainReport>;
+
+    // Access
+
+    async fn create_token(&self, token: NewToken) -> StoreResult<()>;
+
+    /// Creates the token unless one with the same hash exists.
+    async fn ensure_token(&self, token: NewToken) -> StoreResult<()>;
+
+    async fn find_token(&self, hash: &[u8; 32]) -> StoreResult<Option<TokenRecord>>;
+
+    async fn list_tokens(&self) -> StoreResult<Vec<TokenRecord>>;
+
+    async fn delete_token(&self, token_id: &str) -> StoreResult<bool>;
+
+    /// Finishes pending writes and releases the database.
+    async fn close(&self);
+}
+
+/// Pages of events through the store, applying the `rules` filter (which no index serves)
+/// by scanning at most `scan_budget` rows per page.
+pub async fn events_page(store: &dyn Store, query: &EventQuery, scan_budget: usize) -> StoreResult<Page<StoredEvent>> {
+    let limit = query.limit.clamp(1, MAX_PAGE);
+    let Some(rules) = &query.rules else {
+        let mut items = store.scan_events(query, query.cursor.as_ref(), limit + 1).await?;
+        let next_cursor = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(StoredEvent::cursor)
+        } else {
+            None
+        };
+        return Ok(Page { items, next_cursor });
+    };
+    let compiled = rules.compile();
+    let mut items = Vec::new();
+    let mut after = query.cursor.clone();
+    let mut scanned = 0;
+    let chunk = 500;
+    loop {
+        let batch = store.scan_events(query, after.as_ref(), chunk).await?;
+        let exhausted = batch.len() < chunk;
+        for event in batch {
+            scanned += 1;
+            after = Some(event.cursor());
+            if compiled.matches(&leadrelay_domain::lead::EventView(&event.to_json())) {
+                items.push(event);
+                if items.len() == limit {
+                    return Ok(Page { items, next_cursor: after });
+                }
+            }
+        }
+        if exhausted {
+            return Ok(Page { items, next_cursor: None });
+        }
+        if scanned >= scan_budget {
+            // A page may come back short: the cursor resumes the scan where it stopped.
+            return Ok(Page { items, next_cursor: after });
+        }
+    }
+}
+
+/// Streams every event matching `query` in pages, holding one page in memory at a time.
+pub fn export_events(
+    store: std::sync::Arc<dyn Store>,
+    query: EventQuery,
+) -> BoxStream<'static, StoreResult<StoredEvent>> {
+    let stream = futures::stream::unfold(Some(query.cursor.clone()), move |state| {
+        let store = store.clone();
+        let query = query.clone();
+        async move {
+            let after = state?;
+            let mut page_query = query.clone();
+            page_query.cursor = after;
+            page_query.limit = MAX_PAGE;
+            match events_page(store.as_ref(), &page_query, 20_000).await {
+                Ok(page) => {
+                    let next = page.next_cursor.clone().map(Some);
+                    let items: Vec<StoreResult<StoredEvent>> = page.items.into_iter().map(Ok).collect();
+                    Some((futures::stream::iter(items), next))
+                }
+                Err(error) => Some((futures::stream::iter(vec![Err(error)]), None)),
+            }
+        }
+    });
+    Box::pin(futures::StreamExt::flatten(stream))
+}

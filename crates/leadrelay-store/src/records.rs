@@ -1,0 +1,298 @@
+//! What goes into the store and what comes back out of it.
+
+use leadrelay_domain::chain::{content_digest, Hash};
+use leadrelay_domain::event::{NewEvent, Outcome, RegisterStatus};
+use leadrelay_domain::lead::LeadRecord;
+use leadrelay_domain::pipeline::{Decision, DuplicateFound, DuplicateKey, DuplicateQuery, NewTransfer};
+use leadrelay_domain::time::{format_millis, Millis};
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use crate::query::Cursor;
+
+/// An event serialised for storage: its content as JSON text and that content's digest.
+/// Encoding happens on the caller's task so that the single writer only links hashes.
+#[derive(Clone, Debug)]
+pub struct EncodedEvent {
+    pub event: NewEvent,
+    pub data_json: String,
+    pub lead_json: String,
+    pub content: Hash,
+}
+
+impl EncodedEvent {
+    pub fn encode(mut event: NewEvent) -> Self {
+        let data_json = event.data.to_string();
+        let lead_json = event.lead.to_string();
+        // The JSON texts are now the content of record; drop the trees.
+        event.data = Value::Null;
+        event.lead = Value::Null;
+        let content = content_digest(&data_json, &lead_json);
+        Self { event, data_json, lead_json, content }
+    }
+}
+
+/// A lead serialised for storage.
+#[derive(Clone, Debug)]
+pub struct EncodedLead {
+    pub record: LeadRecord,
+    pub snapshot_json: String,
+}
+
+/// The stored answer to a submission, replayed for a repeated idempotency key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredAnswer {
+    pub http_status: u16,
+    pub body_json: String,
+}
+
+/// An idempotency key and the answer it keeps.
+#[derive(Clone, Debug)]
+pub struct IdempotencyRecord {
+    pub source_id: String,
+    pub key: String,
+    pub answer: StoredAnswer,
+}
+
+/// Everything one submission writes, in one transaction.
+#[derive(Clone, Debug)]
+pub struct Submission {
+    pub lead: EncodedLead,
+    pub events: Vec<EncodedEvent>,
+    pub transfers: Vec<NewTransfer>,
+    pub duplicate_keys: Vec<DuplicateKey>,
+    /// The duplicate query and the answer the decision assumed; re-checked at commit.
+    pub duplicate_check: Option<(DuplicateQuery, Option<DuplicateFound>)>,
+    pub idempotency: Option<IdempotencyRecord>,
+}
+
+impl Submission {
+    /// Encodes a decision for storage, with the answer an idempotency key keeps.
+    pub fn from_decision(decision: Decision, idempotency: Option<IdempotencyRecord>) -> Self {
+        let snapshot_json = decision.lead.snapshot().to_string();
+        Self {
+            lead: EncodedLead { record: decision.lead, snapshot_json },
+            events: decision.events.into_iter().map(EncodedEvent::encode).collect(),
+            transfers: decision.transfers,
+            duplicate_keys: decision.duplicate_keys,
+            duplicate_check: decision.duplicate_query.map(|query| (query, decision.assumed_duplicate)),
+            idempotency,
+        }
+    }
+}
+
+/// An event read back from the log, ready to serialise without re-parsing its content.
+#[derive(Clone, Debug)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub id: String,
+    pub event_type: String,
+    pub timestamp: Millis,
+    pub lead_id: String,
+    pub flow_id: String,
+    pub source_id: String,
+    pub destination_id: Option<String>,
+    pub transfer_id: Option<String>,
+    pub status: Option<String>,
+    pub outcome: Option<String>,
+    pub reason: Option<String>,
+    pub duration_ms: Option<i64>,
+    pub integration: Option<String>,
+    pub response_code: Option<i64>,
+    pub price: Option<f64>,
+    pub attempt: Option<i64>,
+    pub data: Box<RawValue>,
+    pub lead: Box<RawValue>,
+}
+
+/// The top-level fields of an event, in the order they are written.
+pub const EVENT_FIELDS: [&str; 18] = [
+    "id",
+    "type",
+    "timestamp",
+    "lead_id",
+    "flow_id",
+    "source_id",
+    "destination_id",
+    "transfer_id",
+    "status",
+    "outcome",
+    "reason",
+    "duration_ms",
+    "integration",
+    "response_code",
+    "price",
+    "attempt",
+    "data",
+    "lead",
+];
+
+impl StoredEvent {
+    pub fn cursor(&self) -> Cursor {
+        Cursor { time: self.timestamp, seq: self.seq }
+    }
+
+    /// Serialises the fields for which `keep` answers true.
+    pub fn serialize_fields<S: Serializer>(
+        &self,
+        serializer: S,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        macro_rules! put {
+            ($name:literal, $value:expr) => {
+                if keep($name) {
+                    map.serialize_entry($name, $value)?;
+                }
+            };
+        }
+        put!("id", &self.id);
+        put!("type", &self.event_type);
+        put!("timestamp", &format_millis(self.timestamp));
+        put!("lead_id", &self.lead_id);
+        put!("flow_id", &self.flow_id);
+        put!("source_id", &self.source_id);
+        put!("destination_id", &self.destination_id);
+        put!("transfer_id", &self.transfer_id);
+        put!("status", &self.status);
+        put!("outcome", &self.outcome);
+        put!("reason", &self.reason);
+        put!("duration_ms", &self.duration_ms);
+        put!("integration", &self.integration);
+        put!("response_code", &self.response_code);
+        put!("price", &self.price);
+        put!("attempt", &self.attempt);
+        put!("data", &self.data);
+        put!("lead", &self.lead);
+        map.end()
+    }
+
+    /// The event as a JSON tree, for rule evaluation.
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+impl Serialize for StoredEvent {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.serialize_fields(serializer, &|_| true)
+    }
+}
+
+/// A lead read back from the store: its current snapshot.
+#[derive(Clone, Debug)]
+pub struct StoredLead {
+    pub seq: i64,
+    pub id: String,
+    pub created_at: Millis,
+    pub snapshot: Box<RawValue>,
+}
+
+impl StoredLead {
+    pub fn cursor(&self) -> Cursor {
+        Cursor { time: self.created_at, seq: self.seq }
+    }
+}
+
+impl Serialize for StoredLead {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.snapshot.serialize(serializer)
+    }
+}
+
+/// One row of the register: one lead going to one destination (or to none).
+#[derive(Clone, Debug, Serialize)]
+pub struct TransferRow {
+    #[serde(skip)]
+    pub seq: i64,
+    pub transfer_id: String,
+    pub lead_id: String,
+    pub flow_id: String,
+    pub source_id: String,
+    pub destination_id: Option<String>,
+    pub status: RegisterStatus,
+    pub description: String,
+    #[serde(serialize_with = "serialize_millis")]
+    pub created_at: Millis,
+    #[serde(serialize_with = "serialize_millis")]
+    pub updated_at: Millis,
+    pub attempts: i64,
+}
+
+impl TransferRow {
+    pub fn cursor(&self) -> Cursor {
+        Cursor { time: self.created_at, seq: self.seq }
+    }
+}
+
+fn serialize_millis<S: Serializer>(millis: &Millis, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&format_millis(*millis))
+}
+
+/// What `verify` found.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ChainReport {
+    pub events_checked: u64,
+    /// The first event that does not verify, and why; `None` when the chain is intact.
+    pub first_broken: Option<BrokenLink>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BrokenLink {
+    pub seq: i64,
+    pub event_id: String,
+    pub problem: String,
+}
+
+/// What an API token may do (SPEC 8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Admin,
+    Operator,
+    Viewer,
+    Source,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Viewer => "viewer",
+            Role::Source => "source",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Role::Admin, Role::Operator, Role::Viewer, Role::Source].into_iter().find(|role| role.as_str() == text)
+    }
+}
+
+/// A token to store: only its hash is kept.
+#[derive(Clone, Debug)]
+pub struct NewToken {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub hash: [u8; 32],
+    pub created_at: Millis,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    #[serde(skip)]
+    pub hash: [u8; 32],
+    #[serde(serialize_with = "serialize_millis")]
+    pub created_at: Millis,
+}
+
+/// The lead's outcome as stored text.
+pub fn outcome_text(outcome: Option<Outcome>) -> Option<&'static str> {
+    outcome.map(Outcome::as_str)
+}

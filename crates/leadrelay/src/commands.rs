@@ -1,0 +1,173 @@
+//! The commands: each opens the store named by its URL, does one job, and closes it.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use leadrelay_domain::config::{parse_json, parse_yaml, ConfigChange, ConfigDocument};
+use leadrelay_domain::ids::TokenId;
+use leadrelay_domain::time::now_millis;
+use leadrelay_server::{hash_token, new_token_value, AppState, Settings};
+use leadrelay_store::{NewToken, Role, Store};
+use leadrelay_store_sqlite::{SqliteOptions, SqliteStore};
+
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LEADRELAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// Opens the engine the URL's scheme names.
+pub async fn open_store(database_url: &str) -> anyhow::Result<Arc<dyn Store>> {
+    if database_url.starts_with("sqlite:") {
+        let store = SqliteStore::open(database_url, SqliteOptions::default())
+            .await
+            .with_context(|| format!("while opening {database_url}"))?;
+        Ok(store)
+    } else if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
+        bail!("the PostgreSQL engine is not part of this build yet; use a sqlite:// URL")
+    } else {
+        bail!("unknown database URL {database_url:?}: use sqlite://PATH (for example sqlite://leadrelay.db)")
+    }
+}
+
+pub struct ServeOptions {
+    pub database_url: String,
+    pub listen: String,
+    pub config: Option<std::path::PathBuf>,
+    pub allow_private_destinations: bool,
+    pub max_body_bytes: usize,
+}
+
+async fn ensure_admin_token(store: &dyn Store) -> anyhow::Result<()> {
+    let Ok(value) = std::env::var("LEADRELAY_ADMIN_TOKEN") else { return Ok(()) };
+    if value.trim().len() < 16 {
+        bail!("LEADRELAY_ADMIN_TOKEN must be at least 16 characters long");
+    }
+    let token = NewToken {
+        id: TokenId::generate().into_string(),
+        name: "LEADRELAY_ADMIN_TOKEN".to_owned(),
+        role: Role::Admin,
+        hash: hash_token(value.trim()),
+        created_at: now_millis(),
+    };
+    store.ensure_token(token).await.context("while storing LEADRELAY_ADMIN_TOKEN")?;
+    Ok(())
+}
+
+fn read_document(file: &Path) -> anyhow::Result<ConfigDocument> {
+    let text = if file == Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).context("while reading standard input")?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("while reading {}", file.display()))?
+    };
+    let is_json = file.extension().is_some_and(|extension| extension == "json");
+    let document = if is_json { parse_json(&text) } else { parse_yaml(&text) };
+    document.with_context(|| format!("{} is not a valid configuration", file.display()))
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+pub async fn serve(options: ServeOptions) -> anyhow::Result<ExitCode> {
+    let store = open_store(&options.database_url).await?;
+    ensure_admin_token(store.as_ref()).await?;
+    if let Some(file) = &options.config {
+        let document = read_document(file)?;
+        store
+            .change_config(ConfigChange::Apply(document))
+            .await
+            .with_context(|| format!("while applying {}", file.display()))?;
+    }
+    if options.allow_private_destinations {
+        tracing::warn!("outbound calls may reach loopback and private addresses (--allow-private-destinations)");
+    }
+    let settings = Settings { max_body_bytes: options.max_body_bytes, ..Settings::default() };
+    let state = AppState::new(store.clone(), settings).await.context("while loading the configuration")?;
+    let listener = tokio::net::TcpListener::bind(&options.listen)
+        .await
+        .with_context(|| format!("while binding {}", options.listen))?;
+    let address = listener.local_addr().context("while reading the bound address")?;
+    tracing::info!(%address, database = %options.database_url, "leadrelay listening on http://{address}");
+    leadrelay_server::serve(listener, state, shutdown_signal()).await.context("while serving")?;
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn apply(database_url: &str, file: &Path) -> anyhow::Result<ExitCode> {
+    let document = read_document(file)?;
+    let store = open_store(database_url).await?;
+    let before = store.load_config().await?;
+    let result = store.change_config(ConfigChange::Apply(document)).await;
+    store.close().await;
+    let after = result.with_context(|| format!("{} was not applied", file.display()))?;
+    let counts = |config: &leadrelay_domain::config::Config| {
+        (config.flows.len(), config.sources.len(), config.destinations.len())
+    };
+    let changed = leadrelay_domain::config::ConfigKind::ALL
+        .iter()
+        .flat_map(|kind| after.list(*kind))
+        .filter(|object| before.get(object.kind(), object.id()).as_ref() != Some(object))
+        .count();
+    let (flows, sources, destinations) = counts(&after);
+    println!(
+        "applied {}: {changed} objects changed; now {flows} flows, {sources} sources, {destinations} destinations",
+        file.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn verify(database_url: &str) -> anyhow::Result<ExitCode> {
+    let store = open_store(database_url).await?;
+    let report = store.verify_chain().await;
+    store.close().await;
+    let report = report.context("while verifying the event log")?;
+    match report.first_broken {
+        None => {
+            println!("OK: {} events verified, the chain is intact", report.events_checked);
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(broken) => {
+            println!(
+                "BROKEN at event {} (seq {}): {}; {} events before it verified",
+                if broken.event_id.is_empty() { "-" } else { &broken.event_id },
+                broken.seq,
+                broken.problem,
+                report.events_checked
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+pub async fn token_create(database_url: &str, name: &str, role: &str) -> anyhow::Result<ExitCode> {
+    let Some(role) = Role::parse(role) else { bail!("unknown role {role:?}: use admin, operator, viewer or source") };
+    let store = open_store(database_url).await?;
+    let value = new_token_value();
+    let token = NewToken {
+        id: TokenId::generate().into_string(),
+        name: name.to_owned(),
+        role,
+        hash: hash_token(&value),
+        created_at: now_millis(),
+    };
+    let result = store.create_token(token).await;
+    store.close().await;
+    result.context("while storing the token")?;
+    println!("{value}");
+    Ok(ExitCode::SUCCESS)
+}

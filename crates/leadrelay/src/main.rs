@@ -1,0 +1,120 @@
+//! The `leadrelay` binary: parses the command line and wires the engine, the server and the
+//! commands together. No business logic lives here.
+
+#![forbid(unsafe_code)]
+
+mod commands;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// leadrelay: a self-hosted lead event hub.
+///
+/// Takes leads in over HTTP, parses, de-duplicates and filters them, records every step in an
+/// immutable, hash-chained event log, and keeps a register of every transfer.
+#[derive(Parser)]
+#[command(name = "leadrelay", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the store lives; every command that touches it takes this.
+#[derive(clap::Args, Clone)]
+struct StoreArgs {
+    /// Database URL: `sqlite://PATH` (embedded, the default) or `postgres://…`.
+    #[arg(long, env = "LEADRELAY_DATABASE_URL", default_value = "sqlite://leadrelay.db")]
+    database_url: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server (intake, API) until SIGTERM or Ctrl-C.
+    Serve {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Address to listen on.
+        #[arg(long, env = "LEADRELAY_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// A configuration file (YAML or JSON) to apply at start.
+        #[arg(long, env = "LEADRELAY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Let destinations, enhancements and postbacks reach loopback and private addresses.
+        #[arg(long, env = "LEADRELAY_ALLOW_PRIVATE_DESTINATIONS")]
+        allow_private_destinations: bool,
+        /// Largest accepted request body, in bytes.
+        #[arg(long, env = "LEADRELAY_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+        max_body_bytes: usize,
+    },
+    /// Apply a declarative configuration file (YAML or JSON) in one transaction.
+    Apply {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The file to apply; `-` reads standard input.
+        file: PathBuf,
+    },
+    /// Check the event log's hash chain; exits non-zero naming the first bad event.
+    Verify {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Manage API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it once; only its hash is stored.
+    Create {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// A name to recognise the token by.
+        #[arg(long, default_value = "cli")]
+        name: String,
+        /// What the token may do: admin, operator, viewer or source.
+        #[arg(long, default_value = "admin")]
+        role: String,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    commands::init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: starting the runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { store, listen, config, allow_private_destinations, max_body_bytes } => {
+                let options = commands::ServeOptions {
+                    database_url: store.database_url,
+                    listen,
+                    config,
+                    allow_private_destinations,
+                    max_body_bytes,
+                };
+                commands::serve(options).await
+            }
+            Command::Apply { store, file } => commands::apply(&store.database_url, &file).await,
+            Command::Verify { store } => commands::verify(&store.database_url).await,
+            Command::Token { command: TokenCommand::Create { store, name, role } } => {
+                commands::token_create(&store.database_url, &name, &role).await
+            }
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
