@@ -18,11 +18,13 @@ use serde_json::{json, Value};
 use crate::params::Params;
 use crate::{ApiError, ApiResult, AppState};
 
+/// The REST collections of configuration objects.
+pub const COLLECTIONS: [(&str, ConfigKind); 3] =
+    [("flows", ConfigKind::Flow), ("sources", ConfigKind::Source), ("destinations", ConfigKind::Destination)];
+
 pub fn routes() -> Router<Arc<AppState>> {
     let mut router = Router::new().route("/api/v1/config", get(export_config).post(apply_config));
-    for (collection, kind) in
-        [("flows", ConfigKind::Flow), ("sources", ConfigKind::Source), ("destinations", ConfigKind::Destination)]
-    {
+    for (collection, kind) in COLLECTIONS {
         router = router
             .route(
                 &format!("/api/v1/{collection}"),
@@ -110,7 +112,14 @@ async fn remove(State(state): State<Arc<AppState>>, kind: ConfigKind, Path(id): 
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn export_config(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> ApiResult<Response> {
+/// The whole configuration as one document.
+#[utoipa::path(get, path = "/api/v1/config", tag = "configuration",
+    params(("format" = Option<String>, Query, description = "`json` (default) or `yaml`")),
+    responses((status = 200, description = "The configuration document", body = Object)))]
+pub(crate) async fn export_config(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
     let params = Params::parse(query.as_deref(), &["format"])?;
     let document = state.config().to_document();
     match params.text("format").as_deref() {
@@ -124,7 +133,15 @@ async fn export_config(State(state): State<Arc<AppState>>, RawQuery(query): RawQ
 }
 
 /// Applies a whole document (YAML or JSON) in one transaction.
-async fn apply_config(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> ApiResult<Json<Value>> {
+#[utoipa::path(post, path = "/api/v1/config", tag = "configuration",
+    request_body(content = Object, description = "A configuration document, YAML or JSON", content_type = "application/yaml"),
+    responses((status = 200, description = "Applied; `changed` counts the objects that changed", body = Object),
+              (status = 400, description = "Invalid; nothing was applied", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn apply_config(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
     let text =
         std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("invalid_body", "body must be UTF-8 text"))?;
     let content_type = headers.get(CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or("");

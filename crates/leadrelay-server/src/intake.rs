@@ -101,7 +101,30 @@ fn answer_response(answer: &StoredAnswer, replayed: bool) -> Response {
     response
 }
 
-async fn submit(
+/// Submit a lead: JSON, form-encoded, or a query string.
+#[utoipa::path(
+    method(get, post),
+    path = "/api/v1/sources/{source_id}/submit",
+    tag = "intake",
+    params(
+        ("source_id" = String, Path, description = "The source's id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key answers the first answer again and creates nothing"),
+        ("X-Source-Key" = Option<String>, Header, description = "The source's key, when it has one (or the `key` parameter)"),
+    ),
+    request_body(content = Object, description = "The lead's fields", content_type = "application/json"),
+    responses(
+        (status = 201, description = "Accepted and stored", body = crate::openapi::SubmitAnswerDoc),
+        (status = 200, description = "Stored but rejected; `reason` says why", body = crate::openapi::SubmitAnswerDoc),
+        (status = 400, description = "Unparseable body or a field over the limits", body = crate::openapi::ErrorBody),
+        (status = 401, description = "Wrong or missing source key", body = crate::openapi::ErrorBody),
+        (status = 404, description = "Unknown source", body = crate::openapi::ErrorBody),
+        (status = 413, description = "Body too large", body = crate::openapi::ErrorBody),
+        (status = 415, description = "Unsupported content type", body = crate::openapi::ErrorBody),
+        (status = 503, description = "Could not be stored; nothing was written", body = crate::openapi::ErrorBody),
+    ),
+    security(())
+)]
+pub(crate) async fn submit(
     State(state): State<Arc<AppState>>,
     Path(source_id): Path<String>,
     request: Request,

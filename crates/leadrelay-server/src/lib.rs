@@ -94,10 +94,14 @@ async fn not_found() -> ApiError {
     ApiError::not_found("route_not_found", "no such endpoint")
 }
 
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Up")), security(()))]
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// The store answers.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "Ready"), (status = 503, description = "The store does not answer")), security(()))]
 async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     match state.store.ping().await {
         Ok(()) => (StatusCode::OK, Json(json!({"status": "ready", "store": state.store.engine()}))),

@@ -79,13 +79,22 @@ async fn events_response(state: &AppState, query: EventQuery, projection: Projec
     json_response(&PageBody { items, next_cursor: page.next_cursor.as_ref().map(Cursor::encode) })
 }
 
-async fn list_events(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> ApiResult<Response> {
+/// Events, newest first by default, with every filter of SPEC 5.
+#[utoipa::path(get, path = "/api/v1/events", tag = "events", params(crate::openapi::EventParamsDoc),
+    responses((status = 200, description = "A page of events", body = crate::openapi::PageDoc),
+              (status = 400, description = "A parameter is invalid; the message names it", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn list_events(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> ApiResult<Response> {
     let params = Params::parse(query.as_deref(), EVENT_PARAMS)?;
     let events = event_query(&params, SortOrder::Desc)?;
     events_response(&state, events, Projection::from_params(&params)?).await
 }
 
-async fn list_flow_events(
+/// The events of one flow.
+#[utoipa::path(get, path = "/api/v1/flows/{flow_id}/events", tag = "events",
+    params(("flow_id" = String, Path, description = "The flow's id"), crate::openapi::EventParamsDoc),
+    responses((status = 200, description = "A page of events", body = crate::openapi::PageDoc),
+              (status = 400, description = "A parameter is invalid", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn list_flow_events(
     State(state): State<Arc<AppState>>,
     Path(flow_id): Path<String>,
     RawQuery(query): RawQuery,
@@ -99,20 +108,34 @@ async fn list_flow_events(
     events_response(&state, events, Projection::from_params(&params)?).await
 }
 
-async fn get_event(State(state): State<Arc<AppState>>, Path(event_id): Path<String>) -> ApiResult<Response> {
+/// One event.
+#[utoipa::path(get, path = "/api/v1/events/{event_id}", tag = "events",
+    params(("event_id" = String, Path, description = "`evt_…`")),
+    responses((status = 200, description = "The event", body = crate::openapi::EventDoc),
+              (status = 404, description = "No such event", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn get_event(State(state): State<Arc<AppState>>, Path(event_id): Path<String>) -> ApiResult<Response> {
     match state.store.event(&event_id).await? {
         Some(event) => json_response(&event),
         None => Err(ApiError::not_found("event_not_found", format!("no event {event_id:?}"))),
     }
 }
 
-async fn list_leads(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> ApiResult<Response> {
+/// Leads, newest first by default.
+#[utoipa::path(get, path = "/api/v1/leads", tag = "leads", params(crate::openapi::LeadParamsDoc),
+    responses((status = 200, description = "A page of lead snapshots", body = crate::openapi::PageDoc),
+              (status = 400, description = "A parameter is invalid", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn list_leads(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> ApiResult<Response> {
     let params = Params::parse(query.as_deref(), LEAD_PARAMS)?;
     let page = state.store.leads_page(&lead_query(&params)?).await?;
     json_response(&PageBody { items: page.items, next_cursor: page.next_cursor.as_ref().map(Cursor::encode) })
 }
 
-async fn get_lead(State(state): State<Arc<AppState>>, Path(lead_id): Path<String>) -> ApiResult<Response> {
+/// A lead's current snapshot.
+#[utoipa::path(get, path = "/api/v1/leads/{lead_id}", tag = "leads",
+    params(("lead_id" = String, Path, description = "`lead_…`")),
+    responses((status = 200, description = "The lead", body = Object),
+              (status = 404, description = "No such lead", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn get_lead(State(state): State<Arc<AppState>>, Path(lead_id): Path<String>) -> ApiResult<Response> {
     match state.store.lead(&lead_id).await? {
         Some(lead) => json_response(&lead),
         None => Err(ApiError::not_found("lead_not_found", format!("no lead {lead_id:?}"))),
@@ -120,7 +143,13 @@ async fn get_lead(State(state): State<Arc<AppState>>, Path(lead_id): Path<String
 }
 
 /// A lead's timeline, oldest first.
-async fn lead_timeline(
+#[utoipa::path(get, path = "/api/v1/leads/{lead_id}/events", tag = "leads",
+    params(("lead_id" = String, Path, description = "`lead_…`"),
+           ("limit" = Option<u32>, Query, description = "1 to 1000, default 1000"),
+           ("cursor" = Option<String>, Query, description = "The previous page's next_cursor")),
+    responses((status = 200, description = "The timeline, oldest first", body = crate::openapi::PageDoc),
+              (status = 404, description = "No such lead", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn lead_timeline(
     State(state): State<Arc<AppState>>,
     Path(lead_id): Path<String>,
     RawQuery(query): RawQuery,
@@ -139,7 +168,14 @@ async fn lead_timeline(
     events_response(&state, events, Projection::from_params(&params)?).await
 }
 
-async fn list_register(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> ApiResult<Response> {
+/// The register: one row per transfer, newest first by default.
+#[utoipa::path(get, path = "/api/v1/register", tag = "register", params(crate::openapi::RegisterParamsDoc),
+    responses((status = 200, description = "A page of transfers", body = crate::openapi::PageDoc),
+              (status = 400, description = "A parameter is invalid", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn list_register(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
     let params = Params::parse(query.as_deref(), REGISTER_PARAMS)?;
     let page = state.store.register_page(&register_query(&params)?).await?;
     json_response(&PageBody { items: page.items, next_cursor: page.next_cursor.as_ref().map(Cursor::encode) })
@@ -199,7 +235,11 @@ fn encode_chunk(
 }
 
 /// Streams every matching event, one page in memory at a time.
-async fn export(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> ApiResult<Response> {
+#[utoipa::path(get, path = "/api/v1/export", tag = "events",
+    params(("format" = Option<String>, Query, description = "`ndjson` (default) or `csv`"), crate::openapi::EventParamsDoc),
+    responses((status = 200, description = "Every matching event, oldest first, streamed", content_type = "application/x-ndjson"),
+              (status = 400, description = "A parameter is invalid", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn export(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> ApiResult<Response> {
     let mut known = EVENT_PARAMS.to_vec();
     known.push("format");
     let params = Params::parse(query.as_deref(), &known)?;

@@ -32,7 +32,11 @@ fn default_role() -> Role {
     Role::Admin
 }
 
-async fn create(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> ApiResult<Response> {
+/// Create a token; its value is answered once and only its hash is kept.
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "access", request_body(content = Object, description = "{\"name\": …, \"role\": \"admin\"}"),
+    responses((status = 201, description = "The token, with its value", body = Object),
+              (status = 400, description = "Invalid request", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn create(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> ApiResult<Response> {
     let request: CreateToken = serde_json::from_slice(&body).map_err(|error| {
         ApiError::bad_request("invalid_json", format!("body must be {{\"name\": …, \"role\": …}}: {error}"))
     })?;
@@ -52,12 +56,15 @@ async fn create(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> 
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-async fn list(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_json::Value>> {
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "access", responses((status = 200, description = "Tokens, without their values", body = crate::openapi::PageDoc)))]
+pub(crate) async fn list(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_json::Value>> {
     let tokens = state.store.list_tokens().await?;
     Ok(Json(json!({"items": tokens, "next_cursor": null})))
 }
 
-async fn remove(State(state): State<Arc<AppState>>, Path(token_id): Path<String>) -> ApiResult<StatusCode> {
+#[utoipa::path(delete, path = "/api/v1/tokens/{token_id}", tag = "access", params(("token_id" = String, Path, description = "`tok_…`")),
+    responses((status = 204, description = "Revoked"), (status = 404, description = "No such token", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn remove(State(state): State<Arc<AppState>>, Path(token_id): Path<String>) -> ApiResult<StatusCode> {
     if state.store.delete_token(&token_id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {

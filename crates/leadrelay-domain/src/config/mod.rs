@@ -124,7 +124,7 @@ pub struct Config {
 pub enum ConfigObject {
     Flow(Flow),
     Source(Source),
-    Destination(Destination),
+    Destination(Box<Destination>),
 }
 
 impl ConfigObject {
@@ -148,7 +148,7 @@ impl ConfigObject {
         Ok(match kind {
             ConfigKind::Flow => ConfigObject::Flow(parse_value(value)?),
             ConfigKind::Source => ConfigObject::Source(parse_value(value)?),
-            ConfigKind::Destination => ConfigObject::Destination(parse_value(value)?),
+            ConfigKind::Destination => ConfigObject::Destination(Box::new(parse_value(value)?)),
         })
     }
 
@@ -214,7 +214,9 @@ impl Config {
         match kind {
             ConfigKind::Flow => self.flows.get(id).cloned().map(ConfigObject::Flow),
             ConfigKind::Source => self.sources.get(id).cloned().map(ConfigObject::Source),
-            ConfigKind::Destination => self.destinations.get(id).cloned().map(ConfigObject::Destination),
+            ConfigKind::Destination => {
+                self.destinations.get(id).cloned().map(|d| ConfigObject::Destination(Box::new(d)))
+            }
         }
     }
 
@@ -222,7 +224,9 @@ impl Config {
         match kind {
             ConfigKind::Flow => self.flows.values().cloned().map(ConfigObject::Flow).collect(),
             ConfigKind::Source => self.sources.values().cloned().map(ConfigObject::Source).collect(),
-            ConfigKind::Destination => self.destinations.values().cloned().map(ConfigObject::Destination).collect(),
+            ConfigKind::Destination => {
+                self.destinations.values().cloned().map(|d| ConfigObject::Destination(Box::new(d))).collect()
+            }
         }
     }
 
@@ -243,7 +247,7 @@ impl Config {
                 self.sources.insert(source.id.clone(), source);
             }
             ConfigObject::Destination(destination) => {
-                self.destinations.insert(destination.id.clone(), destination);
+                self.destinations.insert(destination.id.clone(), *destination);
             }
         }
     }
@@ -299,7 +303,7 @@ impl Config {
                     .flows
                     .into_iter()
                     .map(ConfigObject::Flow)
-                    .chain(document.destinations.into_iter().map(ConfigObject::Destination))
+                    .chain(document.destinations.into_iter().map(|d| ConfigObject::Destination(Box::new(d))))
                     .chain(document.sources.into_iter().map(ConfigObject::Source));
                 let mut seen = std::collections::HashSet::new();
                 for mut object in objects {

@@ -1,0 +1,71 @@
+//! Access: admin tokens on every `/api/v1` endpoint but intake; health and readiness open.
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::{error_code, solar_config, spawn_app};
+
+#[tokio::test]
+async fn admin_endpoints_need_a_valid_bearer_token() {
+    let app = spawn_app().await;
+    for path in ["/api/v1/events", "/api/v1/register", "/api/v1/config", "/api/v1/flows", "/api/v1/openapi.json"] {
+        let anonymous = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(error_code(anonymous).await, (StatusCode::UNAUTHORIZED, "unauthorized".to_owned()), "{path}");
+        let wrong = app.client.get(app.url(path)).bearer_auth("not-the-token").send().await.unwrap();
+        assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED, "{path}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn tokens_created_through_the_api_work_and_can_be_revoked() {
+    let app = spawn_app().await;
+    let created = app.post_admin("/api/v1/tokens", &json!({"name": "ci", "role": "admin"})).await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let created: Value = created.json().await.unwrap();
+    let token = created["token"].as_str().unwrap().to_owned();
+    let listed = app.get_json("/api/v1/tokens").await;
+    assert!(listed.to_string().find(&token).is_none(), "token values are never listed");
+    assert_eq!(listed["items"].as_array().unwrap().len(), 2);
+    let with_new = app.client.get(app.url("/api/v1/flows")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(with_new.status(), StatusCode::OK);
+    let viewer = app.post_admin("/api/v1/tokens", &json!({"name": "viewer", "role": "viewer"})).await;
+    let viewer: Value = viewer.json().await.unwrap();
+    let as_viewer =
+        app.client.get(app.url("/api/v1/flows")).bearer_auth(viewer["token"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(as_viewer.status(), StatusCode::FORBIDDEN);
+    let revoked = app.delete_admin(&format!("/api/v1/tokens/{}", created["id"].as_str().unwrap())).await;
+    assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
+    let after = app.client.get(app.url("/api/v1/flows")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
+    let bad = app.post_admin("/api/v1/tokens", &json!({"name": "x", "role": "emperor"})).await;
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn health_readiness_and_intake_need_no_token() {
+    let app = spawn_app().await;
+    app.apply(&solar_config()).await;
+    assert_eq!(app.client.get(app.url("/healthz")).send().await.unwrap().status(), StatusCode::OK);
+    let ready: Value = app.client.get(app.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ready["status"], "ready");
+    let (status, _) = app.submit("web", &json!({"email": "open@example.com", "state": "TX"})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let missing = app.client.get(app.url("/nowhere")).send().await.unwrap();
+    assert_eq!(error_code(missing).await.0, StatusCode::NOT_FOUND);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn openapi_document_lists_the_endpoints() {
+    let app = spawn_app().await;
+    let document = app.get_json("/api/v1/openapi.json").await;
+    assert!(document["openapi"].as_str().unwrap().starts_with("3."));
+    for path in
+        ["/api/v1/sources/{source_id}/submit", "/api/v1/events", "/api/v1/register", "/api/v1/export", "/api/v1/config"]
+    {
+        assert!(document["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
+    }
+    app.stop().await;
+}

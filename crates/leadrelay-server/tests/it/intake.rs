@@ -1,0 +1,236 @@
+//! Intake: bodies, keys, limits, idempotency and the answer contract.
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::{error_code, solar_config, spawn_app, spawn_app_with};
+
+fn good_lead() -> Value {
+    json!({"email": "jo@example.com", "phone": "+1 512 555 0134", "first_name": "Jo Smith", "state": "TX"})
+}
+
+#[tokio::test]
+async fn json_submission_is_accepted_with_the_contract_answer() {
+    let app = spawn_app().await;
+    app.apply(&solar_config()).await;
+    let (status, answer) = app.submit("web", &good_lead()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(answer["outcome"], "success");
+    assert!(answer["lead_id"].as_str().unwrap().starts_with("lead_"));
+    assert_eq!(answer["reason"], Value::Null);
+    assert_eq!(answer["price"], 2.5);
+    assert_eq!(answer["deliveries"], json!([]));
+    let lead = app.get_json(&format!("/api/v1/leads/{}", answer["lead_id"].as_str().unwrap())).await;
+    assert_eq!(lead["cost"], 2.5);
+    assert_eq!(lead["fields"]["state"]["value"], "TX");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn form_encoded_and_query_string_submissions_are_accepted() {
+    let app = spawn_app().await;
+    app.apply(&solar_config()).await;
+    let form = app
+        .client
+        .post(app.url("/api/v1/sources/web/submit"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("e-mail=form%40example.com&state=California")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), StatusCode::CREATED);
+    let answer: Value = form.json().await.unwrap();
+    let lead = app.get_json(&format!("/api/v1/leads/{}", answer["lead_id"].as_str().unwrap())).await;
+    assert_eq!(lead["fields"]["email"]["value"], "form@example.com", "field_map renames e-mail");
+    assert_eq!(lead["fields"]["state"]["value"], "CA");
+
+    let post_query =
+        app.client.post(app.url("/api/v1/sources/web/submit?email=q1%40example.com&state=TX")).send().await.unwrap();
+    assert_eq!(post_query.status(), StatusCode::CREATED);
+    let get_query =
+        app.client.get(app.url("/api/v1/sources/web/submit?email=q2%40example.com&state=TX")).send().await.unwrap();
+    assert_eq!(get_query.status(), StatusCode::CREATED);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_bodies_get_clear_client_errors_and_write_nothing() {
+    let app = spawn_app().await;
+    app.apply(&solar_config()).await;
+    let submit = |content_type: &'static str, body: &'static str| {
+        app.client.post(app.url("/api/v1/sources/web/submit")).header("content-type", content_type).body(body).send()
+    };
+    let cases = [
+        ("application/json", "{\"email\": ", StatusCode::BAD_REQUEST, "invalid_json"),
+        ("application/json", "[1, 2]", StatusCode::BAD_REQUEST, "invalid_json"),
+        ("application/json", "\"text\"", StatusCode::BAD_REQUEST, "invalid_json"),
+        ("text/xml", "<lead/>", StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+    ];
+    for (content_type, body, expected_status, expected_code) in cases {
+        let (status, code) = error_code(submit(content_type, body).await.unwrap()).await;
+        assert_eq!((status, code.as_str()), (expected_status, expected_code), "{content_type} {body}");
+    }
+    let leads = app.get_json("/api/v1/leads").await;
+    assert_eq!(leads["items"].as_array().unwrap().len(), 0);
+    let events = app.get_json("/api/v1/events").await;
+    assert_eq!(events["items"].as_array().unwrap().len(), 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_source_answers_404() {
+    let app = spawn_app().await;
+    let (status, answer) = app.submit("nope", &good_lead()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(answer["error"]["code"], "source_not_found");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn source_key_is_required_when_set_by_header_or_parameter() {
+    let app = spawn_app().await;
+    let mut config = solar_config();
+    config["sources"][0]["key"] = json!("s3cret-key");
+    app.apply(&config).await;
+    let (status, answer) = app.submit("web", &good_lead()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(answer["error"]["code"], "unauthorized");
+    let wrong = app
+        .client
+        .post(app.url("/api/v1/sources/web/submit"))
+        .header("x-source-key", "wrong")
+        .json(&good_lead())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let right = app
+        .client
+        .post(app.url("/api/v1/sources/web/submit"))
+        .header("x-source-key", "s3cret-key")
+        .json(&good_lead())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), StatusCode::CREATED);
+    let by_parameter = app
+        .client
+        .get(app.url("/api/v1/sources/web/submit?key=s3cret-key&email=p%40example.com&state=TX"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_parameter.status(), StatusCode::CREATED);
+    let answer: Value = by_parameter.json().await.unwrap();
+    let lead = app.get_json(&format!("/api/v1/leads/{}", answer["lead_id"].as_str().unwrap())).await;
+    assert!(lead["fields"].get("key").is_none(), "the key is not kept as a lead field");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_bodies_answer_413_and_huge_fields_400() {
+    let app = spawn_app_with(leadrelay_server::Settings { max_body_bytes: 4096, ..Default::default() }).await;
+    app.apply(&solar_config()).await;
+    let big = "x".repeat(10_000);
+    let response = app
+        .client
+        .post(app.url("/api/v1/sources/web/submit"))
+        .json(&json!({"email": "a@example.com", "state": "TX", "notes": big}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(response).await, (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large".to_owned()));
+    app.stop().await;
+
+    let app = spawn_app().await;
+    app.apply(&solar_config()).await;
+    let huge_field = "y".repeat(100_000);
+    let response = app
+        .client
+        .post(app.url("/api/v1/sources/web/submit"))
+        .json(&json!({"email": "a@example.com", "state": "TX", "notes": huge_field}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(response).await, (StatusCode::BAD_REQUEST, "field_too_long".to_owned()));
+    let many: serde_json::Map<String, Value> = (0..600).map(|i| (format!("f{i}"), json!("v"))).collect();
+    let response = app.client.post(app.url("/api/v1/sources/web/submit")).json(&many).send().await.unwrap();
+    assert_eq!(error_code(response).await, (StatusCode::BAD_REQUEST, "too_many_fields".to_owned()));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn unicode_and_odd_values_are_kept_raw() {
+    let app = spawn_app().await;
+    app.apply(&solar_config()).await;
+    let lead = json!({
+        "email": "zoë@example.com", "phone": "+44 20 7946 0958", "first_name": "Zoë Ñúñez 🌞",
+        "state": "TX", "notes": "line1\nline2\t\u{0000}end", "count": 42, "opt_in": true, "nothing": null,
+        "nested": {"a": [1, 2]}
+    });
+    let (status, answer) = app.submit("web", &lead).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let stored = app.get_json(&format!("/api/v1/leads/{}", answer["lead_id"].as_str().unwrap())).await;
+    assert_eq!(stored["fields"]["first_name"]["raw"], "Zoë Ñúñez 🌞");
+    assert_eq!(stored["fields"]["notes"]["raw"], "line1\nline2\t\u{0000}end");
+    assert_eq!(stored["fields"]["count"]["raw"], "42");
+    assert_eq!(stored["fields"]["phone"]["e164"], "+442079460958");
+    assert!(stored["fields"].get("nothing").is_none());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn idempotency_key_returns_the_first_answer_and_creates_nothing_new() {
+    let app = spawn_app().await;
+    app.apply(&solar_config()).await;
+    let send = |key: &'static str| {
+        app.client
+            .post(app.url("/api/v1/sources/web/submit"))
+            .header("idempotency-key", key)
+            .json(&json!({"email": "idem@example.com", "state": "TX"}))
+            .send()
+    };
+    let first = send("key-1").await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.unwrap();
+    let again = send("key-1").await.unwrap();
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.headers().get("idempotent-replayed").unwrap(), "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(first, again);
+    let leads = app.get_json("/api/v1/leads").await;
+    assert_eq!(leads["items"].as_array().unwrap().len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_submissions_with_one_idempotency_key_store_one_lead() {
+    let app = spawn_app().await;
+    app.apply(&solar_config()).await;
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let client = app.client.clone();
+        let url = app.url("/api/v1/sources/web/submit");
+        tasks.push(tokio::spawn(async move {
+            let response = client
+                .post(url)
+                .header("idempotency-key", "same")
+                .json(&json!({"email": "race@example.com", "state": "TX"}))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let body: Value = response.json().await.unwrap();
+            (status, body["lead_id"].as_str().unwrap().to_owned())
+        }));
+    }
+    let mut lead_ids = std::collections::HashSet::new();
+    for task in tasks {
+        let (status, lead_id) = task.await.unwrap();
+        assert_eq!(status, StatusCode::CREATED);
+        lead_ids.insert(lead_id);
+    }
+    assert_eq!(lead_ids.len(), 1);
+    let leads = app.get_json("/api/v1/leads").await;
+    assert_eq!(leads["items"].as_array().unwrap().len(), 1);
+    app.stop().await;
+}

@@ -1,0 +1,8 @@
+//! Integration tests of the HTTP API: a real server on 127.0.0.1, a real SQLite file per test.
+
+mod auth;
+mod config;
+mod events;
+mod helpers;
+mod intake;
+mod pipeline;
