@@ -102,7 +102,11 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("while binding {}", options.listen))?;
     let address = listener.local_addr().context("while reading the bound address")?;
-    tracing::info!(%address, database = %options.database_url, "leadrelay listening on http://{address}");
+    tracing::info!(%address, database = %options.database_url, "listening");
+    // A plain line on standard output, so scripts (and tests) learn the bound port.
+    println!("leadrelay listening on http://{address}");
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
     leadrelay_server::serve(listener, state, shutdown_signal()).await.context("while serving")?;
     store.close().await;
     Ok(ExitCode::SUCCESS)

@@ -1,0 +1,149 @@
+//! The commands: `apply`, `verify` (intact and tampered logs), `token create`, `--help`.
+
+use serde_json::{json, Value};
+
+use crate::process::{run, write_config, Server, ADMIN_TOKEN, CONFIG};
+
+fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn apply_reports_changes_and_refuses_unknown_keys_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), CONFIG);
+    let output = run(dir.path(), &["apply", path.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout(&output).contains("3 objects changed"), "{}", stdout(&output));
+    let again = run(dir.path(), &["apply", path.to_str().unwrap()]);
+    assert!(stdout(&again).contains("0 objects changed"), "{}", stdout(&again));
+
+    let bad = write_config(dir.path(), &CONFIG.replace("price: 1.5", "price: 1.5, prise: 2"));
+    let output = run(dir.path(), &["apply", bad.to_str().unwrap()]);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("unknown field `prise`"), "{}", stderr(&output));
+
+    let dangling = write_config(dir.path(), &CONFIG.replace("destinations: [crm]", "destinations: [nowhere]"));
+    let output = run(dir.path(), &["apply", dangling.to_str().unwrap()]);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("unknown destination \"nowhere\""), "{}", stderr(&output));
+}
+
+#[test]
+fn unknown_database_schemes_are_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(crate::process::binary())
+        .args(["verify", "--database-url", "mysql://localhost/x"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("unknown database URL"), "{}", stderr(&output));
+    drop(dir);
+}
+
+#[test]
+fn help_describes_every_command() {
+    let output = std::process::Command::new(crate::process::binary()).arg("--help").output().unwrap();
+    let text = stdout(&output);
+    for command in ["serve", "apply", "verify", "token"] {
+        assert!(text.contains(command), "--help lacks {command}: {text}");
+    }
+    let serve = std::process::Command::new(crate::process::binary()).args(["serve", "--help"]).output().unwrap();
+    for flag in ["--listen", "--database-url", "--config", "--allow-private-destinations"] {
+        assert!(stdout(&serve).contains(flag), "serve --help lacks {flag}");
+    }
+}
+
+#[tokio::test]
+async fn token_create_prints_a_working_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run(dir.path(), &["token", "create", "--name", "ops"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let token = stdout(&output).trim().to_owned();
+    assert!(token.starts_with("lr_"));
+    let server = Server::start(dir.path());
+    let client = reqwest::Client::new();
+    let response = client.get(server.url("/api/v1/tokens")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert!(!body.to_string().contains(&token), "the token's value is not stored or shown");
+    let bad_role = run(dir.path(), &["token", "create", "--role", "king"]);
+    assert!(!bad_role.status.success());
+}
+
+/// Submits a few leads through a real server, then stops it.
+async fn seed(dir: &std::path::Path, count: usize) {
+    let path = write_config(dir, CONFIG);
+    assert!(run(dir, &["apply", path.to_str().unwrap()]).status.success());
+    let server = Server::start(dir);
+    let client = reqwest::Client::new();
+    for i in 0..count {
+        let response = client
+            .post(server.url("/api/v1/sources/web/submit"))
+            .json(&json!({"email": format!("v{i}@example.com"), "state": if i % 2 == 0 { "TX" } else { "NY" }}))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success());
+    }
+    let _ = client.get(server.url("/healthz")).bearer_auth(ADMIN_TOKEN).send().await;
+    server.kill();
+}
+
+async fn tamper(dir: &std::path::Path, sql: &str) {
+    use sqlx::ConnectOptions;
+    let options: sqlx::sqlite::SqliteConnectOptions = crate::process::database_url(dir).parse().unwrap();
+    let mut connection = options.connect().await.unwrap();
+    sqlx::query(sql).execute(&mut connection).await.unwrap();
+}
+
+async fn event_id_at(dir: &std::path::Path, seq: i64) -> String {
+    use sqlx::{ConnectOptions, Row};
+    let options: sqlx::sqlite::SqliteConnectOptions = crate::process::database_url(dir).parse().unwrap();
+    let mut connection = options.connect().await.unwrap();
+    sqlx::query("SELECT id FROM events WHERE seq = ?").bind(seq).fetch_one(&mut connection).await.unwrap().get(0)
+}
+
+#[tokio::test]
+async fn verify_passes_an_intact_log_and_names_the_first_changed_event() {
+    let dir = tempfile::tempdir().unwrap();
+    seed(dir.path(), 6).await;
+    let output = run(dir.path(), &["verify"]);
+    assert!(output.status.success(), "{}{}", stdout(&output), stderr(&output));
+    assert!(stdout(&output).starts_with("OK"), "{}", stdout(&output));
+
+    let changed = event_id_at(dir.path(), 7).await;
+    tamper(dir.path(), "UPDATE events SET reason = 'nothing to see' WHERE seq = 7").await;
+    let output = run(dir.path(), &["verify"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stdout(&output).contains(&changed), "{}", stdout(&output));
+}
+
+#[tokio::test]
+async fn verify_detects_changed_snapshots_and_removed_events() {
+    let dir = tempfile::tempdir().unwrap();
+    seed(dir.path(), 4).await;
+    let changed = event_id_at(dir.path(), 3).await;
+    tamper(dir.path(), "UPDATE events SET lead = replace(lead, 'example.com', 'evil.com') WHERE seq = 3").await;
+    let output = run(dir.path(), &["verify"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stdout(&output).contains(&changed), "{}", stdout(&output));
+
+    let dir = tempfile::tempdir().unwrap();
+    seed(dir.path(), 4).await;
+    tamper(dir.path(), "DELETE FROM events WHERE seq = 5").await;
+    let output = run(dir.path(), &["verify"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stdout(&output).contains("missing"), "{}", stdout(&output));
+
+    let dir = tempfile::tempdir().unwrap();
+    seed(dir.path(), 4).await;
+    tamper(dir.path(), "DELETE FROM events WHERE seq = (SELECT MAX(seq) FROM events)").await;
+    let output = run(dir.path(), &["verify"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stdout(&output).contains("removed from the end"), "{}", stdout(&output));
+}

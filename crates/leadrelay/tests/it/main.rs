@@ -1,0 +1,5 @@
+//! Tests of the `leadrelay` executable itself: commands, exit codes, and crash safety.
+
+mod cli;
+mod crash;
+mod process;

@@ -1,0 +1,97 @@
+//! Running the real binary: commands to completion, and `serve` as a child process whose
+//! bound address is read from its first line of output (no sleeping until it is ready).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+pub const ADMIN_TOKEN: &str = "crash-test-admin-token-42";
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_leadrelay")
+}
+
+pub fn database_url(dir: &Path) -> String {
+    format!("sqlite://{}", dir.join("leadrelay.db").display())
+}
+
+/// Runs a command against the database in `dir` and returns its output.
+pub fn run(dir: &Path, args: &[&str]) -> Output {
+    Command::new(binary())
+        .args(args)
+        .env("LEADRELAY_DATABASE_URL", database_url(dir))
+        .env("LEADRELAY_LOG", "warn")
+        .current_dir(dir)
+        .output()
+        .expect("run leadrelay")
+}
+
+pub fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+pub const CONFIG: &str = r#"
+flows:
+  - id: solar
+    fields:
+      - {name: email, type: email}
+      - {name: state, type: state, required: true}
+    duplicates: {keys: [email], window_days: 30}
+    filters:
+      - name: geo
+        rules: {all: [{field: state, op: in, value: [TX, CA]}]}
+    destinations: [crm]
+sources:
+  - {id: web, flow_id: solar, price: 1.5}
+destinations:
+  - {id: crm, url: "https://crm.example.com/leads"}
+"#;
+
+/// A `serve` child process and the address it listens on.
+pub struct Server {
+    pub child: Child,
+    pub address: String,
+}
+
+impl Server {
+    pub fn start(dir: &Path) -> Server {
+        let mut child = Command::new(binary())
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("LEADRELAY_DATABASE_URL", database_url(dir))
+            .env("LEADRELAY_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("LEADRELAY_LOG", "warn")
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
+        let address = line
+            .trim()
+            .strip_prefix("leadrelay listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Server { child, address }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    /// Kills the process with SIGKILL and waits for it to be gone.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("wait");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
