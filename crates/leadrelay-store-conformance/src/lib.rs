@@ -1,0 +1,204 @@
+//! The conformance suite of the storage trait: each `pub async fn` is one story that every
+//! engine must pass, written against `dyn Store` only. An engine's tests call every story with
+//! a fresh store (see `leadrelay-store-sqlite/tests/it`).
+
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+
+use leadrelay_domain::config::{parse_value, ConfigChange, ConfigDocument, ConfigKind, ConfigObject, WriteMode};
+use leadrelay_domain::pipeline::{decide, prepare, Intake};
+use leadrelay_domain::time::now_millis;
+use leadrelay_store::{
+    events_page, CommitOutcome, ConfigWriteError, EventQuery, IdempotencyRecord, NewToken, RegisterQuery, Role,
+    SortOrder, Store, StoredAnswer, Submission,
+};
+use serde_json::{json, Value};
+
+const DAY: i64 = 86_400_000;
+
+fn document() -> ConfigDocument {
+    parse_value(json!({
+        "flows": [{"id": "solar", "fields": [{"name": "email", "type": "email"}, {"name": "state", "type": "state"}],
+                   "duplicates": {"keys": ["email"], "window_days": 30}, "destinations": ["crm"]}],
+        "sources": [{"id": "web", "flow_id": "solar", "price": 2.0}],
+        "destinations": [{"id": "crm", "url": "https://crm.example.com/leads"}]
+    }))
+    .expect("a valid document")
+}
+
+async fn configured(store: &Arc<dyn Store>) {
+    store.change_config(ConfigChange::Apply(document())).await.expect("apply");
+}
+
+/// Decides a submission of `fields` received at `received_at`, asking the store about duplicates.
+async fn submission(
+    store: &Arc<dyn Store>,
+    fields: Value,
+    received_at: i64,
+    idempotency_key: Option<&str>,
+) -> Submission {
+    let config = store.load_config().await.expect("config");
+    let flow = &config.flows["solar"];
+    let source = &config.sources["web"];
+    let intake = Intake { flow, source, destinations: vec![&config.destinations["crm"]] };
+    let Value::Object(fields) = fields else { panic!("fields must be an object") };
+    let prepared = prepare(&intake, fields, received_at);
+    let duplicate = match &prepared.duplicate_query {
+        Some(query) => store.find_duplicate(query).await.expect("duplicate query"),
+        None => None,
+    };
+    let decision = decide(&intake, &prepared, duplicate.as_ref(), received_at);
+    let idempotency = idempotency_key.map(|key| IdempotencyRecord {
+        source_id: "web".into(),
+        key: key.into(),
+        answer: StoredAnswer { http_status: 201, body_json: serde_json::to_string(&decision.answer).expect("json") },
+    });
+    Submission::from_decision(decision, idempotency)
+}
+
+/// A lead older than the duplicate window is not a duplicate; one inside it is.
+pub async fn duplicate_window_is_measured_from_the_original(store: Arc<dyn Store>) {
+    configured(&store).await;
+    let now = now_millis();
+    let old = submission(&store, json!({"email": "old@example.com", "state": "TX"}), now - 40 * DAY, None).await;
+    assert_eq!(store.commit_submission(old).await.expect("commit"), CommitOutcome::Committed);
+    let recent = submission(&store, json!({"email": "recent@example.com", "state": "TX"}), now - 10 * DAY, None).await;
+    let recent_id = recent.lead.record.id.clone();
+    assert_eq!(store.commit_submission(recent).await.expect("commit"), CommitOutcome::Committed);
+
+    let again_old = submission(&store, json!({"email": "old@example.com", "state": "TX"}), now, None).await;
+    assert_eq!(again_old.lead.record.outcome.map(|o| o.as_str()), Some("success"), "outside the window");
+    let again_recent = submission(&store, json!({"email": "RECENT@example.com", "state": "TX"}), now, None).await;
+    assert_eq!(again_recent.lead.record.duplicate_of, Some(recent_id));
+    assert_eq!(again_recent.lead.record.outcome.map(|o| o.as_str()), Some("failure"));
+}
+
+/// Two submissions decided without seeing each other: the second commit is told what changed.
+pub async fn commit_rechecks_the_duplicate_answer(store: Arc<dyn Store>) {
+    configured(&store).await;
+    let now = now_millis();
+    let first = submission(&store, json!({"email": "race@example.com", "state": "TX"}), now, None).await;
+    let second = submission(&store, json!({"email": "race@example.com", "state": "TX"}), now, None).await;
+    let first_id = first.lead.record.id.clone();
+    assert_eq!(store.commit_submission(first).await.expect("commit"), CommitOutcome::Committed);
+    match store.commit_submission(second).await.expect("commit") {
+        CommitOutcome::DuplicateChanged(Some(found)) => assert_eq!(found.lead_id, first_id),
+        other => panic!("expected DuplicateChanged, got {other:?}"),
+    }
+    let leads = store.leads_page(&leadrelay_store::LeadQuery { limit: 10, ..Default::default() }).await.expect("leads");
+    assert_eq!(leads.items.len(), 1, "the refused commit wrote nothing");
+}
+
+/// A repeated idempotency key writes nothing and returns the stored answer, also within one batch.
+pub async fn idempotency_keys_replay_the_first_answer(store: Arc<dyn Store>) {
+    configured(&store).await;
+    let now = now_millis();
+    let first = submission(&store, json!({"email": "a@example.com", "state": "TX"}), now, Some("k1")).await;
+    let second = submission(&store, json!({"email": "b@example.com", "state": "TX"}), now, Some("k1")).await;
+    let expected = first.idempotency.clone().expect("key").answer;
+    let (one, two) = tokio::join!(store.commit_submission(first), store.commit_submission(second));
+    let outcomes = [one.expect("commit"), two.expect("commit")];
+    assert_eq!(outcomes.iter().filter(|o| **o == CommitOutcome::Committed).count(), 1, "{outcomes:?}");
+    let replayed = outcomes.iter().find_map(|o| match o {
+        CommitOutcome::Replay(answer) => Some(answer.clone()),
+        _ => None,
+    });
+    let stored = store.idempotent_answer("web", "k1").await.expect("answer").expect("stored");
+    assert_eq!(replayed, Some(stored.clone()));
+    if outcomes[0] == CommitOutcome::Committed {
+        assert_eq!(stored, expected);
+    }
+}
+
+/// Many concurrent commits (group-committed) link one valid chain with every event in it.
+pub async fn concurrent_commits_link_one_valid_chain(store: Arc<dyn Store>) {
+    configured(&store).await;
+    let now = now_millis();
+    let mut submissions = Vec::new();
+    for i in 0..200 {
+        submissions
+            .push(submission(&store, json!({"email": format!("c{i}@example.com"), "state": "TX"}), now, None).await);
+    }
+    let expected_events: usize = submissions.iter().map(|s| s.events.len()).sum();
+    let commits = submissions.into_iter().map(|submission| {
+        let store = store.clone();
+        tokio::spawn(async move { store.commit_submission(submission).await })
+    });
+    for outcome in futures::future::join_all(commits).await {
+        assert_eq!(outcome.expect("task").expect("commit"), CommitOutcome::Committed);
+    }
+    let report = store.verify_chain().await.expect("verify");
+    assert_eq!(report.first_broken, None);
+    assert_eq!(report.events_checked as usize, expected_events);
+}
+
+/// Keyset pages cover every event exactly once, in both orders, under every filter.
+pub async fn event_pages_cover_the_log_once(store: Arc<dyn Store>) {
+    configured(&store).await;
+    let now = now_millis();
+    for i in 0..25 {
+        let lead =
+            submission(&store, json!({"email": format!("p{i}@example.com"), "state": "TX"}), now + i, None).await;
+        store.commit_submission(lead).await.expect("commit");
+    }
+    for sort in [SortOrder::Asc, SortOrder::Desc] {
+        let mut query = EventQuery { limit: 7, sort, ..Default::default() };
+        let mut seen = Vec::new();
+        loop {
+            let page = events_page(store.as_ref(), &query, 10_000).await.expect("page");
+            seen.extend(page.items.iter().map(|event| event.seq));
+            match page.next_cursor {
+                Some(cursor) => query.cursor = Some(cursor),
+                None => break,
+            }
+        }
+        let mut sorted = seen.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), seen.len(), "no event twice");
+        assert_eq!(seen.len(), 25 * 3, "submitted, accepted, completed for each lead");
+        if sort == SortOrder::Desc {
+            sorted.reverse();
+        }
+        assert_eq!(seen, sorted);
+    }
+    let accepted = EventQuery {
+        event_type: Some(leadrelay_domain::event::EventType::SourceAccepted),
+        limit: 100,
+        ..Default::default()
+    };
+    assert_eq!(events_page(store.as_ref(), &accepted, 10_000).await.expect("page").items.len(), 25);
+    let register = store.register_page(&RegisterQuery { limit: 1000, ..Default::default() }).await.expect("register");
+    assert_eq!(register.items.len(), 25);
+}
+
+/// Configuration changes are validated as a whole and persist.
+pub async fn configuration_changes_are_validated_and_kept(store: Arc<dyn Store>) {
+    configured(&store).await;
+    let source: ConfigObject =
+        ConfigObject::parse(ConfigKind::Source, json!({"id": "vendor", "flow_id": "solar"})).expect("source");
+    store.change_config(ConfigChange::Put { object: source.clone(), mode: WriteMode::Create }).await.expect("create");
+    let again = store.change_config(ConfigChange::Put { object: source, mode: WriteMode::Create }).await;
+    assert!(matches!(again, Err(ConfigWriteError::Change(_))), "{again:?}");
+    let dangling = ConfigObject::parse(ConfigKind::Source, json!({"id": "x", "flow_id": "nope"})).expect("source");
+    let refused = store.change_config(ConfigChange::Put { object: dangling, mode: WriteMode::Upsert }).await;
+    assert!(matches!(refused, Err(ConfigWriteError::Change(_))), "{refused:?}");
+    let in_use = store.change_config(ConfigChange::Delete { kind: ConfigKind::Flow, id: "solar".into() }).await;
+    assert!(matches!(in_use, Err(ConfigWriteError::Change(_))), "{in_use:?}");
+    let config = store.load_config().await.expect("config");
+    assert_eq!(config.sources.keys().collect::<Vec<_>>(), ["web", "vendor"]);
+}
+
+/// Tokens are found by hash, ensured idempotently, and deleted.
+pub async fn tokens_are_kept_by_hash(store: Arc<dyn Store>) {
+    let token = NewToken { id: "tok_1".into(), name: "one".into(), role: Role::Admin, hash: [7; 32], created_at: 1 };
+    store.create_token(token.clone()).await.expect("create");
+    assert!(store.create_token(NewToken { id: "tok_2".into(), ..token.clone() }).await.is_err(), "same hash twice");
+    store.ensure_token(NewToken { id: "tok_3".into(), ..token.clone() }).await.expect("ensure is idempotent");
+    assert_eq!(store.list_tokens().await.expect("list").len(), 1);
+    assert_eq!(store.find_token(&[7; 32]).await.expect("find").map(|t| t.id), Some("tok_1".into()));
+    assert!(store.find_token(&[8; 32]).await.expect("find").is_none());
+    assert!(store.delete_token("tok_1").await.expect("delete"));
+    assert!(!store.delete_token("tok_1").await.expect("delete"));
+}

@@ -1,0 +1,51 @@
+//! The storage conformance suite on the SQLite engine, each story on a fresh database file.
+
+use std::sync::Arc;
+
+use leadrelay_store::Store;
+use leadrelay_store_sqlite::{SqliteOptions, SqliteStore};
+
+async fn fresh() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let url = format!("sqlite://{}", dir.path().join("conformance.db").display());
+    let store: Arc<dyn Store> = SqliteStore::open(&url, SqliteOptions::default()).await.expect("open");
+    (store, dir)
+}
+
+macro_rules! conformance {
+    ($($story:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $story() {
+                let (store, _dir) = fresh().await;
+                leadrelay_store_conformance::$story(store.clone()).await;
+                store.close().await;
+            }
+        )*
+    };
+}
+
+conformance!(
+    duplicate_window_is_measured_from_the_original,
+    commit_rechecks_the_duplicate_answer,
+    idempotency_keys_replay_the_first_answer,
+    concurrent_commits_link_one_valid_chain,
+    event_pages_cover_the_log_once,
+    configuration_changes_are_validated_and_kept,
+    tokens_are_kept_by_hash,
+);
+
+#[tokio::test]
+async fn data_survives_closing_and_reopening_the_file() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let url = format!("sqlite://{}", dir.path().join("reopen.db").display());
+    let store: Arc<dyn Store> = SqliteStore::open(&url, SqliteOptions::default()).await.expect("open");
+    leadrelay_store_conformance::concurrent_commits_link_one_valid_chain(store.clone()).await;
+    store.close().await;
+    let store: Arc<dyn Store> = SqliteStore::open(&url, SqliteOptions::default()).await.expect("reopen");
+    let report = store.verify_chain().await.expect("verify");
+    assert_eq!(report.first_broken, None);
+    assert!(report.events_checked > 0);
+    assert_eq!(store.load_config().await.expect("config").flows.len(), 1);
+    store.close().await;
+}
