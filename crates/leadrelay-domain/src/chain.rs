@@ -1,8 +1,9 @@
 //! The event log's hash chain: each event's hash covers the previous hash, the event's
 //! header fields and a digest of its content (data and lead snapshot).
 //!
-//! The content digest is stored beside the content, so erasing a lead's PII (which rewrites
-//! the content) keeps the chain verifiable: an erased event is checked against its stored digest.
+//! An event's content is its `data` and the lead snapshot it refers to. The digests are stored
+//! beside the content, so erasing a lead's PII (which rewrites snapshots and data) keeps the
+//! chain verifiable: erased content is checked against its stored digest.
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -35,12 +36,16 @@ pub struct ChainHeader<'a> {
     pub attempt: Option<i64>,
 }
 
-/// The digest of an event's content: its `data` and `lead` JSON texts as stored.
-pub fn content_digest(data_json: &str, lead_json: &str) -> Hash {
+/// The digest of a lead snapshot's JSON text as stored.
+pub fn snapshot_digest(lead_json: &str) -> Hash {
+    Sha256::digest(lead_json.as_bytes()).into()
+}
+
+/// The digest of an event's content: its `data` JSON text as stored and its snapshot's digest.
+pub fn content_digest(data_json: &str, snapshot: &Hash) -> Hash {
     let mut hasher = Sha256::new();
-    hasher.update((data_json.len() as u64).to_be_bytes());
     hasher.update(data_json.as_bytes());
-    hasher.update(lead_json.as_bytes());
+    hasher.update(snapshot);
     hasher.finalize().into()
 }
 
@@ -82,16 +87,18 @@ mod tests {
 
     #[test]
     fn any_change_to_header_or_content_changes_the_hash() {
-        let content = content_digest("{}", "{\"a\":1}");
+        let content = content_digest("{}", &snapshot_digest("{\"a\":1}"));
         let base = link(&GENESIS, &header(None), &content);
         assert_ne!(base, link(&GENESIS, &header(Some("x")), &content));
-        assert_ne!(base, link(&GENESIS, &header(None), &content_digest("{}", "{\"a\":2}")));
+        assert_ne!(base, link(&GENESIS, &header(None), &content_digest("{}", &snapshot_digest("{\"a\":2}"))));
         assert_ne!(base, link(&[1u8; 32], &header(None), &content));
         assert_eq!(base, link(&GENESIS, &header(None), &content));
     }
 
     #[test]
-    fn content_digest_separates_data_from_lead() {
-        assert_ne!(content_digest("ab", "c"), content_digest("a", "bc"));
+    fn content_digest_covers_data_and_snapshot() {
+        let snapshot = snapshot_digest("{}");
+        assert_ne!(content_digest("{\"a\":1}", &snapshot), content_digest("{\"a\":2}", &snapshot));
+        assert_ne!(content_digest("{}", &snapshot), content_digest("{}", &snapshot_digest("[]")));
     }
 }

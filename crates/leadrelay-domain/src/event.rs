@@ -1,6 +1,7 @@
 //! Events: the immutable record of one thing that happened to one lead (SPEC 3).
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -149,7 +150,8 @@ pub struct NewEvent {
     pub price: Option<f64>,
     pub attempt: Option<i64>,
     pub data: Value,
-    pub lead: Value,
+    /// The lead's snapshot; events between two changes of the lead share one.
+    pub lead: Arc<Value>,
 }
 
 impl NewEvent {
@@ -173,7 +175,7 @@ impl NewEvent {
             price: None,
             attempt: None,
             data: Value::Object(serde_json::Map::new()),
-            lead: Value::Null,
+            lead: Arc::new(Value::Null),
         }
     }
 }

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod chain;
+pub mod compiled;
 pub mod config;
 pub mod event;
 pub mod fields;

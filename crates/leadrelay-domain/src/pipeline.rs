@@ -5,6 +5,8 @@
 //! Deciding is cheap and deterministic, so when the store finds that a concurrent submission
 //! changed the duplicate answer, the caller simply decides again with the new answer.
 
+use std::sync::Arc;
+
 use indexmap::IndexMap;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -15,7 +17,8 @@ use crate::event::{EventType, NewEvent, Outcome, RegisterStatus};
 use crate::fields::{parse_field, FieldType};
 use crate::ids::{LeadId, TransferId};
 use crate::lead::{LeadRecord, LeadView};
-use crate::rules::{RuleSet, Verdict};
+use crate::compiled::CompiledRules;
+use crate::rules::Verdict;
 use crate::time::{format_date, Millis};
 
 /// What a submission is processed against: its source, its flow and the flow's destinations.
@@ -23,6 +26,8 @@ pub struct Intake<'a> {
     pub flow: &'a Flow,
     pub source: &'a Source,
     pub destinations: Vec<&'a Destination>,
+    /// The configuration's rule sets, compiled.
+    pub rules: &'a CompiledRules,
 }
 
 /// One duplicate-detection key of a lead: a field and a digest of its normalised value.
@@ -198,16 +203,30 @@ pub fn prepare(intake: &Intake<'_>, submitted: Map<String, Value>, received_at: 
 struct Timeline<'a> {
     intake: &'a Intake<'a>,
     lead: LeadRecord,
+    /// The snapshot of `lead` as it is now; cleared by every change to the lead, so that the
+    /// events between two changes share one snapshot.
+    snapshot: Option<Arc<Value>>,
     events: Vec<NewEvent>,
     transfers: Vec<NewTransfer>,
     now: Millis,
 }
 
 impl Timeline<'_> {
+    fn snapshot(&mut self) -> Arc<Value> {
+        let lead = &self.lead;
+        self.snapshot.get_or_insert_with(|| Arc::new(lead.snapshot())).clone()
+    }
+
+    /// The lead, for a change: the next event gets a new snapshot.
+    fn lead_mut(&mut self) -> &mut LeadRecord {
+        self.snapshot = None;
+        &mut self.lead
+    }
+
     fn push(&mut self, event_type: EventType, timestamp: Millis) -> &mut NewEvent {
         let mut event =
             NewEvent::about(event_type, timestamp, &self.lead.id, &self.intake.flow.id, &self.intake.source.id);
-        event.lead = self.lead.snapshot();
+        event.lead = self.snapshot();
         self.events.push(event);
         let last = self.events.len() - 1;
         &mut self.events[last]
@@ -230,8 +249,9 @@ impl Timeline<'_> {
 
     /// Rejects the lead: `source.rejected`, a transfer to no destination, `flow.completed`.
     fn reject(&mut self, event_type: EventType, reason: String, data: Value) {
-        self.lead.outcome = Some(Outcome::Failure);
-        self.lead.reason = Some(reason.clone());
+        let lead = self.lead_mut();
+        lead.outcome = Some(Outcome::Failure);
+        lead.reason = Some(reason.clone());
         let transfer_id = self.transfer(None, RegisterStatus::Skip, reason.clone());
         let now = self.now;
         let event = self.push(event_type, now);
@@ -248,7 +268,9 @@ impl Timeline<'_> {
         price: Option<f64>,
     ) -> (LeadRecord, Vec<NewEvent>, Vec<NewTransfer>, SubmitAnswer) {
         let outcome = self.lead.outcome.unwrap_or(Outcome::Success);
-        self.lead.outcome = Some(outcome);
+        if self.lead.outcome != Some(outcome) {
+            self.lead_mut().outcome = Some(outcome);
+        }
         let transfers: Vec<Value> = self
             .transfers
             .iter()
@@ -292,7 +314,7 @@ pub fn decide(intake: &Intake<'_>, prepared: &Prepared, duplicate: Option<&Dupli
         fields: prepared.fields.clone(),
         appended: Map::new(),
     };
-    let mut timeline = Timeline { intake, lead, events: Vec::new(), transfers: Vec::new(), now };
+    let mut timeline = Timeline { intake, lead, snapshot: None, events: Vec::new(), transfers: Vec::new(), now };
 
     let submitted = timeline.push(EventType::SourceSubmitted, prepared.received_at);
     submitted.status = Some(RegisterStatus::New);
@@ -305,14 +327,14 @@ pub fn decide(intake: &Intake<'_>, prepared: &Prepared, duplicate: Option<&Dupli
         let reason = prepared.problems.join("; ");
         timeline.reject(EventType::SourceRejected, reason, json!({ "problems": prepared.problems }));
     } else if let (Some(original), Some(DuplicatePolicy::Reject)) = (duplicate, policy) {
-        timeline.lead.duplicate_of = Some(original.lead_id.clone());
+        timeline.lead_mut().duplicate_of = Some(original.lead_id.clone());
         let reason =
             format!("Duplicate: previously submitted {} ({})", format_date(original.created_at), original.lead_id);
         let data = json!({ "duplicate_of": original.lead_id, "original_created_at": crate::time::format_millis(original.created_at) });
         timeline.reject(EventType::SourceRejected, reason, data);
     } else {
         if let Some(original) = duplicate {
-            timeline.lead.duplicate_of = Some(original.lead_id.clone());
+            timeline.lead_mut().duplicate_of = Some(original.lead_id.clone());
         }
         let event = timeline.push(EventType::SourceAccepted, now);
         event.status = Some(RegisterStatus::New);
@@ -344,19 +366,16 @@ pub fn decide(intake: &Intake<'_>, prepared: &Prepared, duplicate: Option<&Dupli
 /// Runs the source's filter and then the flow's filters; false when one failed.
 fn run_filters(timeline: &mut Timeline<'_>, now: Millis) -> bool {
     let intake = timeline.intake;
-    let source_filter = intake.source.filter.as_ref().map(|rules| (format!("source:{}", intake.source.id), rules));
-    let flow_filters = intake.flow.filters.iter().map(|filter| (filter.name.clone(), &filter.rules));
-    let filters: Vec<(String, &RuleSet)> = source_filter.into_iter().chain(flow_filters).collect();
-    for (name, rules) in filters {
-        let snapshot = timeline.lead.snapshot();
-        let verdict = rules.compile().evaluate(&LeadView(&snapshot));
+    for (name, rules) in intake.rules.lead_filters(&intake.flow.id, &intake.source.id) {
+        let snapshot = timeline.snapshot();
+        let verdict = rules.evaluate(&LeadView(&snapshot));
         if verdict.passed {
             let event = timeline.push(EventType::FilterPassed, now);
             event.outcome = Some(Outcome::Success);
-            event.data = filter_data(&name, &verdict);
+            event.data = filter_data(name, &verdict);
         } else {
             let reason = format!("Filter {name}: {}", verdict.describe_failure());
-            timeline.reject(EventType::FilterFailed, reason, filter_data(&name, &verdict));
+            timeline.reject(EventType::FilterFailed, reason, filter_data(name, &verdict));
             return false;
         }
     }
@@ -371,9 +390,9 @@ fn route(timeline: &mut Timeline<'_>, now: Millis) {
         return;
     }
     for destination in &intake.destinations {
-        let verdict = destination.filter.as_ref().map(|rules| {
-            let snapshot = timeline.lead.snapshot();
-            rules.compile().evaluate(&LeadView(&snapshot))
+        let verdict = intake.rules.destination_filter(&destination.id).map(|rules| {
+            let snapshot = timeline.snapshot();
+            rules.evaluate(&LeadView(&snapshot))
         });
         match verdict {
             Some(verdict) if !verdict.passed => {

@@ -193,11 +193,13 @@ pub(crate) async fn submit(
     }
 
     let destinations = flow.destinations.iter().filter_map(|id| config.destinations.get(id)).collect();
-    let intake = Intake { flow, source, destinations };
+    let intake = Intake { flow, source, destinations, rules: &config.rules };
     let prepared = prepare(&intake, fields, received_at);
+    // The commit re-checks duplicates atomically, so asking first only pays when it saves
+    // work that a duplicate would waste: the flow's enhancement calls.
     let mut duplicate = match &prepared.duplicate_query {
-        Some(query) => state.store.find_duplicate(query).await?,
-        None => None,
+        Some(query) if !flow.enhancements.is_empty() => state.store.find_duplicate(query).await?,
+        _ => None,
     };
     for _ in 0..MAX_DECISIONS {
         let decision = decide(&intake, &prepared, duplicate.as_ref(), now_millis());

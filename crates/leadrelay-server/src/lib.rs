@@ -20,6 +20,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use leadrelay_domain::compiled::CompiledRules;
 use leadrelay_domain::config::Config;
 use leadrelay_store::Store;
 use serde_json::json;
@@ -45,10 +46,31 @@ impl Default for Settings {
     }
 }
 
+/// The configuration in force, with its rule sets compiled once.
+pub struct LiveConfig {
+    config: Config,
+    pub rules: CompiledRules,
+}
+
+impl LiveConfig {
+    fn new(config: Config) -> Self {
+        let rules = CompiledRules::new(&config);
+        Self { config, rules }
+    }
+}
+
+impl std::ops::Deref for LiveConfig {
+    type Target = Config;
+
+    fn deref(&self) -> &Config {
+        &self.config
+    }
+}
+
 /// What every handler shares: the store, the current configuration and the settings.
 pub struct AppState {
     pub store: Arc<dyn Store>,
-    config: RwLock<Arc<Config>>,
+    config: RwLock<Arc<LiveConfig>>,
     pub settings: Settings,
 }
 
@@ -56,16 +78,16 @@ impl AppState {
     /// Loads the configuration from the store once; later changes through the API refresh it.
     pub async fn new(store: Arc<dyn Store>, settings: Settings) -> Result<Arc<Self>, leadrelay_store::StoreError> {
         let config = store.load_config().await?;
-        Ok(Arc::new(Self { store, config: RwLock::new(Arc::new(config)), settings }))
+        Ok(Arc::new(Self { store, config: RwLock::new(Arc::new(LiveConfig::new(config))), settings }))
     }
 
-    pub fn config(&self) -> Arc<Config> {
+    pub fn config(&self) -> Arc<LiveConfig> {
         self.config.read().map(|config| config.clone()).unwrap_or_else(|poisoned| poisoned.into_inner().clone())
     }
 
     fn set_config(&self, config: Config) {
         let mut slot = self.config.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        *slot = Arc::new(config);
+        *slot = Arc::new(LiveConfig::new(config));
     }
 }
 

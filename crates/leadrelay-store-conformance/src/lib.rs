@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use leadrelay_domain::compiled::CompiledRules;
 use leadrelay_domain::config::{parse_value, ConfigChange, ConfigDocument, ConfigKind, ConfigObject, WriteMode};
 use leadrelay_domain::pipeline::{decide, prepare, Intake};
 use leadrelay_domain::time::now_millis;
@@ -41,7 +42,8 @@ async fn submission(
     let config = store.load_config().await.expect("config");
     let flow = &config.flows["solar"];
     let source = &config.sources["web"];
-    let intake = Intake { flow, source, destinations: vec![&config.destinations["crm"]] };
+    let rules = CompiledRules::new(&config);
+    let intake = Intake { flow, source, destinations: vec![&config.destinations["crm"]], rules: &rules };
     let Value::Object(fields) = fields else { panic!("fields must be an object") };
     let prepared = prepare(&intake, fields, received_at);
     let duplicate = match &prepared.duplicate_query {

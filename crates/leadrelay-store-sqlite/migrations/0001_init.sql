@@ -23,12 +23,22 @@ CREATE TABLE leads (
     reason       TEXT,
     duplicate_of TEXT,
     cost         REAL,
-    snapshot     TEXT    NOT NULL
+    snapshot_id  INTEGER NOT NULL
 );
 CREATE INDEX leads_by_time ON leads (created_at);
 CREATE INDEX leads_by_flow ON leads (flow_id, created_at);
 CREATE INDEX leads_by_source ON leads (source_id, created_at);
 CREATE INDEX leads_by_outcome ON leads (outcome, created_at);
+
+-- Lead snapshots, each stored once and shared by the events between two changes of a lead.
+-- `digest` stays when erasure rewrites `body`, so the chain still verifies.
+CREATE TABLE snapshots (
+    id      INTEGER PRIMARY KEY,
+    lead_id TEXT    NOT NULL,
+    body    TEXT    NOT NULL,
+    digest  BLOB    NOT NULL,
+    erased  INTEGER NOT NULL DEFAULT 0
+);
 
 -- Append-only. `seq` is contiguous from 1; `hash` links each event to the one before.
 CREATE TABLE events (
@@ -50,7 +60,7 @@ CREATE TABLE events (
     price          REAL,
     attempt        INTEGER,
     data           TEXT    NOT NULL,
-    lead           TEXT    NOT NULL,
+    snapshot_id    INTEGER NOT NULL,
     content_digest BLOB    NOT NULL,
     hash           BLOB    NOT NULL,
     erased         INTEGER NOT NULL DEFAULT 0

@@ -67,6 +67,63 @@ pub(crate) async fn find_duplicate(
     }))
 }
 
+/// Stored duplicate keys of one flow among `digests`, created at or after `since`.
+pub(crate) async fn duplicate_keys(
+    executor: impl SqliteExecutor<'_>,
+    flow_id: &str,
+    digests: &[&str],
+    since: Millis,
+) -> StoreResult<Vec<(String, String, Millis)>> {
+    if digests.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut builder: QueryBuilder<Sqlite> =
+        QueryBuilder::new("SELECT digest, lead_id, created_at FROM duplicate_keys WHERE flow_id = ");
+    builder.push_bind(flow_id).push(" AND created_at >= ").push_bind(since).push(" AND digest IN (");
+    let mut separated = builder.separated(", ");
+    for digest in digests {
+        separated.push_bind(*digest);
+    }
+    builder.push(")");
+    let rows = builder.build().persistent(false).fetch_all(executor).await.map_err(unavailable)?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get(0).map_err(corrupt)?,
+                row.try_get(1).map_err(corrupt)?,
+                row.try_get(2).map_err(corrupt)?,
+            ))
+        })
+        .collect()
+}
+
+/// The stored answers of several idempotency keys at once.
+pub(crate) async fn idempotent_answers(
+    executor: impl SqliteExecutor<'_>,
+    keys: &[(&str, &str)],
+) -> StoreResult<Vec<((String, String), StoredAnswer)>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut builder: QueryBuilder<Sqlite> =
+        QueryBuilder::new("SELECT source_id, key, http_status, answer FROM idempotency_keys WHERE (source_id, key) IN (VALUES ");
+    let mut separated = builder.separated(", ");
+    for (source_id, key) in keys {
+        separated.push("(").push_bind_unseparated(*source_id).push_unseparated(", ").push_bind_unseparated(*key).push_unseparated(")");
+    }
+    builder.push(")");
+    let rows = builder.build().persistent(false).fetch_all(executor).await.map_err(unavailable)?;
+    rows.iter()
+        .map(|row| {
+            let status: i64 = row.try_get(2).map_err(corrupt)?;
+            Ok((
+                (row.try_get(0).map_err(corrupt)?, row.try_get(1).map_err(corrupt)?),
+                StoredAnswer { http_status: u16::try_from(status).map_err(corrupt)?, body_json: row.try_get(3).map_err(corrupt)? },
+            ))
+        })
+        .collect()
+}
+
 pub(crate) async fn idempotent_answer(
     executor: impl SqliteExecutor<'_>,
     source_id: &str,
@@ -86,7 +143,9 @@ pub(crate) async fn idempotent_answer(
     }))
 }
 
-const EVENT_COLUMNS: &str = "seq, id, type, ts, lead_id, flow_id, source_id, destination_id, transfer_id, status, outcome, reason, duration_ms, integration, response_code, price, attempt, data, lead";
+/// Every column of an event, its snapshot's body last (a lookup by primary key per row, so
+/// that the query plan stays an index scan of `events`).
+const EVENT_COLUMNS: &str = "seq, id, type, ts, lead_id, flow_id, source_id, destination_id, transfer_id, status, outcome, reason, duration_ms, integration, response_code, price, attempt, data, (SELECT body FROM snapshots WHERE snapshots.id = events.snapshot_id) AS lead";
 
 fn raw(text: String) -> StoreResult<Box<RawValue>> {
     RawValue::from_string(text).map_err(corrupt)
@@ -185,6 +244,9 @@ pub(crate) async fn event(pool: &SqlitePool, event_id: &str) -> StoreResult<Opti
     row.as_ref().map(event_from_row).transpose()
 }
 
+const LEAD_COLUMNS: &str =
+    "seq, id, created_at, (SELECT body FROM snapshots WHERE snapshots.id = leads.snapshot_id) AS snapshot";
+
 fn lead_from_row(row: &SqliteRow) -> StoreResult<StoredLead> {
     Ok(StoredLead {
         seq: row.try_get(0).map_err(corrupt)?,
@@ -195,7 +257,7 @@ fn lead_from_row(row: &SqliteRow) -> StoreResult<StoredLead> {
 }
 
 pub(crate) async fn lead(pool: &SqlitePool, lead_id: &str) -> StoreResult<Option<StoredLead>> {
-    let row = sqlx::query("SELECT seq, id, created_at, snapshot FROM leads WHERE id = ?")
+    let row = sqlx::query(&format!("SELECT {LEAD_COLUMNS} FROM leads WHERE id = ?"))
         .bind(lead_id)
         .fetch_optional(pool)
         .await
@@ -215,8 +277,7 @@ fn page_of<T>(mut items: Vec<T>, limit: usize, cursor: impl Fn(&T) -> Cursor) ->
 
 pub(crate) async fn leads_page(pool: &SqlitePool, query: &LeadQuery) -> StoreResult<Page<StoredLead>> {
     let limit = query.limit.clamp(1, MAX_PAGE);
-    let mut builder: QueryBuilder<Sqlite> =
-        QueryBuilder::new("SELECT seq, id, created_at, snapshot FROM leads WHERE 1 = 1");
+    let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(format!("SELECT {LEAD_COLUMNS} FROM leads WHERE 1 = 1"));
     push_equals(&mut builder, "flow_id", query.flow_id.as_deref());
     push_equals(&mut builder, "source_id", query.source_id.as_deref());
     push_equals(&mut builder, "outcome", query.outcome.map(|o| o.as_str()));

@@ -1,6 +1,6 @@
 //! `verify`: walks the log in order and checks sequence, content digests and links.
 
-use leadrelay_domain::chain::{content_digest, link, ChainHeader, Hash, GENESIS};
+use leadrelay_domain::chain::{content_digest, link, snapshot_digest, ChainHeader, Hash, GENESIS};
 use leadrelay_store::{BrokenLink, ChainReport, StoreError, StoreResult};
 use sqlx::{Row, SqlitePool};
 
@@ -22,9 +22,11 @@ pub(crate) async fn verify_chain(pool: &SqlitePool) -> StoreResult<ChainReport> 
     let mut checked = 0u64;
     loop {
         let rows = sqlx::query(
-            "SELECT seq, id, type, ts, lead_id, flow_id, source_id, destination_id, transfer_id, status, outcome, reason,
-                    duration_ms, integration, response_code, price, attempt, data, lead, content_digest, hash, erased
-             FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            "SELECT e.seq, e.id, e.type, e.ts, e.lead_id, e.flow_id, e.source_id, e.destination_id, e.transfer_id,
+                    e.status, e.outcome, e.reason, e.duration_ms, e.integration, e.response_code, e.price, e.attempt,
+                    e.data, s.body, e.content_digest, e.hash, e.erased, s.digest, s.erased
+             FROM events e LEFT JOIN snapshots s ON s.id = e.snapshot_id
+             WHERE e.seq > ? ORDER BY e.seq LIMIT ?",
         )
         .bind(last_seq)
         .bind(CHUNK)
@@ -41,22 +43,39 @@ pub(crate) async fn verify_chain(pool: &SqlitePool) -> StoreResult<ChainReport> 
                 return Ok(report);
             }
             let data: String = row.try_get(17).map_err(corrupt)?;
-            let lead: String = row.try_get(18).map_err(corrupt)?;
-            let stored_digest: Vec<u8> = row.try_get(19).map_err(corrupt)?;
+            let snapshot_body: Option<String> = row.try_get(18).map_err(corrupt)?;
+            let stored_content: Vec<u8> = row.try_get(19).map_err(corrupt)?;
             let stored_hash: Vec<u8> = row.try_get(20).map_err(corrupt)?;
-            let erased: bool = row.try_get(21).map_err(corrupt)?;
-            let content = if erased {
-                // Erasure rewrote the content on purpose; the stored digest stands for it.
-                stored_digest.as_slice().try_into().unwrap_or([0u8; 32])
+            let event_erased: bool = row.try_get(21).map_err(corrupt)?;
+            let stored_snapshot: Option<Vec<u8>> = row.try_get(22).map_err(corrupt)?;
+            let snapshot_erased: Option<bool> = row.try_get(23).map_err(corrupt)?;
+            let (Some(snapshot_body), Some(stored_snapshot)) = (snapshot_body, stored_snapshot) else {
+                let mut report = broken(seq, &id, "its lead snapshot is missing")?;
+                report.events_checked = checked;
+                return Ok(report);
+            };
+            // Erasure rewrites content on purpose and marks it; the stored digest stands for it.
+            let snapshot: Hash = if snapshot_erased.unwrap_or(false) {
+                stored_snapshot.as_slice().try_into().unwrap_or([0u8; 32])
             } else {
-                let digest = content_digest(&data, &lead);
-                if digest[..] != stored_digest[..] {
-                    let mut report = broken(seq, &id, "its data or lead snapshot was changed")?;
+                let digest = snapshot_digest(&snapshot_body);
+                if digest[..] != stored_snapshot[..] {
+                    let mut report = broken(seq, &id, "its lead snapshot was changed")?;
                     report.events_checked = checked;
                     return Ok(report);
                 }
                 digest
             };
+            let content: Hash = if event_erased {
+                stored_content.as_slice().try_into().unwrap_or([0u8; 32])
+            } else {
+                content_digest(&data, &snapshot)
+            };
+            if content[..] != stored_content[..] {
+                let mut report = broken(seq, &id, "its data was changed")?;
+                report.events_checked = checked;
+                return Ok(report);
+            }
             let event_type: String = row.try_get(2).map_err(corrupt)?;
             let lead_id: String = row.try_get(4).map_err(corrupt)?;
             let flow_id: String = row.try_get(5).map_err(corrupt)?;

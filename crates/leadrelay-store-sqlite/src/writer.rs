@@ -26,11 +26,12 @@ pub(crate) enum WriteCommand {
     Shutdown { reply: oneshot::Sender<()> },
 }
 
-/// The end of the chain as of the last commit.
+/// The end of the chain as of the last commit, and the last snapshot id handed out.
 #[derive(Clone, Copy)]
 struct Head {
     seq: i64,
     hash: Hash,
+    snapshot_id: i64,
 }
 
 pub(crate) struct Writer {
@@ -153,25 +154,20 @@ impl Writer {
         let mut transaction = self.connection.begin().await.map_err(unavailable)?;
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut accepted: Vec<&Submission> = Vec::with_capacity(batch.len());
-        let mut batch_keys: HashMap<(&str, &str), Vec<(&str, i64)>> = HashMap::new();
-        let mut batch_answers: HashMap<(&str, &str), &StoredAnswer> = HashMap::new();
+        // What the database already holds for this batch's keys, read in one query per flow;
+        // the submissions accepted earlier in the batch are added as they are decided.
+        let mut keys = load_duplicate_keys(&mut transaction, batch).await?;
+        let mut answers = load_answers(&mut transaction, batch).await?;
 
         for submission in batch {
             if let Some(record) = &submission.idempotency {
-                let earlier = match batch_answers.get(&(record.source_id.as_str(), record.key.as_str())) {
-                    Some(answer) => Some((*answer).clone()),
-                    None => read::idempotent_answer(&mut *transaction, &record.source_id, &record.key).await?,
-                };
-                if let Some(answer) = earlier {
-                    outcomes.push(CommitOutcome::Replay(answer));
+                if let Some(answer) = answers.get(&(record.source_id.clone(), record.key.clone())) {
+                    outcomes.push(CommitOutcome::Replay(answer.clone()));
                     continue;
                 }
             }
             if let Some((query, assumed)) = &submission.duplicate_check {
-                let actual = match read::find_duplicate(&mut *transaction, query).await? {
-                    Some(found) => Some(found),
-                    None => duplicate_in_batch(&batch_keys, query),
-                };
+                let actual = earliest_duplicate(&keys, query);
                 let same = actual.as_ref().map(|found| &found.lead_id) == assumed.as_ref().map(|found| &found.lead_id);
                 if !same {
                     outcomes.push(CommitOutcome::DuplicateChanged(actual));
@@ -180,13 +176,12 @@ impl Writer {
             }
             let lead = &submission.lead.record;
             for key in &submission.duplicate_keys {
-                batch_keys
-                    .entry((lead.flow_id.as_str(), key.digest.as_str()))
+                keys.entry((lead.flow_id.clone(), key.digest.clone()))
                     .or_default()
-                    .push((lead.id.as_str(), lead.created_at));
+                    .push((lead.id.as_str().to_owned(), lead.created_at));
             }
             if let Some(record) = &submission.idempotency {
-                batch_answers.insert((record.source_id.as_str(), record.key.as_str()), &record.answer);
+                answers.insert((record.source_id.clone(), record.key.clone()), record.answer.clone());
             }
             outcomes.push(CommitOutcome::Committed);
             accepted.push(submission);
@@ -194,8 +189,10 @@ impl Writer {
 
         if !accepted.is_empty() {
             let hashes = link_events(&mut self.head, &accepted);
-            insert_leads(&mut transaction, &accepted).await?;
-            insert_events(&mut transaction, &accepted, &hashes).await?;
+            let snapshot_bases = number_snapshots(&mut self.head, &accepted);
+            insert_snapshots(&mut transaction, &accepted, &snapshot_bases).await?;
+            insert_leads(&mut transaction, &accepted, &snapshot_bases).await?;
+            insert_events(&mut transaction, &accepted, &hashes, &snapshot_bases).await?;
             insert_transfers(&mut transaction, &accepted).await?;
             insert_duplicate_keys(&mut transaction, &accepted).await?;
             insert_idempotency(&mut transaction, &accepted).await?;
@@ -238,7 +235,8 @@ fn link_events(head: &mut Head, accepted: &[&Submission]) -> Vec<(i64, Hash)> {
                 attempt: event.attempt,
             };
             let hash = link(&head.hash, &header, &encoded.content);
-            *head = Head { seq, hash };
+            head.seq = seq;
+            head.hash = hash;
             hashes.push((seq, hash));
         }
     }
@@ -305,17 +303,58 @@ impl Writer {
     }
 }
 
-/// An earlier submission of the same batch that the query matches.
-fn duplicate_in_batch(
-    batch_keys: &HashMap<(&str, &str), Vec<(&str, i64)>>,
-    query: &DuplicateQuery,
-) -> Option<DuplicateFound> {
+/// Earlier leads by `(flow_id, digest)`: each lead's id and creation time.
+type KeyIndex = HashMap<(String, String), Vec<(String, i64)>>;
+
+/// Reads the stored duplicate keys that this batch's duplicate queries could match.
+async fn load_duplicate_keys(connection: &mut SqliteConnection, batch: &[&Submission]) -> StoreResult<KeyIndex> {
+    let mut by_flow: HashMap<&str, (Vec<&str>, i64)> = HashMap::new();
+    for (query, _) in batch.iter().filter_map(|submission| submission.duplicate_check.as_ref()) {
+        let entry = by_flow.entry(query.flow_id.as_str()).or_insert((Vec::new(), query.since));
+        entry.0.extend(query.keys.iter().map(|key| key.digest.as_str()));
+        entry.1 = entry.1.min(query.since);
+    }
+    let mut index = KeyIndex::new();
+    for (flow_id, (digests, since)) in by_flow {
+        for chunk in digests.chunks(MAX_BOUND_VALUES - 2) {
+            for (digest, lead_id, created_at) in read::duplicate_keys(&mut *connection, flow_id, chunk, since).await? {
+                index.entry((flow_id.to_owned(), digest)).or_default().push((lead_id, created_at));
+            }
+        }
+    }
+    Ok(index)
+}
+
+/// Reads the stored answers of this batch's idempotency keys.
+async fn load_answers(
+    connection: &mut SqliteConnection,
+    batch: &[&Submission],
+) -> StoreResult<HashMap<(String, String), StoredAnswer>> {
+    let keys: Vec<(&str, &str)> = batch
+        .iter()
+        .filter_map(|submission| submission.idempotency.as_ref())
+        .map(|record| (record.source_id.as_str(), record.key.as_str()))
+        .collect();
+    let mut answers = HashMap::new();
+    for chunk in keys.chunks(MAX_BOUND_VALUES / 2) {
+        answers.extend(read::idempotent_answers(&mut *connection, chunk).await?);
+    }
+    Ok(answers)
+}
+
+/// The earliest lead in the window that matches the query (any key, or all of them), the same
+/// answer as [`read::find_duplicate`] gives from the database alone.
+fn earliest_duplicate(index: &KeyIndex, query: &DuplicateQuery) -> Option<DuplicateFound> {
     let mut matches: HashMap<&str, (usize, i64)> = HashMap::new();
     for key in &query.keys {
-        let Some(leads) = batch_keys.get(&(query.flow_id.as_str(), key.digest.as_str())) else { continue };
-        for (lead_id, created_at) in leads {
-            let entry = matches.entry(lead_id).or_insert((0, *created_at));
-            entry.0 += 1;
+        let Some(leads) = index.get(&(query.flow_id.clone(), key.digest.clone())) else { continue };
+        let mut counted = std::collections::HashSet::new();
+        for (lead_id, created_at) in leads.iter().filter(|(_, created_at)| *created_at >= query.since) {
+            let entry = matches.entry(lead_id.as_str()).or_insert((0, *created_at));
+            if counted.insert(lead_id.as_str()) {
+                entry.0 += 1;
+            }
+            entry.1 = entry.1.min(*created_at);
         }
     }
     let needed = match query.match_mode {
@@ -324,8 +363,8 @@ fn duplicate_in_batch(
     };
     matches
         .into_iter()
-        .filter(|(_, (count, created_at))| *count >= needed && *created_at >= query.since)
-        .min_by_key(|(lead_id, (_, created_at))| (*created_at, lead_id.to_string()))
+        .filter(|(_, (count, _))| *count >= needed)
+        .min_by(|(a_id, (_, a_time)), (b_id, (_, b_time))| (a_time, a_id).cmp(&(b_time, b_id)))
         .map(|(lead_id, (_, created_at))| DuplicateFound {
             lead_id: leadrelay_domain::ids::LeadId::from_stored(lead_id.to_owned()),
             created_at,
@@ -337,11 +376,15 @@ async fn load_head(connection: &mut SqliteConnection) -> StoreResult<Head> {
         .fetch_optional(&mut *connection)
         .await
         .map_err(unavailable)?;
-    let Some(row) = row else { return Ok(Head { seq: 0, hash: GENESIS }) };
+    let snapshot_id: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM snapshots")
+        .fetch_one(&mut *connection)
+        .await
+        .map_err(unavailable)?;
+    let Some(row) = row else { return Ok(Head { seq: 0, hash: GENESIS, snapshot_id }) };
     let seq: i64 = row.try_get("seq").map_err(unavailable)?;
     let hash: Vec<u8> = row.try_get("hash").map_err(unavailable)?;
     let hash: Hash = hash.try_into().map_err(|_| StoreError::Corrupt("chain head hash is not 32 bytes".into()))?;
-    Ok(Head { seq, hash })
+    Ok(Head { seq, hash, snapshot_id })
 }
 
 /// Rows per statement for a table with `columns` bound values per row.
@@ -349,12 +392,44 @@ fn rows_per_statement(columns: usize) -> usize {
     (MAX_BOUND_VALUES / columns).max(1)
 }
 
-async fn insert_leads(transaction: &mut SqliteConnection, accepted: &[&Submission]) -> StoreResult<()> {
-    for chunk in accepted.chunks(rows_per_statement(11)) {
+/// Hands out snapshot ids: the id of a submission's first snapshot, for each submission.
+fn number_snapshots(head: &mut Head, accepted: &[&Submission]) -> Vec<i64> {
+    accepted
+        .iter()
+        .map(|submission| {
+            let base = head.snapshot_id + 1;
+            head.snapshot_id += submission.snapshots.len() as i64;
+            base
+        })
+        .collect()
+}
+
+async fn insert_snapshots(transaction: &mut SqliteConnection, accepted: &[&Submission], bases: &[i64]) -> StoreResult<()> {
+    let snapshots: Vec<_> = accepted
+        .iter()
+        .zip(bases)
+        .flat_map(|(submission, base)| {
+            let lead_id = submission.lead.record.id.as_str();
+            submission.snapshots.iter().enumerate().map(move |(index, snapshot)| (base + index as i64, lead_id, snapshot))
+        })
+        .collect();
+    for chunk in snapshots.chunks(rows_per_statement(4)) {
+        let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO snapshots (id, lead_id, body, digest) ");
+        builder.push_values(chunk, |mut row, (id, lead_id, snapshot)| {
+            row.push_bind(*id).push_bind(*lead_id).push_bind(snapshot.json.as_str()).push_bind(&snapshot.digest[..]);
+        });
+        builder.build().persistent(false).execute(&mut *transaction).await.map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+async fn insert_leads(transaction: &mut SqliteConnection, accepted: &[&Submission], bases: &[i64]) -> StoreResult<()> {
+    let rows: Vec<_> = accepted.iter().zip(bases).collect();
+    for chunk in rows.chunks(rows_per_statement(11)) {
         let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO leads (id, flow_id, source_id, created_at, updated_at, status, outcome, reason, duplicate_of, cost, snapshot) ",
+            "INSERT INTO leads (id, flow_id, source_id, created_at, updated_at, status, outcome, reason, duplicate_of, cost, snapshot_id) ",
         );
-        builder.push_values(chunk, |mut row, submission| {
+        builder.push_values(chunk, |mut row, (submission, base)| {
             let lead = &submission.lead.record;
             row.push_bind(lead.id.as_str())
                 .push_bind(lead.flow_id.as_str())
@@ -366,7 +441,7 @@ async fn insert_leads(transaction: &mut SqliteConnection, accepted: &[&Submissio
                 .push_bind(lead.reason.as_deref())
                 .push_bind(lead.duplicate_of.as_ref().map(|id| id.as_str()))
                 .push_bind(lead.cost)
-                .push_bind(submission.lead.snapshot_json.as_str());
+                .push_bind(**base + submission.lead.snapshot as i64);
         });
         builder.build().persistent(false).execute(&mut *transaction).await.map_err(unavailable)?;
     }
@@ -377,13 +452,19 @@ async fn insert_events(
     transaction: &mut SqliteConnection,
     accepted: &[&Submission],
     hashes: &[(i64, Hash)],
+    bases: &[i64],
 ) -> StoreResult<()> {
-    let events: Vec<_> = accepted.iter().flat_map(|submission| submission.events.iter()).zip(hashes).collect();
+    let events: Vec<_> = accepted
+        .iter()
+        .zip(bases)
+        .flat_map(|(submission, base)| submission.events.iter().map(move |event| (event, base + event.snapshot as i64)))
+        .zip(hashes)
+        .collect();
     for chunk in events.chunks(rows_per_statement(21)) {
         let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO events (seq, id, type, ts, lead_id, flow_id, source_id, destination_id, transfer_id, status, outcome, reason, duration_ms, integration, response_code, price, attempt, data, lead, content_digest, hash) ",
+            "INSERT INTO events (seq, id, type, ts, lead_id, flow_id, source_id, destination_id, transfer_id, status, outcome, reason, duration_ms, integration, response_code, price, attempt, data, snapshot_id, content_digest, hash) ",
         );
-        builder.push_values(chunk, |mut row, (encoded, (seq, hash))| {
+        builder.push_values(chunk, |mut row, ((encoded, snapshot_id), (seq, hash))| {
             let event = &encoded.event;
             row.push_bind(*seq)
                 .push_bind(event.id.as_str())
@@ -403,7 +484,7 @@ async fn insert_events(
                 .push_bind(event.price)
                 .push_bind(event.attempt)
                 .push_bind(encoded.data_json.as_str())
-                .push_bind(encoded.lead_json.as_str())
+                .push_bind(*snapshot_id)
                 .push_bind(&encoded.content[..])
                 .push_bind(&hash[..]);
         });

@@ -1,6 +1,8 @@
 //! What goes into the store and what comes back out of it.
 
-use leadrelay_domain::chain::{content_digest, Hash};
+use std::sync::Arc;
+
+use leadrelay_domain::chain::{content_digest, snapshot_digest, Hash};
 use leadrelay_domain::event::{NewEvent, Outcome, RegisterStatus};
 use leadrelay_domain::lead::LeadRecord;
 use leadrelay_domain::pipeline::{Decision, DuplicateFound, DuplicateKey, DuplicateQuery, NewTransfer};
@@ -12,33 +14,37 @@ use serde_json::Value;
 
 use crate::query::Cursor;
 
-/// An event serialised for storage: its content as JSON text and that content's digest.
+/// A lead snapshot serialised for storage. The events between two changes of a lead share
+/// one snapshot, so it is stored once and the events refer to it.
+#[derive(Clone, Debug)]
+pub struct EncodedSnapshot {
+    pub json: String,
+    pub digest: Hash,
+}
+
+impl EncodedSnapshot {
+    pub fn new(json: String) -> Self {
+        let digest = snapshot_digest(&json);
+        Self { json, digest }
+    }
+}
+
+/// An event serialised for storage: its data as JSON text, the index of its snapshot in the
+/// submission's `snapshots`, and the digest of its content (data and snapshot).
 /// Encoding happens on the caller's task so that the single writer only links hashes.
 #[derive(Clone, Debug)]
 pub struct EncodedEvent {
     pub event: NewEvent,
     pub data_json: String,
-    pub lead_json: String,
+    pub snapshot: usize,
     pub content: Hash,
 }
 
-impl EncodedEvent {
-    pub fn encode(mut event: NewEvent) -> Self {
-        let data_json = event.data.to_string();
-        let lead_json = event.lead.to_string();
-        // The JSON texts are now the content of record; drop the trees.
-        event.data = Value::Null;
-        event.lead = Value::Null;
-        let content = content_digest(&data_json, &lead_json);
-        Self { event, data_json, lead_json, content }
-    }
-}
-
-/// A lead serialised for storage.
+/// A lead serialised for storage; `snapshot` indexes the submission's `snapshots`.
 #[derive(Clone, Debug)]
 pub struct EncodedLead {
     pub record: LeadRecord,
-    pub snapshot_json: String,
+    pub snapshot: usize,
 }
 
 /// The stored answer to a submission, replayed for a repeated idempotency key.
@@ -60,6 +66,7 @@ pub struct IdempotencyRecord {
 #[derive(Clone, Debug)]
 pub struct Submission {
     pub lead: EncodedLead,
+    pub snapshots: Vec<EncodedSnapshot>,
     pub events: Vec<EncodedEvent>,
     pub transfers: Vec<NewTransfer>,
     pub duplicate_keys: Vec<DuplicateKey>,
@@ -71,10 +78,37 @@ pub struct Submission {
 impl Submission {
     /// Encodes a decision for storage, with the answer an idempotency key keeps.
     pub fn from_decision(decision: Decision, idempotency: Option<IdempotencyRecord>) -> Self {
-        let snapshot_json = decision.lead.snapshot().to_string();
+        let mut snapshots: Vec<EncodedSnapshot> = Vec::new();
+        let mut events = Vec::with_capacity(decision.events.len());
+        let mut previous: Option<Arc<Value>> = None;
+        for mut event in decision.events {
+            let shared = previous.as_ref().is_some_and(|snapshot| Arc::ptr_eq(snapshot, &event.lead));
+            if !shared {
+                snapshots.push(EncodedSnapshot::new(event.lead.to_string()));
+                previous = Some(event.lead.clone());
+            }
+            let snapshot = snapshots.len() - 1;
+            let data_json = event.data.to_string();
+            // The JSON texts are now the content of record; drop the trees.
+            event.data = Value::Null;
+            event.lead = Arc::new(Value::Null);
+            let content = content_digest(&data_json, &snapshots[snapshot].digest);
+            events.push(EncodedEvent { event, data_json, snapshot, content });
+        }
+        // The last event carries the lead as it ends up; a decision always has events, but a
+        // lead without any still gets its own snapshot.
+        let current = decision.lead.snapshot();
+        let lead_snapshot = match previous {
+            Some(last) if *last == current => snapshots.len() - 1,
+            _ => {
+                snapshots.push(EncodedSnapshot::new(current.to_string()));
+                snapshots.len() - 1
+            }
+        };
         Self {
-            lead: EncodedLead { record: decision.lead, snapshot_json },
-            events: decision.events.into_iter().map(EncodedEvent::encode).collect(),
+            lead: EncodedLead { record: decision.lead, snapshot: lead_snapshot },
+            snapshots,
+            events,
             transfers: decision.transfers,
             duplicate_keys: decision.duplicate_keys,
             duplicate_check: decision.duplicate_query.map(|query| (query, decision.assumed_duplicate)),

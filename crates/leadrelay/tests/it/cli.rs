@@ -127,8 +127,13 @@ async fn verify_passes_an_intact_log_and_names_the_first_changed_event() {
 async fn verify_detects_changed_snapshots_and_removed_events() {
     let dir = tempfile::tempdir().unwrap();
     seed(dir.path(), 4).await;
-    let changed = event_id_at(dir.path(), 3).await;
-    tamper(dir.path(), "UPDATE events SET lead = replace(lead, 'example.com', 'evil.com') WHERE seq = 3").await;
+    // The first lead's events 1-3 share a snapshot; `flow.completed` (event 4) has its own.
+    let changed = event_id_at(dir.path(), 4).await;
+    tamper(
+        dir.path(),
+        "UPDATE snapshots SET body = replace(body, 'example.com', 'evil.com') WHERE id = (SELECT snapshot_id FROM events WHERE seq = 4)",
+    )
+    .await;
     let output = run(dir.path(), &["verify"]);
     assert_eq!(output.status.code(), Some(1));
     assert!(stdout(&output).contains(&changed), "{}", stdout(&output));
