@@ -41,7 +41,11 @@ impl CompiledRules {
 
     /// The filters a lead from this source in this flow passes through, in order: the source's
     /// own filter first, then the flow's.
-    pub fn lead_filters<'a>(&'a self, flow_id: &str, source_id: &str) -> impl Iterator<Item = (&'a str, &'a CompiledRuleSet)> {
+    pub fn lead_filters<'a>(
+        &'a self,
+        flow_id: &str,
+        source_id: &str,
+    ) -> impl Iterator<Item = (&'a str, &'a CompiledRuleSet)> {
         let source = self.source_filters.get(source_id).map(|(name, rules)| (name.as_str(), rules));
         let flow = self.flow_filters.get(flow_id).into_iter().flatten().map(|(name, rules)| (name.as_str(), rules));
         source.into_iter().chain(flow)

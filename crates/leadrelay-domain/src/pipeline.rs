@@ -12,12 +12,12 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::compiled::CompiledRules;
 use crate::config::{Destination, DuplicateMatch, DuplicatePolicy, Flow, Source};
 use crate::event::{EventType, NewEvent, Outcome, RegisterStatus};
 use crate::fields::{parse_field, FieldType};
 use crate::ids::{LeadId, TransferId};
 use crate::lead::{LeadRecord, LeadView};
-use crate::compiled::CompiledRules;
 use crate::rules::Verdict;
 use crate::time::{format_date, Millis};
 

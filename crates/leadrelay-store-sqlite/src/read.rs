@@ -88,11 +88,7 @@ pub(crate) async fn duplicate_keys(
     let rows = builder.build().persistent(false).fetch_all(executor).await.map_err(unavailable)?;
     rows.iter()
         .map(|row| {
-            Ok((
-                row.try_get(0).map_err(corrupt)?,
-                row.try_get(1).map_err(corrupt)?,
-                row.try_get(2).map_err(corrupt)?,
-            ))
+            Ok((row.try_get(0).map_err(corrupt)?, row.try_get(1).map_err(corrupt)?, row.try_get(2).map_err(corrupt)?))
         })
         .collect()
 }
@@ -105,11 +101,17 @@ pub(crate) async fn idempotent_answers(
     if keys.is_empty() {
         return Ok(Vec::new());
     }
-    let mut builder: QueryBuilder<Sqlite> =
-        QueryBuilder::new("SELECT source_id, key, http_status, answer FROM idempotency_keys WHERE (source_id, key) IN (VALUES ");
+    let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "SELECT source_id, key, http_status, answer FROM idempotency_keys WHERE (source_id, key) IN (VALUES ",
+    );
     let mut separated = builder.separated(", ");
     for (source_id, key) in keys {
-        separated.push("(").push_bind_unseparated(*source_id).push_unseparated(", ").push_bind_unseparated(*key).push_unseparated(")");
+        separated
+            .push("(")
+            .push_bind_unseparated(*source_id)
+            .push_unseparated(", ")
+            .push_bind_unseparated(*key)
+            .push_unseparated(")");
     }
     builder.push(")");
     let rows = builder.build().persistent(false).fetch_all(executor).await.map_err(unavailable)?;
@@ -118,7 +120,10 @@ pub(crate) async fn idempotent_answers(
             let status: i64 = row.try_get(2).map_err(corrupt)?;
             Ok((
                 (row.try_get(0).map_err(corrupt)?, row.try_get(1).map_err(corrupt)?),
-                StoredAnswer { http_status: u16::try_from(status).map_err(corrupt)?, body_json: row.try_get(3).map_err(corrupt)? },
+                StoredAnswer {
+                    http_status: u16::try_from(status).map_err(corrupt)?,
+                    body_json: row.try_get(3).map_err(corrupt)?,
+                },
             ))
         })
         .collect()

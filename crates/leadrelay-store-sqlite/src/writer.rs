@@ -15,6 +15,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{read, unavailable};
 
+/// The longest a commit waits for more writes to join it, and only under load.
+const COMMIT_DELAY: std::time::Duration = std::time::Duration::from_micros(1000);
+
 /// SQLite allows 32766 bound values in one statement; stay well below.
 const MAX_BOUND_VALUES: usize = 30_000;
 
@@ -50,6 +53,7 @@ impl Writer {
 
     pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<WriteCommand>) {
         let mut pending: Vec<WriteCommand> = Vec::new();
+        let mut last_batch = 0usize;
         loop {
             if pending.is_empty() {
                 match commands.recv().await {
@@ -64,6 +68,19 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            // Under load, the writers answered by the last commit are about to send their next
+            // writes; a batch of a few stragglers would pay a whole sync for little. Wait a
+            // moment for the others (PostgreSQL's commit_delay). Idle servers never wait.
+            if last_batch >= 8 && pending.len() < last_batch / 4 {
+                let deadline = tokio::time::Instant::now() + COMMIT_DELAY;
+                while pending.len() < last_batch / 2 {
+                    match tokio::time::timeout_at(deadline, commands.recv()).await {
+                        Ok(Some(command)) => pending.push(command),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            }
+            last_batch = pending.len();
             let mut submissions: Vec<(Box<Submission>, Reply)> = Vec::new();
             for command in pending.drain(..) {
                 match command {
@@ -404,13 +421,21 @@ fn number_snapshots(head: &mut Head, accepted: &[&Submission]) -> Vec<i64> {
         .collect()
 }
 
-async fn insert_snapshots(transaction: &mut SqliteConnection, accepted: &[&Submission], bases: &[i64]) -> StoreResult<()> {
+async fn insert_snapshots(
+    transaction: &mut SqliteConnection,
+    accepted: &[&Submission],
+    bases: &[i64],
+) -> StoreResult<()> {
     let snapshots: Vec<_> = accepted
         .iter()
         .zip(bases)
         .flat_map(|(submission, base)| {
             let lead_id = submission.lead.record.id.as_str();
-            submission.snapshots.iter().enumerate().map(move |(index, snapshot)| (base + index as i64, lead_id, snapshot))
+            submission
+                .snapshots
+                .iter()
+                .enumerate()
+                .map(move |(index, snapshot)| (base + index as i64, lead_id, snapshot))
         })
         .collect();
     for chunk in snapshots.chunks(rows_per_statement(4)) {
