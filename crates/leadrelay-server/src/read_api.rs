@@ -1,6 +1,7 @@
 //! Reading the log: events (with every filter of SPEC 5), leads and their timelines, the
 //! register, and streamed exports in NDJSON or CSV.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -11,8 +12,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use futures::StreamExt;
-use leadrelay_store::{events_page, export_events, Cursor, EventQuery, SortOrder, StoredEvent, EVENT_FIELDS};
-use serde::{Serialize, Serializer};
+use leadrelay_domain::time::format_millis;
+use leadrelay_store::{
+    events_page, export_event_lines, export_events, write_json_string, Cursor, EventQuery, FieldValue, SortOrder,
+    StoredEvent, EVENT_FIELDS,
+};
+use serde::Serialize;
 
 use crate::params::{event_query, lead_query, register_query, Params, EVENT_PARAMS, LEAD_PARAMS, REGISTER_PARAMS};
 use crate::{ApiError, ApiResult, AppState};
@@ -48,18 +53,29 @@ impl Projection {
             .collect();
         Ok(Self(fields))
     }
-
-    fn keeps(&self, field: &str) -> bool {
-        self.0.contains(&field)
-    }
 }
 
-struct Projected<'a>(&'a StoredEvent, &'a Projection);
-
-impl Serialize for Projected<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize_fields(serializer, &|field| self.1.keeps(field))
+/// `{"items": [...], "next_cursor": ...}` around items that write themselves as JSON.
+fn page_json(count: usize, next_cursor: Option<&Cursor>, mut write_item: impl FnMut(usize, &mut Vec<u8>)) -> Vec<u8> {
+    let mut out = Vec::with_capacity(count * 1024 + 64);
+    out.extend_from_slice(b"{\"items\":[");
+    for index in 0..count {
+        if index > 0 {
+            out.push(b',');
+        }
+        write_item(index, &mut out);
     }
+    out.extend_from_slice(b"],\"next_cursor\":");
+    match next_cursor {
+        Some(cursor) => write_json_string(&mut out, &cursor.encode()),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.push(b'}');
+    out
+}
+
+fn json_bytes(bytes: Vec<u8>) -> Response {
+    ([(CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes).into_response()
 }
 
 #[derive(Serialize)]
@@ -75,8 +91,9 @@ fn json_response(body: &impl Serialize) -> ApiResult<Response> {
 
 async fn events_response(state: &AppState, query: EventQuery, projection: Projection) -> ApiResult<Response> {
     let page = events_page(state.store.as_ref(), &query, RULES_SCAN_BUDGET).await?;
-    let items: Vec<Projected> = page.items.iter().map(|event| Projected(event, &projection)).collect();
-    json_response(&PageBody { items, next_cursor: page.next_cursor.as_ref().map(Cursor::encode) })
+    Ok(json_bytes(page_json(page.items.len(), page.next_cursor.as_ref(), |index, out| {
+        page.items[index].write_json(out, &projection.0)
+    })))
 }
 
 /// Events, newest first by default, with every filter of SPEC 5.
@@ -115,7 +132,11 @@ pub(crate) async fn list_flow_events(
               (status = 404, description = "No such event", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn get_event(State(state): State<Arc<AppState>>, Path(event_id): Path<String>) -> ApiResult<Response> {
     match state.store.event(&event_id).await? {
-        Some(event) => json_response(&event),
+        Some(event) => {
+            let mut out = Vec::with_capacity(event.data.len() + event.lead.len() + 512);
+            event.write_json(&mut out, &EVENT_FIELDS);
+            Ok(json_bytes(out))
+        }
         None => Err(ApiError::not_found("event_not_found", format!("no event {event_id:?}"))),
     }
 }
@@ -127,7 +148,9 @@ pub(crate) async fn get_event(State(state): State<Arc<AppState>>, Path(event_id)
 pub(crate) async fn list_leads(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> ApiResult<Response> {
     let params = Params::parse(query.as_deref(), LEAD_PARAMS)?;
     let page = state.store.leads_page(&lead_query(&params)?).await?;
-    json_response(&PageBody { items: page.items, next_cursor: page.next_cursor.as_ref().map(Cursor::encode) })
+    Ok(json_bytes(page_json(page.items.len(), page.next_cursor.as_ref(), |index, out| {
+        out.extend_from_slice(page.items[index].snapshot.as_bytes())
+    })))
 }
 
 /// A lead's current snapshot.
@@ -137,7 +160,7 @@ pub(crate) async fn list_leads(State(state): State<Arc<AppState>>, RawQuery(quer
               (status = 404, description = "No such lead", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn get_lead(State(state): State<Arc<AppState>>, Path(lead_id): Path<String>) -> ApiResult<Response> {
     match state.store.lead(&lead_id).await? {
-        Some(lead) => json_response(&lead),
+        Some(lead) => Ok(json_bytes(lead.snapshot.into_bytes())),
         None => Err(ApiError::not_found("lead_not_found", format!("no lead {lead_id:?}"))),
     }
 }
@@ -188,49 +211,40 @@ enum ExportFormat {
 }
 
 /// A cell that a spreadsheet would run as a formula gets a leading `'` (SPEC 8).
-fn neutralise(cell: &str) -> std::borrow::Cow<'_, str> {
+fn neutralise(cell: &str) -> Cow<'_, str> {
     if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        std::borrow::Cow::Owned(format!("'{cell}"))
+        Cow::Owned(format!("'{cell}"))
     } else {
-        std::borrow::Cow::Borrowed(cell)
+        Cow::Borrowed(cell)
     }
 }
 
-fn csv_cells(event: &StoredEvent, projection: &Projection) -> Vec<String> {
-    let value = serde_json::to_value(Projected(event, projection)).unwrap_or_default();
-    projection
-        .0
-        .iter()
-        .map(|field| match value.get(*field) {
-            None | Some(serde_json::Value::Null) => String::new(),
-            Some(serde_json::Value::String(text)) => neutralise(text).into_owned(),
-            Some(serde_json::Value::Number(number)) => number.to_string(),
-            Some(other) => neutralise(&other.to_string()).into_owned(),
-        })
-        .collect()
-}
-
-fn encode_chunk(
-    events: &[StoredEvent],
+fn write_csv_row(
+    writer: &mut csv::Writer<&mut Vec<u8>>,
+    event: &StoredEvent,
     projection: &Projection,
-    format: ExportFormat,
-) -> Result<Bytes, std::io::Error> {
-    let mut buffer = Vec::with_capacity(events.len() * 512);
-    match format {
-        ExportFormat::Ndjson => {
-            for event in events {
-                serde_json::to_writer(&mut buffer, &Projected(event, projection))?;
-                buffer.push(b'\n');
-            }
-        }
-        ExportFormat::Csv => {
-            let mut writer = csv::Writer::from_writer(&mut buffer);
-            for event in events {
-                writer.write_record(csv_cells(event, projection))?;
-            }
-            writer.flush()?;
-        }
+) -> Result<(), csv::Error> {
+    let timestamp = format_millis(event.timestamp);
+    let cells = projection.0.iter().map(|field| match event.field(field, &timestamp) {
+        FieldValue::Text(Some(text)) | FieldValue::Json(text) => neutralise(text),
+        FieldValue::Integer(Some(number)) => Cow::Owned(number.to_string()),
+        FieldValue::Number(Some(number)) => Cow::Owned(number.to_string()),
+        _ => Cow::Borrowed(""),
+    });
+    for cell in cells {
+        writer.write_field(cell.as_bytes())?;
     }
+    writer.write_record(None::<&[u8]>)
+}
+
+fn encode_csv(events: &[StoredEvent], projection: &Projection) -> Result<Bytes, std::io::Error> {
+    let mut buffer = Vec::with_capacity(events.len() * 512);
+    let mut writer = csv::Writer::from_writer(&mut buffer);
+    for event in events {
+        write_csv_row(&mut writer, event, projection)?;
+    }
+    writer.flush()?;
+    drop(writer);
     Ok(Bytes::from(buffer))
 }
 
@@ -252,27 +266,29 @@ pub(crate) async fn export(State(state): State<Arc<AppState>>, RawQuery(query): 
     events.limit = leadrelay_store::MAX_PAGE;
     let projection = Projection::from_params(&params)?;
 
-    let header = match format {
+    // Once the status is sent, a storage error can only end the stream early, which the client
+    // sees as a broken download.
+    let stream = match format {
         ExportFormat::Csv => {
-            let mut line = projection.0.join(",");
-            line.push('\n');
-            Some(Ok::<Bytes, std::io::Error>(Bytes::from(line)))
+            let mut header = projection.0.join(",");
+            header.push('\n');
+            let header = futures::stream::iter([Ok::<Bytes, std::io::Error>(Bytes::from(header))]);
+            let rows = export_events(state.store.clone(), events).chunks(500).map(move |chunk| {
+                let events = chunk
+                    .into_iter()
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|error| std::io::Error::other(error.to_string()))?;
+                encode_csv(&events, &projection)
+            });
+            header.chain(rows).boxed()
         }
-        ExportFormat::Ndjson => None,
+        ExportFormat::Ndjson => export_event_lines(state.store.clone(), events, projection.0)
+            .map(|page| {
+                let lines = page.map_err(|error| std::io::Error::other(error.to_string()))?;
+                Ok(Bytes::from(lines.ndjson))
+            })
+            .boxed(),
     };
-    let body_projection = projection.clone();
-    let rows = export_events(state.store.clone(), events).chunks(500).map(move |chunk| {
-        let mut events = Vec::with_capacity(chunk.len());
-        for item in chunk {
-            match item {
-                Ok(event) => events.push(event),
-                // The status is already sent: end the stream so the client sees a broken download.
-                Err(error) => return Err(std::io::Error::other(error.to_string())),
-            }
-        }
-        encode_chunk(&events, &body_projection, format)
-    });
-    let stream = futures::stream::iter(header).chain(rows);
     let (content_type, file) = match format {
         ExportFormat::Csv => ("text/csv; charset=utf-8", "attachment; filename=\"events.csv\""),
         ExportFormat::Ndjson => ("application/x-ndjson", "attachment; filename=\"events.ndjson\""),

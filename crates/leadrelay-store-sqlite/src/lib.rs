@@ -15,8 +15,9 @@ use async_trait::async_trait;
 use leadrelay_domain::config::{Config, ConfigChange};
 use leadrelay_domain::pipeline::{DuplicateFound, DuplicateQuery};
 use leadrelay_store::{
-    ChainReport, CommitOutcome, ConfigWriteError, Cursor, EventQuery, LeadQuery, NewToken, Page, RegisterQuery, Store,
-    StoreError, StoreResult, StoredAnswer, StoredEvent, StoredLead, Submission, TokenRecord, TransferRow,
+    ChainReport, CommitOutcome, ConfigWriteError, Cursor, EventLines, EventQuery, LeadQuery, NewToken, Page,
+    RegisterQuery, Store, StoreError, StoreResult, StoredAnswer, StoredEvent, StoredLead, Submission, TokenRecord,
+    TransferRow,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::ConnectOptions;
@@ -154,6 +155,16 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> StoreResult<Vec<StoredEvent>> {
         read::scan_events(&self.readers, query, after, limit).await
+    }
+
+    async fn scan_event_lines(
+        &self,
+        query: &EventQuery,
+        after: Option<&Cursor>,
+        limit: usize,
+        fields: &[&'static str],
+    ) -> StoreResult<EventLines> {
+        read::scan_event_lines(&self.readers, query, after, limit, fields).await
     }
 
     async fn event(&self, event_id: &str) -> StoreResult<Option<StoredEvent>> {

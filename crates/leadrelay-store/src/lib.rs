@@ -90,6 +90,20 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> StoreResult<Vec<StoredEvent>>;
 
+    /// Like [`Store::scan_events`], but the page comes as NDJSON text with only `fields` (a
+    /// subset of [`EVENT_FIELDS`], in that order), byte for byte as [`StoredEvent::write_json`]
+    /// writes it. Engines that can render JSON themselves override this for exports.
+    async fn scan_event_lines(
+        &self,
+        query: &EventQuery,
+        after: Option<&Cursor>,
+        limit: usize,
+        fields: &[&'static str],
+    ) -> StoreResult<EventLines> {
+        let events = self.scan_events(query, after, limit).await?;
+        Ok(EventLines::from_events(&events, fields))
+    }
+
     async fn event(&self, event_id: &str) -> StoreResult<Option<StoredEvent>>;
 
     async fn lead(&self, lead_id: &str) -> StoreResult<Option<StoredLead>>;
@@ -158,6 +172,42 @@ pub async fn events_page(store: &dyn Store, query: &EventQuery, scan_budget: usi
             return Ok(Page { items, next_cursor: after });
         }
     }
+}
+
+/// Streams every event matching `query` as NDJSON pages with the given fields, one page in
+/// memory at a time.
+pub fn export_event_lines(
+    store: std::sync::Arc<dyn Store>,
+    query: EventQuery,
+    fields: Vec<&'static str>,
+) -> BoxStream<'static, StoreResult<EventLines>> {
+    let stream = futures::stream::unfold(Some(query.cursor.clone()), move |state| {
+        let store = store.clone();
+        let query = query.clone();
+        let fields = fields.clone();
+        async move {
+            let after = state?;
+            let result = if query.rules.is_some() {
+                // Rules need each event as a tree: go through the general page.
+                let mut page_query = query.clone();
+                page_query.cursor = after;
+                page_query.limit = MAX_PAGE;
+                events_page(store.as_ref(), &page_query, 20_000)
+                    .await
+                    .map(|page| (EventLines::from_events(&page.items, &fields), page.next_cursor))
+            } else {
+                store.scan_event_lines(&query, after.as_ref(), MAX_PAGE, &fields).await.map(|lines| {
+                    let next = if lines.count == MAX_PAGE { lines.last.clone() } else { None };
+                    (lines, next)
+                })
+            };
+            match result {
+                Ok((lines, next)) => Some((Ok(lines), next.map(Some))),
+                Err(error) => Some((Err(error), None)),
+            }
+        }
+    });
+    Box::pin(stream)
 }
 
 /// Streams every event matching `query` in pages, holding one page in memory at a time.

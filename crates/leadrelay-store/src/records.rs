@@ -7,9 +7,7 @@ use leadrelay_domain::event::{NewEvent, Outcome, RegisterStatus};
 use leadrelay_domain::lead::LeadRecord;
 use leadrelay_domain::pipeline::{Decision, DuplicateFound, DuplicateKey, DuplicateQuery, NewTransfer};
 use leadrelay_domain::time::{format_millis, Millis};
-use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
-use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::query::Cursor;
@@ -117,7 +115,9 @@ impl Submission {
     }
 }
 
-/// An event read back from the log, ready to serialise without re-parsing its content.
+/// An event read back from the log. `data` and `lead` are the JSON texts the store wrote
+/// (validated when they were encoded, covered by the hash chain since), so they are written
+/// out as they are, never re-parsed on the way to a client.
 #[derive(Clone, Debug)]
 pub struct StoredEvent {
     pub seq: i64,
@@ -137,8 +137,8 @@ pub struct StoredEvent {
     pub response_code: Option<i64>,
     pub price: Option<f64>,
     pub attempt: Option<i64>,
-    pub data: Box<RawValue>,
-    pub lead: Box<RawValue>,
+    pub data: String,
+    pub lead: String,
 }
 
 /// The top-level fields of an event, in the order they are written.
@@ -163,76 +163,121 @@ pub const EVENT_FIELDS: [&str; 18] = [
     "lead",
 ];
 
+/// One top-level value of an event, borrowed.
+#[derive(Clone, Copy, Debug)]
+pub enum FieldValue<'a> {
+    Text(Option<&'a str>),
+    Integer(Option<i64>),
+    Number(Option<f64>),
+    /// JSON text, written as it is.
+    Json(&'a str),
+}
+
 impl StoredEvent {
     pub fn cursor(&self) -> Cursor {
         Cursor { time: self.timestamp, seq: self.seq }
     }
 
-    /// Serialises the fields for which `keep` answers true.
-    pub fn serialize_fields<S: Serializer>(
-        &self,
-        serializer: S,
-        keep: &dyn Fn(&str) -> bool,
-    ) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(None)?;
-        macro_rules! put {
-            ($name:literal, $value:expr) => {
-                if keep($name) {
-                    map.serialize_entry($name, $value)?;
-                }
-            };
+    /// The value of one of [`EVENT_FIELDS`]; `timestamp` is given formatted by the caller.
+    pub fn field<'a>(&'a self, name: &str, timestamp: &'a str) -> FieldValue<'a> {
+        match name {
+            "id" => FieldValue::Text(Some(&self.id)),
+            "type" => FieldValue::Text(Some(&self.event_type)),
+            "timestamp" => FieldValue::Text(Some(timestamp)),
+            "lead_id" => FieldValue::Text(Some(&self.lead_id)),
+            "flow_id" => FieldValue::Text(Some(&self.flow_id)),
+            "source_id" => FieldValue::Text(Some(&self.source_id)),
+            "destination_id" => FieldValue::Text(self.destination_id.as_deref()),
+            "transfer_id" => FieldValue::Text(self.transfer_id.as_deref()),
+            "status" => FieldValue::Text(self.status.as_deref()),
+            "outcome" => FieldValue::Text(self.outcome.as_deref()),
+            "reason" => FieldValue::Text(self.reason.as_deref()),
+            "duration_ms" => FieldValue::Integer(self.duration_ms),
+            "integration" => FieldValue::Text(self.integration.as_deref()),
+            "response_code" => FieldValue::Integer(self.response_code),
+            "price" => FieldValue::Number(self.price),
+            "attempt" => FieldValue::Integer(self.attempt),
+            "data" => FieldValue::Json(&self.data),
+            "lead" => FieldValue::Json(&self.lead),
+            _ => FieldValue::Text(None),
         }
-        put!("id", &self.id);
-        put!("type", &self.event_type);
-        put!("timestamp", &format_millis(self.timestamp));
-        put!("lead_id", &self.lead_id);
-        put!("flow_id", &self.flow_id);
-        put!("source_id", &self.source_id);
-        put!("destination_id", &self.destination_id);
-        put!("transfer_id", &self.transfer_id);
-        put!("status", &self.status);
-        put!("outcome", &self.outcome);
-        put!("reason", &self.reason);
-        put!("duration_ms", &self.duration_ms);
-        put!("integration", &self.integration);
-        put!("response_code", &self.response_code);
-        put!("price", &self.price);
-        put!("attempt", &self.attempt);
-        put!("data", &self.data);
-        put!("lead", &self.lead);
-        map.end()
+    }
+
+    /// Writes the event as a JSON object with the given fields (in [`EVENT_FIELDS`] order).
+    pub fn write_json(&self, out: &mut Vec<u8>, fields: &[&str]) {
+        let timestamp = format_millis(self.timestamp);
+        out.push(b'{');
+        for (index, name) in fields.iter().enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            write_json_string(out, name);
+            out.push(b':');
+            match self.field(name, &timestamp) {
+                FieldValue::Text(Some(text)) => write_json_string(out, text),
+                FieldValue::Integer(Some(number)) => out.extend_from_slice(number.to_string().as_bytes()),
+                FieldValue::Number(Some(number)) if number.is_finite() => out.extend_from_slice(
+                    serde_json::Number::from_f64(number).map(|n| n.to_string()).unwrap_or_default().as_bytes(),
+                ),
+                FieldValue::Json(text) => out.extend_from_slice(text.as_bytes()),
+                _ => out.extend_from_slice(b"null"),
+            }
+        }
+        out.push(b'}');
     }
 
     /// The event as a JSON tree, for rule evaluation.
     pub fn to_json(&self) -> Value {
-        serde_json::to_value(self).unwrap_or(Value::Null)
+        let mut out = Vec::with_capacity(self.data.len() + self.lead.len() + 512);
+        self.write_json(&mut out, &EVENT_FIELDS);
+        serde_json::from_slice(&out).unwrap_or(Value::Null)
     }
 }
 
-impl Serialize for StoredEvent {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.serialize_fields(serializer, &|_| true)
+/// Writes a JSON string literal, escaped.
+pub fn write_json_string(out: &mut Vec<u8>, text: &str) {
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, text);
+}
+
+/// A page of events as NDJSON text (each event's JSON followed by a newline).
+#[derive(Clone, Debug, Default)]
+pub struct EventLines {
+    pub ndjson: String,
+    pub count: usize,
+    /// The position of the page's last event.
+    pub last: Option<Cursor>,
+}
+
+impl EventLines {
+    /// Renders events with [`StoredEvent::write_json`].
+    pub fn from_events(events: &[StoredEvent], fields: &[&str]) -> Self {
+        let mut out = Vec::with_capacity(events.iter().map(|e| e.data.len() + e.lead.len() + 512).sum());
+        for event in events {
+            event.write_json(&mut out, fields);
+            out.push(b'\n');
+        }
+        Self {
+            // Every piece written is valid UTF-8 (JSON texts and escaped strings).
+            ndjson: String::from_utf8(out).unwrap_or_default(),
+            count: events.len(),
+            last: events.last().map(StoredEvent::cursor),
+        }
     }
 }
 
-/// A lead read back from the store: its current snapshot.
+/// A lead read back from the store: its current snapshot as the JSON text the store wrote.
 #[derive(Clone, Debug)]
 pub struct StoredLead {
     pub seq: i64,
     pub id: String,
     pub created_at: Millis,
-    pub snapshot: Box<RawValue>,
+    pub snapshot: String,
 }
 
 impl StoredLead {
     pub fn cursor(&self) -> Cursor {
         Cursor { time: self.created_at, seq: self.seq }
-    }
-}
-
-impl Serialize for StoredLead {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.snapshot.serialize(serializer)
     }
 }
 

@@ -33,6 +33,7 @@ conformance!(
     event_pages_cover_the_log_once,
     configuration_changes_are_validated_and_kept,
     tokens_are_kept_by_hash,
+    event_lines_render_like_stored_events,
 );
 
 #[tokio::test]
