@@ -234,3 +234,15 @@ async fn concurrent_submissions_with_one_idempotency_key_store_one_lead() {
     assert_eq!(leads["items"].as_array().unwrap().len(), 1);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_store_that_cannot_write_answers_503_and_keeps_nothing() {
+    let app = spawn_app().await;
+    app.apply(&solar_config()).await;
+    // Stop the store's writer: every commit now fails before anything is written.
+    app.store.close().await;
+    let (status, answer) = app.submit("web", &good_lead()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert_eq!(answer["error"]["code"], "storage_unavailable");
+    app.stop().await;
+}
