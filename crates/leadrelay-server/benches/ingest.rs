@@ -278,6 +278,9 @@ fn main() {
             pipeline_rates[pipeline_rates.len() / 2],
             ratios[ratios.len() / 2]
         );
+        let wal = std::fs::metadata(dir.path().join("pipeline.db-wal")).map(|m| m.len()).unwrap_or(0);
+        let database = std::fs::metadata(dir.path().join("pipeline.db")).map(|m| m.len()).unwrap_or(0);
+        println!("database {} MB, write-ahead log {} MB at the end of the run", database / 1_000_000, wal / 1_000_000);
         let report = store.verify_chain().await.expect("verify");
         println!("chain after the run: {} events, intact: {}", report.events_checked, report.first_broken.is_none());
         store.close().await;

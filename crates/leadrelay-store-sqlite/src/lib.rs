@@ -67,6 +67,7 @@ impl SqliteStore {
             .foreign_keys(false)
             // Checkpoints run on a timer of their own, never inside a commit.
             .pragma("wal_autocheckpoint", "0")
+            .pragma("journal_size_limit", "67108864")
             .pragma("cache_size", "-65536")
             .pragma("temp_store", "memory")
             .disable_statement_logging();
@@ -98,8 +99,14 @@ impl SqliteStore {
     }
 }
 
-/// Moves committed pages from the WAL into the database file, so that the WAL stays small
-/// and commits never pay for a checkpoint.
+/// WAL pages (of 4 KiB, so 256 MiB) past which the checkpointer makes the log start over.
+const WAL_RESTART_PAGES: i64 = 65_536;
+
+/// Moves committed pages from the WAL into the database file, so that commits never pay for a
+/// checkpoint. A passive checkpoint never waits, but under a steady write load it never
+/// catches the writer either, and the log would grow without end; once it is past
+/// `WAL_RESTART_PAGES`, a restarting checkpoint briefly holds the writer back so that the log
+/// starts over (and `journal_size_limit` gives the space back).
 async fn checkpoint_loop(readers: SqlitePool, interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -108,8 +115,16 @@ async fn checkpoint_loop(readers: SqlitePool, interval: Duration) {
         if readers.is_closed() {
             return;
         }
-        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&readers).await {
-            tracing::warn!(%error, "WAL checkpoint failed");
+        let passive: Result<(i64, i64, i64), sqlx::Error> =
+            sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&readers).await;
+        match passive {
+            Ok((_, log_pages, _)) if log_pages > WAL_RESTART_PAGES => {
+                if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(RESTART)").execute(&readers).await {
+                    tracing::warn!(%error, "restarting WAL checkpoint failed");
+                }
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "WAL checkpoint failed"),
         }
     }
 }

@@ -168,7 +168,7 @@ impl Writer {
     }
 
     async fn try_commit_batch(&mut self, batch: &[&Submission]) -> StoreResult<Vec<CommitOutcome>> {
-        let mut transaction = self.connection.begin().await.map_err(unavailable)?;
+        let mut transaction = self.connection.begin_with("BEGIN IMMEDIATE").await.map_err(unavailable)?;
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut accepted: Vec<&Submission> = Vec::with_capacity(batch.len());
         // What the database already holds for this batch's keys, read in one query per flow;
@@ -262,7 +262,7 @@ fn link_events(head: &mut Head, accepted: &[&Submission]) -> Vec<(i64, Hash)> {
 
 impl Writer {
     async fn change_config(&mut self, change: ConfigChange) -> Result<Config, ConfigWriteError> {
-        let mut transaction = self.connection.begin().await.map_err(unavailable)?;
+        let mut transaction = self.connection.begin_with("BEGIN IMMEDIATE").await.map_err(unavailable)?;
         let current = read::load_config(&mut *transaction).await?;
         let (next, writes) = current.change(change)?;
         let now = now_millis();

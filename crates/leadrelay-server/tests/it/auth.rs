@@ -69,3 +69,23 @@ async fn openapi_document_lists_the_endpoints() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn framework_errors_use_the_error_shape_too() {
+    let app = spawn_app().await;
+    let wrong_method =
+        app.client.delete(app.url("/api/v1/events")).bearer_auth(crate::helpers::ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(error_code(wrong_method).await, (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed".to_owned()));
+    let huge = "x".repeat(3 << 20);
+    let too_big = app
+        .client
+        .post(app.url("/api/v1/flows"))
+        .bearer_auth(crate::helpers::ADMIN_TOKEN)
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(too_big).await, (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large".to_owned()));
+    app.stop().await;
+}

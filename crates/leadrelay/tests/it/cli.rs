@@ -152,3 +152,23 @@ async fn verify_detects_changed_snapshots_and_removed_events() {
     assert_eq!(output.status.code(), Some(1));
     assert!(stdout(&output).contains("removed from the end"), "{}", stdout(&output));
 }
+
+#[tokio::test]
+async fn serve_applies_its_config_file_and_exits_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), CONFIG);
+    let server = Server::start_with(dir.path(), &["--config", path.to_str().unwrap()]);
+    let client = reqwest::Client::new();
+    let response = client
+        .post(server.url("/api/v1/sources/web/submit"))
+        .json(&json!({"email": "term@example.com", "state": "TX"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let status = server.terminate();
+    assert!(status.success(), "serve exited with {status:?} after SIGTERM");
+    let output = run(dir.path(), &["verify"]);
+    assert!(output.status.success(), "{}", stdout(&output));
+    assert!(stdout(&output).contains("4 events verified"), "{}", stdout(&output));
+}

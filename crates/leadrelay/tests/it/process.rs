@@ -57,8 +57,14 @@ pub struct Server {
 
 impl Server {
     pub fn start(dir: &Path) -> Server {
+        Self::start_with(dir, &[])
+    }
+
+    /// Starts `serve` with extra arguments.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(binary())
             .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
             .env("LEADRELAY_DATABASE_URL", database_url(dir))
             .env("LEADRELAY_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("LEADRELAY_LOG", "warn")
@@ -80,6 +86,14 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns its exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+        assert!(sent.success());
+        self.child.wait().expect("wait")
     }
 
     /// Kills the process with SIGKILL and waits for it to be gone.
