@@ -63,23 +63,41 @@ fn walk<'a>(mut value: &'a Value, segments: std::str::Split<'_, char>) -> Option
     Some(value)
 }
 
-/// Resolves rule paths against a lead snapshot: a field name (and its components) first,
-/// then `appended.…`, then the lead's own attributes (`source_id`, `status`, …).
+/// Resolves rule paths against a lead snapshot: the lead's own attributes (`source_id`,
+/// `status`, …, see [`LEAD_ATTRIBUTES`]), `appended.…`, `fields.NAME…`, or a field name (and
+/// its components).
 pub struct LeadView<'a>(pub &'a Value);
+
+/// The lead's own attributes in its snapshot. No flow field may take one of these names, and
+/// a rule path that starts with one always means the attribute, never a submitted field of
+/// that name (so a submitter cannot pose as another source, or as not a duplicate).
+pub const LEAD_ATTRIBUTES: [&str; 12] = [
+    "id",
+    "flow_id",
+    "source_id",
+    "status",
+    "outcome",
+    "reason",
+    "duplicate_of",
+    "cost",
+    "created_at",
+    "updated_at",
+    "fields",
+    "appended",
+];
 
 fn resolve_in_lead<'a>(lead: &'a Value, path: &str) -> Option<&'a Value> {
     let mut segments = path.split('.');
     let first = segments.next()?;
-    if first == "appended" {
-        return walk(lead.get("appended")?, segments);
-    }
-    if let Some(field) = lead.get("fields").and_then(|fields| fields.get(first)) {
-        return walk(field, segments);
-    }
     if first == "fields" {
-        return None;
+        // `fields.status` reaches a submitted field whose name is also an attribute's.
+        let name = segments.next()?;
+        return walk(lead.get("fields")?.get(name)?, segments);
     }
-    walk(lead.get(first)?, segments)
+    if LEAD_ATTRIBUTES.contains(&first) {
+        return walk(lead.get(first)?, segments);
+    }
+    walk(lead.get("fields")?.get(first)?, segments)
 }
 
 impl Resolve for LeadView<'_> {
@@ -123,6 +141,16 @@ mod tests {
         assert_eq!(view.resolve("appended.phone_check.carrier"), Some(&json!("acme")));
         assert_eq!(view.resolve("source_id"), Some(&json!("web")));
         assert_eq!(view.resolve("nothing.here"), None);
+    }
+
+    #[test]
+    fn submitted_fields_cannot_pose_as_lead_attributes() {
+        let lead = json!({"source_id": "web", "duplicate_of": "lead_1",
+                          "fields": {"source_id": {"raw": "partner", "value": "partner", "valid": true}}});
+        let view = LeadView(&lead);
+        assert_eq!(view.resolve("source_id"), Some(&json!("web")));
+        assert_eq!(view.resolve("duplicate_of"), Some(&json!("lead_1")));
+        assert_eq!(view.resolve("fields.source_id.value"), Some(&json!("partner")));
     }
 
     #[test]

@@ -62,16 +62,13 @@ async fn fetch(State(state): State<Arc<AppState>>, kind: ConfigKind, Path(id): P
         .ok_or_else(|| ApiError::not_found("not_found", format!("{kind} {id:?} not found")))
 }
 
-async fn write(state: &AppState, object: ConfigObject, mode: WriteMode) -> ApiResult<Value> {
-    let kind = object.kind();
-    let change = ConfigChange::Put { object, mode };
-    let config = state.store.change_config(change.clone()).await?;
-    // The id may have been generated: find the object that this change wrote.
-    let ConfigChange::Put { mut object, .. } = change else { unreachable!("built as a Put above") };
+/// Writes one object (its id already filled in) and answers it as stored.
+async fn write(state: &AppState, mut object: ConfigObject, mode: WriteMode) -> ApiResult<Value> {
     object.fill_defaults();
-    let stored = config.get(kind, object.id()).map(|object| object.to_json()).unwrap_or(Value::Null);
-    state.set_config(config);
-    Ok(stored)
+    let kind = object.kind();
+    let id = object.id().to_owned();
+    let config = state.change_config(ConfigChange::Put { object, mode }).await?;
+    Ok(config.get(kind, &id).map(|object| object.to_json()).unwrap_or(Value::Null))
 }
 
 async fn create(State(state): State<Arc<AppState>>, kind: ConfigKind, body: Bytes) -> ApiResult<Response> {
@@ -107,8 +104,7 @@ async fn replace(
 }
 
 async fn remove(State(state): State<Arc<AppState>>, kind: ConfigKind, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    let config = state.store.change_config(ConfigChange::Delete { kind, id }).await?;
-    state.set_config(config);
+    state.change_config(ConfigChange::Delete { kind, id }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -148,11 +144,9 @@ pub(crate) async fn apply_config(
     let document: ConfigDocument = if content_type.contains("json") { parse_json(text) } else { parse_yaml(text) }
         .map_err(ApiError::InvalidConfig)?;
     let before = state.config();
-    let config = state.store.change_config(ConfigChange::Apply(document)).await?;
+    let config = state.change_config(ConfigChange::Apply(document)).await?;
     let changed = count_changes(&before, &config);
-    let exported = config.to_document();
-    state.set_config(config);
-    Ok(Json(json!({ "changed": changed, "config": exported })))
+    Ok(Json(json!({ "changed": changed, "config": config.to_document() })))
 }
 
 fn count_changes(before: &leadrelay_domain::config::Config, after: &leadrelay_domain::config::Config) -> usize {

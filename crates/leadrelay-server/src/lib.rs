@@ -71,6 +71,9 @@ impl std::ops::Deref for LiveConfig {
 pub struct AppState {
     pub store: Arc<dyn Store>,
     config: RwLock<Arc<LiveConfig>>,
+    /// Held from a change's write to the store until the cache holds its result, so that the
+    /// cache never goes back to an older configuration.
+    config_changes: tokio::sync::Mutex<()>,
     pub settings: Settings,
 }
 
@@ -78,16 +81,28 @@ impl AppState {
     /// Loads the configuration from the store once; later changes through the API refresh it.
     pub async fn new(store: Arc<dyn Store>, settings: Settings) -> Result<Arc<Self>, leadrelay_store::StoreError> {
         let config = store.load_config().await?;
-        Ok(Arc::new(Self { store, config: RwLock::new(Arc::new(LiveConfig::new(config))), settings }))
+        Ok(Arc::new(Self {
+            store,
+            config: RwLock::new(Arc::new(LiveConfig::new(config))),
+            config_changes: tokio::sync::Mutex::new(()),
+            settings,
+        }))
     }
 
     pub fn config(&self) -> Arc<LiveConfig> {
         self.config.read().map(|config| config.clone()).unwrap_or_else(|poisoned| poisoned.into_inner().clone())
     }
 
-    fn set_config(&self, config: Config) {
+    /// Applies a change through the store and puts the result in force.
+    async fn change_config(
+        &self,
+        change: leadrelay_domain::config::ConfigChange,
+    ) -> Result<Arc<LiveConfig>, leadrelay_store::ConfigWriteError> {
+        let _serial = self.config_changes.lock().await;
+        let config = Arc::new(LiveConfig::new(self.store.change_config(change).await?));
         let mut slot = self.config.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        *slot = Arc::new(LiveConfig::new(config));
+        *slot = config.clone();
+        Ok(config)
     }
 }
 

@@ -211,6 +211,8 @@ pub async fn event_lines_render_like_stored_events(store: Arc<dyn Store>) {
     document.flows[0].filters = vec![parse_value(json!({"name": "geo \"quoted\" ünï", "rules": {"all": [
         {"field": "state", "op": "in", "value": ["TX"]}]}}))
     .expect("filter")];
+    // A price with every digit the validation allows.
+    document.sources[0].price = Some(123_456_789.123_456);
     store.change_config(ConfigChange::Apply(document)).await.expect("apply");
     let now = now_millis();
     let leads = [

@@ -2,7 +2,7 @@
 
 use leadrelay_domain::chain::{content_digest, link, snapshot_digest, ChainHeader, Hash, GENESIS};
 use leadrelay_store::{BrokenLink, ChainReport, StoreError, StoreResult};
-use sqlx::{Row, SqlitePool};
+use sqlx::{Connection, Row, SqlitePool};
 
 use crate::unavailable;
 
@@ -17,6 +17,18 @@ fn broken(seq: i64, event_id: &str, problem: impl Into<String>) -> StoreResult<C
 
 pub(crate) async fn verify_chain(pool: &SqlitePool) -> StoreResult<ChainReport> {
     let corrupt = |error: sqlx::Error| StoreError::Corrupt(error.to_string());
+    // One read transaction: the head and every event are seen as of one moment, so commits
+    // made while `verify` runs are neither half-seen nor mistaken for removals.
+    let mut connection = pool.acquire().await.map_err(unavailable)?;
+    let mut transaction = connection.begin().await.map_err(unavailable)?;
+    let head = sqlx::query("SELECT seq, hash FROM chain_head WHERE id = 1")
+        .fetch_optional(&mut *transaction)
+        .await
+        .map_err(unavailable)?;
+    let (head_seq, head_hash): (i64, Vec<u8>) = match head {
+        Some(row) => (row.try_get(0).map_err(corrupt)?, row.try_get(1).map_err(corrupt)?),
+        None => (0, GENESIS.to_vec()),
+    };
     let mut previous: Hash = GENESIS;
     let mut last_seq = 0i64;
     let mut checked = 0u64;
@@ -30,7 +42,7 @@ pub(crate) async fn verify_chain(pool: &SqlitePool) -> StoreResult<ChainReport> 
         )
         .bind(last_seq)
         .bind(CHUNK)
-        .fetch_all(pool)
+        .fetch_all(&mut *transaction)
         .await
         .map_err(unavailable)?;
         let count = rows.len();
@@ -49,6 +61,23 @@ pub(crate) async fn verify_chain(pool: &SqlitePool) -> StoreResult<ChainReport> 
             let event_erased: bool = row.try_get(21).map_err(corrupt)?;
             let stored_snapshot: Option<Vec<u8>> = row.try_get(22).map_err(corrupt)?;
             let snapshot_erased: Option<bool> = row.try_get(23).map_err(corrupt)?;
+            if event_erased || snapshot_erased.unwrap_or(false) {
+                // Only an erasure recorded in the chain itself may rewrite content.
+                let lead_id: String = row.try_get(4).map_err(corrupt)?;
+                let recorded: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM events WHERE lead_id = ? AND type = 'lead.erased')",
+                )
+                .bind(&lead_id)
+                .fetch_one(&mut *transaction)
+                .await
+                .map_err(unavailable)?;
+                if !recorded {
+                    let mut report =
+                        broken(seq, &id, "its content is marked erased, but no lead.erased event records it")?;
+                    report.events_checked = checked;
+                    return Ok(report);
+                }
+            }
             let (Some(snapshot_body), Some(stored_snapshot)) = (snapshot_body, stored_snapshot) else {
                 let mut report = broken(seq, &id, "its lead snapshot is missing")?;
                 report.events_checked = checked;
@@ -120,12 +149,7 @@ pub(crate) async fn verify_chain(pool: &SqlitePool) -> StoreResult<ChainReport> 
             break;
         }
     }
-    let head =
-        sqlx::query("SELECT seq, hash FROM chain_head WHERE id = 1").fetch_optional(pool).await.map_err(unavailable)?;
-    let (head_seq, head_hash): (i64, Vec<u8>) = match head {
-        Some(row) => (row.try_get(0).map_err(corrupt)?, row.try_get(1).map_err(corrupt)?),
-        None => (0, GENESIS.to_vec()),
-    };
+    let _ = transaction.rollback().await;
     if head_seq != last_seq || head_hash[..] != previous[..] {
         return Ok(ChainReport {
             events_checked: checked,

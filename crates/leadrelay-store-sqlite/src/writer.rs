@@ -81,39 +81,52 @@ impl Writer {
                 }
             }
             last_batch = pending.len();
-            let mut submissions: Vec<(Box<Submission>, Reply)> = Vec::new();
-            for command in pending.drain(..) {
-                match command {
-                    WriteCommand::Submit { submission, reply } => submissions.push((submission, reply)),
-                    other => {
-                        // Keep the order of writes: commit the submissions received before it.
-                        self.commit_submissions(std::mem::take(&mut submissions)).await;
-                        if let Some(reply) = self.handle_other(other).await {
-                            self.commit_submissions(submissions).await;
-                            let _ = reply.send(());
-                            commands.close();
-                            let _ = self.connection.close().await;
-                            return;
-                        }
-                    }
+            let shutdown = self.process(std::mem::take(&mut pending)).await;
+            if let Some(reply) = shutdown {
+                // Take no more writes, but finish every one already sent.
+                commands.close();
+                let mut rest = Vec::new();
+                while let Ok(command) = commands.try_recv() {
+                    rest.push(command);
                 }
+                self.process(rest).await;
+                let _ = self.connection.close().await;
+                let _ = reply.send(());
+                return;
             }
-            self.commit_submissions(submissions).await;
         }
         let _ = self.connection.close().await;
     }
 
-    /// Handles a write that is not a submission; returns the reply of a shutdown.
-    async fn handle_other(&mut self, command: WriteCommand) -> Option<oneshot::Sender<()>> {
+    /// Carries out writes in the order they were sent, submissions group-committed between
+    /// the other writes. Returns the reply of a shutdown if one was among them.
+    async fn process(&mut self, commands: Vec<WriteCommand>) -> Option<oneshot::Sender<()>> {
+        let mut shutdown = None;
+        let mut submissions: Vec<(Box<Submission>, Reply)> = Vec::new();
+        for command in commands {
+            match command {
+                WriteCommand::Submit { submission, reply } => submissions.push((submission, reply)),
+                WriteCommand::Shutdown { reply } => shutdown = Some(reply),
+                other => {
+                    // Keep the order of writes: commit the submissions received before it.
+                    self.commit_submissions(std::mem::take(&mut submissions)).await;
+                    self.handle_other(other).await;
+                }
+            }
+        }
+        self.commit_submissions(submissions).await;
+        shutdown
+    }
+
+    /// Handles a write that is neither a submission nor a shutdown.
+    async fn handle_other(&mut self, command: WriteCommand) {
         match command {
-            WriteCommand::Submit { .. } => None,
+            WriteCommand::Submit { .. } | WriteCommand::Shutdown { .. } => {}
             WriteCommand::Config { change, reply } => {
                 let _ = reply.send(self.change_config(change).await);
-                None
             }
             WriteCommand::CreateToken { token, replace, reply } => {
                 let _ = reply.send(self.create_token(token, replace).await);
-                None
             }
             WriteCommand::DeleteToken { token_id, reply } => {
                 let result = sqlx::query("DELETE FROM tokens WHERE id = ?")
@@ -123,9 +136,7 @@ impl Writer {
                     .map(|done| done.rows_affected() > 0)
                     .map_err(unavailable);
                 let _ = reply.send(result);
-                None
             }
-            WriteCommand::Shutdown { reply } => Some(reply),
         }
     }
 
@@ -169,6 +180,16 @@ impl Writer {
 
     async fn try_commit_batch(&mut self, batch: &[&Submission]) -> StoreResult<Vec<CommitOutcome>> {
         let mut transaction = self.connection.begin_with("BEGIN IMMEDIATE").await.map_err(unavailable)?;
+        // Another process may have written to the file since (a second `serve` on it, by
+        // mistake): link onto the chain as it is on disk, never onto a stale copy.
+        let on_disk = load_head(&mut transaction).await?;
+        if on_disk.seq != self.head.seq
+            || on_disk.hash != self.head.hash
+            || on_disk.snapshot_id != self.head.snapshot_id
+        {
+            tracing::warn!("the event log was written by another process; continuing from its end");
+            self.head = on_disk;
+        }
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut accepted: Vec<&Submission> = Vec::with_capacity(batch.len());
         // What the database already holds for this batch's keys, read in one query per flow;

@@ -37,8 +37,8 @@ pub fn validate_field_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(format!("invalid field name {name:?}: use 1-64 characters of A-Z, a-z, 0-9 and '_'"));
     }
-    if name == "appended" {
-        return Err("field name \"appended\" is reserved for enhancement data".to_owned());
+    if crate::lead::LEAD_ATTRIBUTES.contains(&name) {
+        return Err(format!("field name {name:?} is reserved for the lead's own attribute"));
     }
     Ok(())
 }
@@ -64,9 +64,13 @@ fn validate_flow(config: &Config, flow: &Flow, problems: &mut Vec<String>) {
         if duplicates.keys.is_empty() {
             problems.push(format!("{at}.duplicates.keys: name at least one field"));
         }
+        let mut keys = HashSet::new();
         for key in &duplicates.keys {
             if !names.contains(key.as_str()) {
                 problems.push(format!("{at}.duplicates.keys: {key:?} is not a field of this flow"));
+            }
+            if !keys.insert(key.as_str()) {
+                problems.push(format!("{at}.duplicates.keys: {key:?} is listed twice"));
             }
         }
         if duplicates.window_days == 0 || duplicates.window_days > 3650 {
@@ -144,10 +148,14 @@ fn validate_source(config: &Config, source: &Source, problems: &mut Vec<String>)
     }
 }
 
+/// Prices are money: at least 0, below a billion, at most 6 decimal places. (Within those
+/// bounds every engine writes a price with the same digits.)
 fn check_price(at: &str, price: Option<f64>, problems: &mut Vec<String>) {
     if let Some(price) = price {
-        if !price.is_finite() || price < 0.0 {
-            problems.push(format!("{at}.price: must be a number of at least 0"));
+        let micros = price * 1_000_000.0;
+        let whole_micros = (micros - micros.round()).abs() < 1e-6;
+        if !price.is_finite() || !(0.0..1e9).contains(&price) || !whole_micros {
+            problems.push(format!("{at}.price: must be a number from 0 to 999999999.999999 with at most 6 decimals"));
         }
     }
 }

@@ -96,6 +96,14 @@ async fn invalid_objects_are_refused_with_messages_that_name_the_problem() {
         ("/api/v1/flows", json!({"id": "f", "filters": [{"name": "x", "rules": {"every": []}}]}), "\"all\" or \"any\""),
         ("/api/v1/sources", json!({"id": "s", "flow_id": "missing"}), "unknown flow \"missing\""),
         ("/api/v1/sources", json!({"id": "s", "flow_id": "solar", "price": -1}), "price"),
+        ("/api/v1/sources", json!({"id": "s", "flow_id": "solar", "price": 0.1234567}), "at most 6 decimals"),
+        ("/api/v1/flows", json!({"id": "f", "fields": [{"name": "source_id"}]}), "reserved"),
+        ("/api/v1/sources", json!({"id": "s", "flow_id": "solar", "field_map": {"src": "cost"}}), "reserved"),
+        (
+            "/api/v1/flows",
+            json!({"id": "f", "fields": [{"name": "email"}], "duplicates": {"keys": ["email", "email"]}}),
+            "listed twice",
+        ),
         ("/api/v1/destinations", json!({"id": "d", "url": "ftp://x.example.com"}), "http or https"),
         ("/api/v1/destinations", json!({"id": "d"}), "needs a url"),
         (

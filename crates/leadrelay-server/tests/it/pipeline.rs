@@ -263,3 +263,21 @@ async fn each_destination_gets_a_transfer_or_a_recorded_skip() {
     assert!(paused["description"].as_str().unwrap().starts_with("Held"), "{paused}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_submitted_field_cannot_pose_as_the_lead_source() {
+    let app = spawn_app().await;
+    let mut config = solar_config();
+    config["destinations"][0]["filter"] = json!({"all": [{"field": "source_id", "op": "eq", "value": "partner"}]});
+    app.apply(&config).await;
+    let (status, answer) =
+        app.submit("web", &json!({"email": "pose@example.com", "state": "TX", "source_id": "partner"})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let lead_id = answer["lead_id"].as_str().unwrap();
+    let register = app.get_json(&format!("/api/v1/register?lead_id={lead_id}")).await;
+    assert_eq!(register["items"][0]["status"], "skip", "the destination filter saw the real source: {register}");
+    let lead = app.get_json(&format!("/api/v1/leads/{lead_id}")).await;
+    assert_eq!(lead["source_id"], "web");
+    assert_eq!(lead["fields"]["source_id"]["raw"], "partner", "the submitted value is still kept");
+    app.stop().await;
+}

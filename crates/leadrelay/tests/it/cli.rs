@@ -172,3 +172,15 @@ async fn serve_applies_its_config_file_and_exits_cleanly_on_sigterm() {
     assert!(output.status.success(), "{}", stdout(&output));
     assert!(stdout(&output).contains("4 events verified"), "{}", stdout(&output));
 }
+
+#[tokio::test]
+async fn verify_refuses_content_marked_erased_without_a_recorded_erasure() {
+    let dir = tempfile::tempdir().unwrap();
+    seed(dir.path(), 2).await;
+    let forged = event_id_at(dir.path(), 2).await;
+    tamper(dir.path(), "UPDATE events SET erased = 1, data = '{\"forged\":1}' WHERE seq = 2").await;
+    let output = run(dir.path(), &["verify"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stdout(&output).contains(&forged), "{}", stdout(&output));
+    assert!(stdout(&output).contains("no lead.erased event"), "{}", stdout(&output));
+}
