@@ -70,10 +70,11 @@ impl Writer {
             }
             // Under load, the writers answered by the last commit are about to send their next
             // writes; a batch of a few stragglers would pay a whole sync for little. Wait a
-            // moment for the others (PostgreSQL's commit_delay). Idle servers never wait.
-            if last_batch >= 8 && pending.len() < last_batch / 4 {
+            // moment for as many as last time (PostgreSQL's commit_delay); when fewer come, the
+            // wait ends at the deadline and the next batch expects fewer. Idle servers never wait.
+            if last_batch >= 8 && pending.len() < last_batch / 2 {
                 let deadline = tokio::time::Instant::now() + COMMIT_DELAY;
-                while pending.len() < last_batch / 2 {
+                while pending.len() < last_batch {
                     match tokio::time::timeout_at(deadline, commands.recv()).await {
                         Ok(Some(command)) => pending.push(command),
                         Ok(None) | Err(_) => break,
