@@ -6,6 +6,7 @@
 mod auth;
 mod config_api;
 mod error;
+pub mod export;
 mod intake;
 mod openapi;
 mod params;

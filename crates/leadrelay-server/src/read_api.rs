@@ -1,7 +1,6 @@
 //! Reading the log: events (with every filter of SPEC 5), leads and their timelines, the
 //! register, and streamed exports in NDJSON or CSV.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -12,13 +11,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use futures::StreamExt;
-use leadrelay_domain::time::format_millis;
 use leadrelay_store::{
-    events_page, export_event_lines, export_events, write_json_string, Cursor, EventQuery, FieldValue, SortOrder,
-    StoredEvent, EVENT_FIELDS,
+    events_page, export_event_lines, export_events, write_json_string, Cursor, EventQuery, SortOrder, EVENT_FIELDS,
 };
 use serde::Serialize;
 
+use crate::export::{csv_header, encode_csv};
 use crate::params::{event_query, lead_query, register_query, Params, EVENT_PARAMS, LEAD_PARAMS, REGISTER_PARAMS};
 use crate::{ApiError, ApiResult, AppState};
 
@@ -210,44 +208,6 @@ enum ExportFormat {
     Ndjson,
 }
 
-/// A cell that a spreadsheet would run as a formula gets a leading `'` (SPEC 8).
-fn neutralise(cell: &str) -> Cow<'_, str> {
-    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        Cow::Owned(format!("'{cell}"))
-    } else {
-        Cow::Borrowed(cell)
-    }
-}
-
-fn write_csv_row(
-    writer: &mut csv::Writer<&mut Vec<u8>>,
-    event: &StoredEvent,
-    projection: &Projection,
-) -> Result<(), csv::Error> {
-    let timestamp = format_millis(event.timestamp);
-    let cells = projection.0.iter().map(|field| match event.field(field, &timestamp) {
-        FieldValue::Text(Some(text)) | FieldValue::Json(text) => neutralise(text),
-        FieldValue::Integer(Some(number)) => Cow::Owned(number.to_string()),
-        FieldValue::Number(Some(number)) => Cow::Owned(number.to_string()),
-        _ => Cow::Borrowed(""),
-    });
-    for cell in cells {
-        writer.write_field(cell.as_bytes())?;
-    }
-    writer.write_record(None::<&[u8]>)
-}
-
-fn encode_csv(events: &[StoredEvent], projection: &Projection) -> Result<Bytes, std::io::Error> {
-    let mut buffer = Vec::with_capacity(events.len() * 512);
-    let mut writer = csv::Writer::from_writer(&mut buffer);
-    for event in events {
-        write_csv_row(&mut writer, event, projection)?;
-    }
-    writer.flush()?;
-    drop(writer);
-    Ok(Bytes::from(buffer))
-}
-
 /// Streams every matching event, one page in memory at a time.
 #[utoipa::path(get, path = "/api/v1/export", tag = "events",
     params(("format" = Option<String>, Query, description = "`ndjson` (default) or `csv`"), crate::openapi::EventParamsDoc),
@@ -270,15 +230,13 @@ pub(crate) async fn export(State(state): State<Arc<AppState>>, RawQuery(query): 
     // sees as a broken download.
     let stream = match format {
         ExportFormat::Csv => {
-            let mut header = projection.0.join(",");
-            header.push('\n');
-            let header = futures::stream::iter([Ok::<Bytes, std::io::Error>(Bytes::from(header))]);
+            let header = futures::stream::iter([Ok::<Bytes, std::io::Error>(csv_header(&projection.0))]);
             let rows = export_events(state.store.clone(), events).chunks(500).map(move |chunk| {
                 let events = chunk
                     .into_iter()
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|error| std::io::Error::other(error.to_string()))?;
-                encode_csv(&events, &projection)
+                encode_csv(&events, &projection.0)
             });
             header.chain(rows).boxed()
         }
@@ -298,18 +256,4 @@ pub(crate) async fn export(State(state): State<Arc<AppState>>, RawQuery(query): 
         Body::from_stream(stream),
     )
         .into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::neutralise;
-
-    #[test]
-    fn formula_cells_are_neutralised() {
-        assert_eq!(neutralise("=SUM(A1)"), "'=SUM(A1)");
-        assert_eq!(neutralise("+1"), "'+1");
-        assert_eq!(neutralise("@cmd"), "'@cmd");
-        assert_eq!(neutralise("\tx"), "'\tx");
-        assert_eq!(neutralise("plain"), "plain");
-    }
 }

@@ -1,15 +1,18 @@
 //! The commands: each opens the store named by its URL, does one job, and closes it.
 
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use leadrelay_domain::config::{parse_json, parse_yaml, ConfigChange, ConfigDocument};
+use leadrelay_domain::event::{EventType, RegisterStatus};
 use leadrelay_domain::ids::TokenId;
 use leadrelay_domain::time::now_millis;
+use leadrelay_domain::time::parse_query_time;
 use leadrelay_server::{hash_token, new_token_value, AppState, Settings};
-use leadrelay_store::{NewToken, Role, Store};
+use leadrelay_store::{Cursor, EventLines, EventQuery, NewToken, Role, SortOrder, Store, EVENT_FIELDS, MAX_PAGE};
 use leadrelay_store_sqlite::{SqliteOptions, SqliteStore};
 
 pub fn init_logging() {
@@ -174,4 +177,121 @@ pub async fn token_create(database_url: &str, name: &str, role: &str) -> anyhow:
     result.context("while storing the token")?;
     println!("{value}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Turns command-line filters into a store query, refusing bad values by name.
+pub fn event_query(
+    filters: &crate::EventFilters,
+    limit: usize,
+    sort: &str,
+    cursor: Option<&str>,
+) -> anyhow::Result<EventQuery> {
+    let event_type = filters
+        .event_type
+        .as_deref()
+        .map(|text| EventType::parse(text).with_context(|| format!("--type: unknown event type {text:?}")))
+        .transpose()?;
+    let status = filters
+        .status
+        .as_deref()
+        .map(|text| {
+            RegisterStatus::parse(text)
+                .with_context(|| format!("--status: {text:?} is not new, success, skip or error"))
+        })
+        .transpose()?;
+    let time = |text: &Option<String>, end: bool, flag: &str| {
+        text.as_deref()
+            .map(|text| parse_query_time(text, end).map_err(|error| anyhow::anyhow!("{flag}: {error}")))
+            .transpose()
+    };
+    if !(1..=MAX_PAGE).contains(&limit) {
+        bail!("--limit: must be from 1 to {MAX_PAGE}");
+    }
+    let sort = match sort {
+        "asc" => SortOrder::Asc,
+        "desc" => SortOrder::Desc,
+        other => bail!("--sort: {other:?} is not asc or desc"),
+    };
+    let cursor =
+        cursor.map(|text| Cursor::decode(text).context("--cursor: not a cursor leadrelay printed")).transpose()?;
+    Ok(EventQuery {
+        lead_id: filters.lead_id.clone(),
+        event_type,
+        status,
+        source_id: filters.source_id.clone(),
+        destination_id: filters.destination_id.clone(),
+        flow_id: filters.flow_id.clone(),
+        start: time(&filters.start, false, "--start")?,
+        end: time(&filters.end, true, "--end")?,
+        rules: None,
+        limit,
+        sort,
+        cursor,
+    })
+}
+
+pub async fn events(database_url: &str, query: EventQuery) -> anyhow::Result<ExitCode> {
+    let store = open_store(database_url).await?;
+    let page = leadrelay_store::events_page(store.as_ref(), &query, 20_000).await;
+    store.close().await;
+    let page = page.context("while reading events")?;
+    let lines = EventLines::from_events(&page.items, &EVENT_FIELDS);
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(lines.ndjson.as_bytes()).context("while writing events")?;
+    stdout.flush().context("while writing events")?;
+    if let Some(cursor) = page.next_cursor {
+        eprintln!("more events: --cursor {}", cursor.encode());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn export(
+    database_url: &str,
+    query: EventQuery,
+    format: &str,
+    output: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    if !matches!(format, "ndjson" | "csv") {
+        bail!("--format: {format:?} is not ndjson or csv");
+    }
+    let mut out: Box<dyn Write> = match output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("while creating {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let store = open_store(database_url).await?;
+    let result = write_export(store.clone(), query, format, &mut out).await;
+    store.close().await;
+    let count = result?;
+    out.flush().context("while writing the export")?;
+    eprintln!("exported {count} events");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn write_export(
+    store: Arc<dyn Store>,
+    query: EventQuery,
+    format: &str,
+    out: &mut dyn Write,
+) -> anyhow::Result<usize> {
+    use futures::StreamExt;
+    let mut count = 0;
+    if format == "csv" {
+        out.write_all(&leadrelay_server::export::csv_header(&EVENT_FIELDS))?;
+        let mut pages = leadrelay_store::export_events(store, query).chunks(500);
+        while let Some(chunk) = pages.next().await {
+            let events = chunk.into_iter().collect::<Result<Vec<_>, _>>().context("while reading events")?;
+            out.write_all(&leadrelay_server::export::encode_csv(&events, &EVENT_FIELDS)?)?;
+            count += events.len();
+        }
+    } else {
+        let mut pages = leadrelay_store::export_event_lines(store, query, EVENT_FIELDS.to_vec());
+        while let Some(page) = pages.next().await {
+            let page = page.context("while reading events")?;
+            out.write_all(page.ndjson.as_bytes())?;
+            count += page.count;
+        }
+    }
+    Ok(count)
 }

@@ -33,6 +33,32 @@ struct StoreArgs {
     database_url: String,
 }
 
+/// Filters of the event log, as the events API names them.
+#[derive(clap::Args, Clone, Default)]
+struct EventFilters {
+    /// Only this lead's events.
+    #[arg(long)]
+    lead_id: Option<String>,
+    /// Only events of this type, e.g. `source.accepted`.
+    #[arg(long = "type")]
+    event_type: Option<String>,
+    /// Only events with this register status: new, success, skip or error.
+    #[arg(long)]
+    status: Option<String>,
+    #[arg(long)]
+    source_id: Option<String>,
+    #[arg(long)]
+    destination_id: Option<String>,
+    #[arg(long)]
+    flow_id: Option<String>,
+    /// From this time (ISO 8601) or date (`2024-01-15`), inclusive.
+    #[arg(long)]
+    start: Option<String>,
+    /// Up to this time or date (a date means its whole day), inclusive.
+    #[arg(long)]
+    end: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the HTTP server (intake, API) until SIGTERM or Ctrl-C.
@@ -58,6 +84,35 @@ enum Command {
         store: StoreArgs,
         /// The file to apply; `-` reads standard input.
         file: PathBuf,
+    },
+    /// Print events of the log as JSON lines, newest first (one page; see --cursor).
+    Events {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        filters: EventFilters,
+        /// How many events, 1 to 1000.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// `desc` (newest first) or `asc`.
+        #[arg(long, default_value = "desc")]
+        sort: String,
+        /// Continue after a page: the cursor printed (to standard error) after the last one.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Write every matching event, oldest first, as NDJSON or CSV.
+    Export {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        filters: EventFilters,
+        /// `ndjson` or `csv` (spreadsheet formulas neutralised).
+        #[arg(long, default_value = "ndjson")]
+        format: String,
+        /// Write to this file instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
     },
     /// Check the event log's hash chain; exits non-zero naming the first bad event.
     Verify {
@@ -110,6 +165,14 @@ fn main() -> std::process::ExitCode {
             }
             Command::Apply { store, file } => commands::apply(&store.database_url, &file).await,
             Command::Verify { store } => commands::verify(&store.database_url).await,
+            Command::Events { store, filters, limit, sort, cursor } => {
+                let query = commands::event_query(&filters, limit, &sort, cursor.as_deref())?;
+                commands::events(&store.database_url, query).await
+            }
+            Command::Export { store, filters, format, output } => {
+                let query = commands::event_query(&filters, leadrelay_store::MAX_PAGE, "asc", None)?;
+                commands::export(&store.database_url, query, &format, output.as_deref()).await
+            }
             Command::Token { command: TokenCommand::Create { store, name, role } } => {
                 commands::token_create(&store.database_url, &name, &role).await
             }

@@ -184,3 +184,39 @@ async fn verify_refuses_content_marked_erased_without_a_recorded_erasure() {
     assert!(stdout(&output).contains(&forged), "{}", stdout(&output));
     assert!(stdout(&output).contains("no lead.erased event"), "{}", stdout(&output));
 }
+
+#[tokio::test]
+async fn events_and_export_commands_read_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    seed(dir.path(), 4).await;
+    let output = run(dir.path(), &["events", "--type", "source.submitted", "--limit", "3"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let lines: Vec<Value> = stdout(&output).lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines.iter().all(|event| event["type"] == "source.submitted"));
+    assert!(stderr(&output).contains("--cursor "), "a further page is announced: {}", stderr(&output));
+
+    let output = run(dir.path(), &["export"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let lines: Vec<Value> = stdout(&output).lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(lines.len(), 16, "4 leads of 4 events each");
+    assert_eq!(lines[0]["type"], "source.submitted", "oldest first");
+
+    let csv_path = dir.path().join("events.csv");
+    let output = run(dir.path(), &["export", "--format", "csv", "--status", "skip", "-o", csv_path.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = std::fs::read_to_string(&csv_path).unwrap();
+    assert!(text.starts_with("id,type,timestamp,"), "{text}");
+    assert_eq!(text.lines().count(), 1 + 2, "two filtered leads have one skip event each");
+
+    for bad in [
+        &["events", "--type", "lead.exploded"][..],
+        &["events", "--limit", "0"],
+        &["export", "--format", "xml"],
+        &["events", "--start", "soon"],
+    ] {
+        let output = run(dir.path(), bad);
+        assert!(!output.status.success(), "{bad:?} should fail");
+        assert!(stderr(&output).contains("--"), "{bad:?}: {}", stderr(&output));
+    }
+}
