@@ -11,10 +11,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
+use leadrelay_domain::compiled::CompiledRules;
 use leadrelay_domain::config::{parse_value, ConfigChange};
 use leadrelay_domain::event::Outcome;
 use leadrelay_domain::ids::LeadId;
 use leadrelay_domain::lead::LeadRecord;
+use leadrelay_domain::pipeline::{decide, prepare, Intake};
 use leadrelay_domain::time::now_millis;
 use leadrelay_server::{AppState, Settings};
 use leadrelay_store::{CommitOutcome, EncodedLead, Store, Submission};
@@ -167,17 +169,19 @@ fn report(name: &str, figures: &Figures) {
     );
 }
 
-/// The pipeline's CPU cost alone: prepare, decide and encode one lead, on one thread.
-fn pipeline_cpu(config: &leadrelay_domain::config::Config) -> f64 {
-    use leadrelay_domain::compiled::CompiledRules;
-    use leadrelay_domain::pipeline::{decide, prepare, Intake};
-    let rules = CompiledRules::new(config);
-    let intake = Intake {
+fn intake<'a>(config: &'a leadrelay_domain::config::Config, rules: &'a CompiledRules) -> Intake<'a> {
+    Intake {
         flow: &config.flows["solar"],
         source: &config.sources["web"],
         destinations: vec![&config.destinations["crm"]],
-        rules: &rules,
-    };
+        rules,
+    }
+}
+
+/// The pipeline's CPU cost alone: prepare, decide and encode one lead, on one thread.
+fn pipeline_cpu(config: &leadrelay_domain::config::Config) -> f64 {
+    let rules = CompiledRules::new(config);
+    let intake = intake(config, &rules);
     let count = 20_000;
     let start = Instant::now();
     for i in 0..count {
@@ -191,15 +195,8 @@ fn pipeline_cpu(config: &leadrelay_domain::config::Config) -> f64 {
 
 /// The store alone: decided submissions committed by many concurrent tasks, no HTTP.
 async fn store_only(store: Arc<dyn Store>, config: &leadrelay_domain::config::Config, concurrency: usize) -> f64 {
-    use leadrelay_domain::compiled::CompiledRules;
-    use leadrelay_domain::pipeline::{decide, prepare, Intake};
     let rules = CompiledRules::new(config);
-    let intake = Intake {
-        flow: &config.flows["solar"],
-        source: &config.sources["web"],
-        destinations: vec![&config.destinations["crm"]],
-        rules: &rules,
-    };
+    let intake = intake(config, &rules);
     let count = 20_000;
     let mut submissions = Vec::with_capacity(count);
     for i in 0..count {

@@ -182,6 +182,16 @@ fn push_equals<'a>(builder: &mut QueryBuilder<'a, Sqlite>, column: &str, value: 
     }
 }
 
+/// Appends the indexed filters of an events query (all but the time range and `rules`).
+fn push_event_filters<'a>(builder: &mut QueryBuilder<'a, Sqlite>, query: &'a EventQuery) {
+    push_equals(builder, "lead_id", query.lead_id.as_deref());
+    push_equals(builder, "type", query.event_type.map(|t| t.as_str()));
+    push_equals(builder, "status", query.status.map(|s| s.as_str()));
+    push_equals(builder, "source_id", query.source_id.as_deref());
+    push_equals(builder, "destination_id", query.destination_id.as_deref());
+    push_equals(builder, "flow_id", query.flow_id.as_deref());
+}
+
 /// Appends the time range and the keyset condition on `(time_column, seq)` and the order.
 fn push_keyset(
     builder: &mut QueryBuilder<'_, Sqlite>,
@@ -224,12 +234,7 @@ pub(crate) async fn scan_events(
 ) -> StoreResult<Vec<StoredEvent>> {
     let mut builder: QueryBuilder<Sqlite> =
         QueryBuilder::new(format!("SELECT {EVENT_COLUMNS} FROM events WHERE 1 = 1"));
-    push_equals(&mut builder, "lead_id", query.lead_id.as_deref());
-    push_equals(&mut builder, "type", query.event_type.map(|t| t.as_str()));
-    push_equals(&mut builder, "status", query.status.map(|s| s.as_str()));
-    push_equals(&mut builder, "source_id", query.source_id.as_deref());
-    push_equals(&mut builder, "destination_id", query.destination_id.as_deref());
-    push_equals(&mut builder, "flow_id", query.flow_id.as_deref());
+    push_event_filters(&mut builder, query);
     push_keyset(&mut builder, "ts", query.start, query.end, after, query.sort, limit);
     let rows = builder.build().fetch_all(pool).await.map_err(unavailable)?;
     rows.iter().map(event_from_row).collect()
@@ -296,12 +301,7 @@ pub(crate) async fn scan_event_lines(
         "SELECT count(*), group_concat(line, ''), {last}(printf('%020d:%020d', ts, seq)) \
          FROM (SELECT ts, seq, {expression} AS line FROM events WHERE 1 = 1"
     ));
-    push_equals(&mut builder, "lead_id", query.lead_id.as_deref());
-    push_equals(&mut builder, "type", query.event_type.map(|t| t.as_str()));
-    push_equals(&mut builder, "status", query.status.map(|s| s.as_str()));
-    push_equals(&mut builder, "source_id", query.source_id.as_deref());
-    push_equals(&mut builder, "destination_id", query.destination_id.as_deref());
-    push_equals(&mut builder, "flow_id", query.flow_id.as_deref());
+    push_event_filters(&mut builder, query);
     push_keyset(&mut builder, "ts", query.start, query.end, after, query.sort, limit);
     builder.push(")");
     let row = builder.build().fetch_one(pool).await.map_err(unavailable)?;
