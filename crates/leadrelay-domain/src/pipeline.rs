@@ -252,6 +252,8 @@ impl Timeline<'_> {
         let lead = self.lead_mut();
         lead.outcome = Some(Outcome::Failure);
         lead.reason = Some(reason.clone());
+        // A rejected lead is not bought: it costs nothing.
+        lead.cost = None;
         let transfer_id = self.transfer(None, RegisterStatus::Skip, reason.clone());
         let now = self.now;
         let event = self.push(event_type, now);
@@ -262,11 +264,7 @@ impl Timeline<'_> {
         event.data = data;
     }
 
-    fn complete(
-        mut self,
-        received_at: Millis,
-        price: Option<f64>,
-    ) -> (LeadRecord, Vec<NewEvent>, Vec<NewTransfer>, SubmitAnswer) {
+    fn complete(mut self, received_at: Millis) -> (LeadRecord, Vec<NewEvent>, Vec<NewTransfer>, SubmitAnswer) {
         let outcome = self.lead.outcome.unwrap_or(Outcome::Success);
         if self.lead.outcome != Some(outcome) {
             self.lead_mut().outcome = Some(outcome);
@@ -278,11 +276,14 @@ impl Timeline<'_> {
             .collect();
         let now = self.now;
         let reason = self.lead.reason.clone();
+        // What the lead cost, once it is known whether it was bought.
+        let price = self.lead.cost;
         let event = self.push(EventType::FlowCompleted, now);
         event.outcome = Some(outcome);
         event.reason = reason.clone();
         event.duration_ms = Some((now - received_at).max(0));
         event.data = json!({ "transfers": transfers });
+        event.price = price;
         let answer = SubmitAnswer { outcome, lead_id: self.lead.id.clone(), reason, price, deliveries: Vec::new() };
         (self.lead, self.events, self.transfers, answer)
     }
@@ -318,7 +319,6 @@ pub fn decide(intake: &Intake<'_>, prepared: &Prepared, duplicate: Option<&Dupli
 
     let submitted = timeline.push(EventType::SourceSubmitted, prepared.received_at);
     submitted.status = Some(RegisterStatus::New);
-    submitted.price = source.price;
     submitted.data = json!({ "submitted": prepared.submitted });
 
     let mut accepted = false;
@@ -351,7 +351,7 @@ pub fn decide(intake: &Intake<'_>, prepared: &Prepared, duplicate: Option<&Dupli
         (Some(query), true) => query.keys.clone(),
         _ => Vec::new(),
     };
-    let (lead, events, transfers, answer) = timeline.complete(prepared.received_at, source.price);
+    let (lead, events, transfers, answer) = timeline.complete(prepared.received_at);
     Decision {
         lead,
         events,

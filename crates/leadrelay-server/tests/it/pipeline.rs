@@ -53,6 +53,7 @@ async fn accepted_lead_has_the_normal_timeline_with_every_event_field() {
     assert_eq!(events[2]["data"]["filter"], "geo");
     assert_eq!(events[2]["data"]["rules_evaluated"][0]["field"], "state");
     assert_eq!(events[3]["outcome"], "success");
+    assert_eq!(events[3]["price"], 2.5, "flow.completed carries what the lead cost");
     assert_eq!(events[3]["data"]["transfers"][0]["destination_id"], "crm");
 
     let register = app.get_json(&format!("/api/v1/register?lead_id={lead_id}")).await;
@@ -85,6 +86,7 @@ async fn missing_required_field_and_missing_contact_are_recorded_rejections() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(answer["outcome"], "failure");
     assert_eq!(answer["reason"], "Missing required field: state");
+    assert_eq!(answer["price"], Value::Null, "a rejected lead is not bought");
     let lead_id = answer["lead_id"].as_str().unwrap();
     assert_eq!(app.timeline_types(lead_id).await, ["source.submitted", "source.rejected", "flow.completed"]);
     let rejected = &app.timeline(lead_id).await[1];
