@@ -18,7 +18,9 @@ use leadrelay_store_sqlite::{SqliteOptions, SqliteStore};
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LEADRELAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colours only for a person at a terminal, never into a log file.
+    let colours = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(colours).with_writer(std::io::stderr).init();
 }
 
 /// Opens the engine the URL's scheme names.
