@@ -72,21 +72,19 @@ async fn every_acknowledged_lead_survives_sigkill_with_its_timeline() {
 
     let server = Server::start(dir.path());
     let client = reqwest::Client::new();
+    let get = |path: String| {
+        let request = client.get(server.url(&path)).bearer_auth(ADMIN_TOKEN);
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200, "GET {path}");
+            response.json::<Value>().await.unwrap()
+        }
+    };
     for (lead_id, outcome) in &acknowledged {
-        let lead =
-            client.get(server.url(&format!("/api/v1/leads/{lead_id}"))).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
-        assert_eq!(lead.status(), 200, "acknowledged lead {lead_id} was lost");
-        let lead: Value = lead.json().await.unwrap();
+        // A 404 here would be an acknowledged lead lost.
+        let lead = get(format!("/api/v1/leads/{lead_id}")).await;
         assert_eq!(lead["outcome"], outcome.as_str());
-        let timeline: Value = client
-            .get(server.url(&format!("/api/v1/leads/{lead_id}/events")))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let timeline = get(format!("/api/v1/leads/{lead_id}/events")).await;
         let types: Vec<&str> =
             timeline["items"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
         assert_eq!(types.first(), Some(&"source.submitted"), "{lead_id}: {types:?}");
@@ -94,15 +92,7 @@ async fn every_acknowledged_lead_survives_sigkill_with_its_timeline() {
         // submitted, accepted, filter passed or failed, completed.
         assert_eq!(types.len(), 4, "{lead_id}: {types:?}");
     }
-    let register: Value = client
-        .get(server.url("/api/v1/register?limit=1000"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let register = get("/api/v1/register?limit=1000".to_owned()).await;
     assert!(!register["items"].as_array().unwrap().is_empty());
     server.kill();
 
