@@ -145,14 +145,6 @@ pub(crate) async fn apply_config(
         .map_err(ApiError::InvalidConfig)?;
     let before = state.config();
     let config = state.change_config(ConfigChange::Apply(document)).await?;
-    let changed = count_changes(&before, &config);
+    let changed = config.changed_since(&before);
     Ok(Json(json!({ "changed": changed, "config": config.to_document() })))
-}
-
-fn count_changes(before: &leadrelay_domain::config::Config, after: &leadrelay_domain::config::Config) -> usize {
-    ConfigKind::ALL
-        .iter()
-        .flat_map(|kind| after.list(*kind))
-        .filter(|object| before.get(object.kind(), object.id()).as_ref() != Some(object))
-        .count()
 }

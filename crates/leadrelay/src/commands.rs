@@ -127,11 +127,7 @@ pub async fn apply(database_url: &str, file: &Path) -> anyhow::Result<ExitCode> 
     let counts = |config: &leadrelay_domain::config::Config| {
         (config.flows.len(), config.sources.len(), config.destinations.len())
     };
-    let changed = leadrelay_domain::config::ConfigKind::ALL
-        .iter()
-        .flat_map(|kind| after.list(*kind))
-        .filter(|object| before.get(object.kind(), object.id()).as_ref() != Some(object))
-        .count();
+    let changed = after.changed_since(&before);
     let (flows, sources, destinations) = counts(&after);
     println!(
         "applied {}: {changed} objects changed; now {flows} flows, {sources} sources, {destinations} destinations",

@@ -338,6 +338,15 @@ impl Config {
         }
     }
 
+    /// How many objects of this configuration are new or different in it compared to `before`.
+    pub fn changed_since(&self, before: &Config) -> usize {
+        ConfigKind::ALL
+            .iter()
+            .flat_map(|kind| self.list(*kind))
+            .filter(|object| before.get(object.kind(), object.id()).as_ref() != Some(object))
+            .count()
+    }
+
     /// The document form, for `GET /api/v1/config` and export.
     pub fn to_document(&self) -> ConfigDocument {
         ConfigDocument {
