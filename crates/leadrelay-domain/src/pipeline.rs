@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::compiled::CompiledRules;
-use crate::config::{Destination, DuplicateMatch, DuplicatePolicy, Flow, Source};
+use crate::config::{DeliveryMode, Destination, DuplicateMatch, DuplicatePolicy, Flow, Source};
 use crate::event::{EventType, NewEvent, Outcome, RegisterStatus};
 use crate::fields::{parse_field, FieldType};
 use crate::ids::{LeadId, TransferId};
@@ -78,6 +78,10 @@ pub struct NewTransfer {
     pub status: RegisterStatus,
     pub description: String,
     pub created_at: Millis,
+    /// Waits for delivery (background or realtime); false for skipped transfers.
+    pub queued: bool,
+    /// Delivered while the submitter waits (a realtime destination that is enabled).
+    pub realtime: bool,
 }
 
 /// The answer of the submit endpoint (SPEC 5).
@@ -102,6 +106,9 @@ pub struct Decision {
     pub duplicate_query: Option<DuplicateQuery>,
     pub assumed_duplicate: Option<DuplicateFound>,
     pub answer: SubmitAnswer,
+    /// `flow.completed`, held back while realtime deliveries run: the caller appends it after
+    /// their outcomes. `None` when it is already the last of `events`.
+    pub deferred_completion: Option<NewEvent>,
 }
 
 /// Names that look like contact fields get their type even when the flow does not declare them.
@@ -233,6 +240,17 @@ impl Timeline<'_> {
     }
 
     fn transfer(&mut self, destination_id: Option<&str>, status: RegisterStatus, description: String) -> TransferId {
+        self.push_transfer(destination_id, status, description, false, false)
+    }
+
+    fn push_transfer(
+        &mut self,
+        destination_id: Option<&str>,
+        status: RegisterStatus,
+        description: String,
+        queued: bool,
+        realtime: bool,
+    ) -> TransferId {
         let id = TransferId::generate();
         self.transfers.push(NewTransfer {
             id: id.clone(),
@@ -243,6 +261,8 @@ impl Timeline<'_> {
             status,
             description,
             created_at: self.now,
+            queued,
+            realtime,
         });
         id
     }
@@ -264,7 +284,13 @@ impl Timeline<'_> {
         event.data = data;
     }
 
-    fn complete(mut self, received_at: Millis) -> (LeadRecord, Vec<NewEvent>, Vec<NewTransfer>, SubmitAnswer) {
+    /// Ends the timeline with `flow.completed`; held back (the last value) while realtime
+    /// deliveries are to run first.
+    #[allow(clippy::type_complexity)]
+    fn complete(
+        mut self,
+        received_at: Millis,
+    ) -> (LeadRecord, Vec<NewEvent>, Vec<NewTransfer>, SubmitAnswer, Option<NewEvent>) {
         let outcome = self.lead.outcome.unwrap_or(Outcome::Success);
         if self.lead.outcome != Some(outcome) {
             self.lead_mut().outcome = Some(outcome);
@@ -285,7 +311,8 @@ impl Timeline<'_> {
         event.data = json!({ "transfers": transfers });
         event.price = price;
         let answer = SubmitAnswer { outcome, lead_id: self.lead.id.clone(), reason, price, deliveries: Vec::new() };
-        (self.lead, self.events, self.transfers, answer)
+        let deferred = if self.transfers.iter().any(|transfer| transfer.realtime) { self.events.pop() } else { None };
+        (self.lead, self.events, self.transfers, answer, deferred)
     }
 }
 
@@ -351,7 +378,7 @@ pub fn decide(intake: &Intake<'_>, prepared: &Prepared, duplicate: Option<&Dupli
         (Some(query), true) => query.keys.clone(),
         _ => Vec::new(),
     };
-    let (lead, events, transfers, answer) = timeline.complete(prepared.received_at);
+    let (lead, events, transfers, answer, deferred_completion) = timeline.complete(prepared.received_at);
     Decision {
         lead,
         events,
@@ -360,6 +387,7 @@ pub fn decide(intake: &Intake<'_>, prepared: &Prepared, duplicate: Option<&Dupli
         duplicate_query: prepared.duplicate_query.clone(),
         assumed_duplicate: duplicate.cloned(),
         answer,
+        deferred_completion,
     }
 }
 
@@ -412,7 +440,8 @@ fn route(timeline: &mut Timeline<'_>, now: Millis) {
                 } else {
                     format!("Held: destination {} is disabled", destination.name)
                 };
-                timeline.transfer(Some(&destination.id), RegisterStatus::New, description);
+                let realtime = destination.enabled && destination.mode == DeliveryMode::Realtime;
+                timeline.push_transfer(Some(&destination.id), RegisterStatus::New, description, true, realtime);
             }
         }
     }

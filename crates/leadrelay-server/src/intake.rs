@@ -11,10 +11,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use leadrelay_domain::config::DeliveryMode;
 use leadrelay_domain::event::Outcome;
 use leadrelay_domain::pipeline::{decide, prepare, Intake};
 use leadrelay_domain::time::now_millis;
-use leadrelay_store::{CommitOutcome, IdempotencyRecord, StoredAnswer, Submission};
+use leadrelay_store::{CommitOutcome, IdempotencyRecord, Lease, StoredAnswer, Submission};
 use serde_json::{Map, Value};
 use subtle::ConstantTimeEq;
 
@@ -202,7 +203,7 @@ pub(crate) async fn submit(
         _ => None,
     };
     for _ in 0..MAX_DECISIONS {
-        let decision = decide(&intake, &prepared, duplicate.as_ref(), now_millis());
+        let mut decision = decide(&intake, &prepared, duplicate.as_ref(), now_millis());
         let http_status = match decision.answer.outcome {
             Outcome::Success => StatusCode::CREATED,
             _ => StatusCode::OK,
@@ -217,8 +218,38 @@ pub(crate) async fn submit(
             key: key.clone(),
             answer: answer.clone(),
         });
-        match state.store.commit_submission(Submission::from_decision(decision, idempotency)).await? {
-            CommitOutcome::Committed => return Ok(answer_response(&answer, false)),
+        let queued = decision.transfers.iter().any(|transfer| transfer.queued && !transfer.realtime);
+        let realtime: Vec<String> =
+            decision.transfers.iter().filter(|t| t.realtime).map(|t| t.id.as_str().to_owned()).collect();
+        let completion = decision.deferred_completion.take();
+        let mut answer_now = decision.answer.clone();
+        let mut submission = Submission::from_decision(decision, idempotency);
+        if !realtime.is_empty() {
+            let lease = intake
+                .destinations
+                .iter()
+                .filter(|destination| destination.mode == DeliveryMode::Realtime)
+                .map(|destination| leadrelay_delivery::lease_ms(destination))
+                .max()
+                .unwrap_or(0);
+            submission.realtime_lease =
+                Some(Lease { owner: state.delivery.owner().to_owned(), until: now_millis() + lease });
+        }
+        match state.store.commit_submission(submission).await? {
+            CommitOutcome::Committed if realtime.is_empty() => {
+                if queued {
+                    state.delivery.wake();
+                }
+                return Ok(answer_response(&answer, false));
+            }
+            CommitOutcome::Committed => {
+                if queued {
+                    state.delivery.wake();
+                }
+                answer_now.deliveries = state.delivery.deliver_realtime(&config, &realtime, completion).await;
+                let body = serde_json::to_string(&answer_now).map_err(|error| ApiError::Internal(error.to_string()))?;
+                return Ok(answer_response(&StoredAnswer { http_status: answer.http_status, body_json: body }, false));
+            }
             CommitOutcome::Replay(stored) => return Ok(answer_response(&stored, true)),
             CommitOutcome::DuplicateChanged(actual) => duplicate = actual,
         }

@@ -5,6 +5,7 @@
 
 mod auth;
 mod config_api;
+mod delivery_api;
 mod error;
 pub mod export;
 mod intake;
@@ -21,6 +22,9 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use leadrelay_delivery::attempt::HttpClients;
+use leadrelay_delivery::guard::{EgressPolicy, Lookup, SystemLookup};
+use leadrelay_delivery::{DeliveryService, DeliverySettings};
 use leadrelay_domain::compiled::CompiledRules;
 use leadrelay_domain::config::Config;
 use leadrelay_store::Store;
@@ -39,11 +43,26 @@ pub struct Settings {
     pub max_fields: usize,
     /// Longest value (and name) of one submitted field, in bytes.
     pub max_field_bytes: usize,
+    /// What outbound calls (destinations, enhancements, tests) may reach.
+    pub egress: EgressPolicy,
+    /// How outbound calls resolve names (the system resolver; tests give a table).
+    pub lookup: Arc<dyn Lookup>,
+    pub delivery: DeliverySettings,
+    /// Whether `serve` runs the background dispatcher (an intake-only node does not).
+    pub dispatch: bool,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { max_body_bytes: 1 << 20, max_fields: 500, max_field_bytes: 64 << 10 }
+        Self {
+            max_body_bytes: 1 << 20,
+            max_fields: 500,
+            max_field_bytes: 64 << 10,
+            egress: EgressPolicy::default(),
+            lookup: Arc::new(SystemLookup),
+            delivery: DeliverySettings::default(),
+            dispatch: true,
+        }
     }
 }
 
@@ -68,10 +87,14 @@ impl std::ops::Deref for LiveConfig {
     }
 }
 
-/// What every handler shares: the store, the current configuration and the settings.
+/// What every handler shares: the store, the current configuration, the delivery service and
+/// the settings.
 pub struct AppState {
     pub store: Arc<dyn Store>,
     config: RwLock<Arc<LiveConfig>>,
+    /// The configuration in force, for the delivery service (which wakes on changes).
+    published: tokio::sync::watch::Sender<Arc<Config>>,
+    pub delivery: Arc<DeliveryService>,
     /// Held from a change's write to the store until the cache holds its result, so that the
     /// cache never goes back to an older configuration.
     config_changes: tokio::sync::Mutex<()>,
@@ -82,9 +105,14 @@ impl AppState {
     /// Loads the configuration from the store once; later changes through the API refresh it.
     pub async fn new(store: Arc<dyn Store>, settings: Settings) -> Result<Arc<Self>, leadrelay_store::StoreError> {
         let config = store.load_config().await?;
+        let (published, watched) = tokio::sync::watch::channel(Arc::new(config.clone()));
+        let clients = HttpClients::with_lookup(settings.egress.clone(), settings.lookup.clone());
+        let delivery = DeliveryService::new(store.clone(), clients, watched, settings.delivery.clone());
         Ok(Arc::new(Self {
             store,
             config: RwLock::new(Arc::new(LiveConfig::new(config))),
+            published,
+            delivery,
             config_changes: tokio::sync::Mutex::new(()),
             settings,
         }))
@@ -100,7 +128,9 @@ impl AppState {
         change: leadrelay_domain::config::ConfigChange,
     ) -> Result<Arc<LiveConfig>, leadrelay_store::ConfigWriteError> {
         let _serial = self.config_changes.lock().await;
-        let config = Arc::new(LiveConfig::new(self.store.change_config(change).await?));
+        let changed = self.store.change_config(change).await?;
+        self.published.send_replace(Arc::new(changed.clone()));
+        let config = Arc::new(LiveConfig::new(changed));
         let mut slot = self.config.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         *slot = config.clone();
         Ok(config)
@@ -111,6 +141,7 @@ impl AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     let admin = Router::new()
         .merge(config_api::routes())
+        .merge(delivery_api::routes())
         .merge(read_api::routes())
         .merge(tokens_api::routes())
         .route("/api/v1/openapi.json", get(openapi::openapi_json))
@@ -151,11 +182,29 @@ async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     }
 }
 
-/// Serves the API on a bound listener until `shutdown` completes, then finishes in-flight requests.
+/// Serves the API and delivers transfers until `shutdown` completes; then finishes in-flight
+/// requests, stops claiming deliveries, lets those in flight finish (or releases them) and
+/// returns.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let until_stopped = |mut receiver: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = receiver.wait_for(|stopped| *stopped).await;
+    };
+    let dispatcher =
+        state.settings.dispatch.then(|| tokio::spawn(state.delivery.clone().run(until_stopped(stopped.clone()))));
+    let served = axum::serve(listener, router(state)).with_graceful_shutdown(until_stopped(stopped)).await;
+    if let Some(dispatcher) = dispatcher {
+        if let Err(error) = dispatcher.await {
+            tracing::error!(%error, "the delivery dispatcher ended abnormally");
+        }
+    }
+    served
 }

@@ -172,6 +172,8 @@ impl Modify for ConfigCollections {
         crate::read_api::lead_timeline,
         crate::read_api::list_register,
         crate::read_api::export,
+        crate::delivery_api::not_integrated,
+        crate::delivery_api::test_destination,
         crate::config_api::export_config,
         crate::config_api::apply_config,
         crate::tokens_api::create,

@@ -77,12 +77,12 @@ fn json_bytes(bytes: Vec<u8>) -> Response {
 }
 
 #[derive(Serialize)]
-struct PageBody<T> {
-    items: Vec<T>,
-    next_cursor: Option<String>,
+pub(crate) struct PageBody<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
 }
 
-fn json_response(body: &impl Serialize) -> ApiResult<Response> {
+pub(crate) fn json_response(body: &impl Serialize) -> ApiResult<Response> {
     let bytes = serde_json::to_vec(body).map_err(|error| ApiError::Internal(error.to_string()))?;
     Ok(([(CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes).into_response())
 }

@@ -14,10 +14,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use leadrelay_domain::config::{Config, ConfigChange};
 use leadrelay_domain::pipeline::{DuplicateFound, DuplicateQuery};
+use leadrelay_domain::time::Millis;
 use leadrelay_store::{
-    ChainReport, CommitOutcome, ConfigWriteError, Cursor, EventLines, EventQuery, LeadQuery, NewToken, Page,
-    RegisterQuery, Store, StoreError, StoreResult, StoredAnswer, StoredEvent, StoredLead, Submission, TokenRecord,
-    TransferRow,
+    ChainReport, ClaimedTransfer, CommitOutcome, ConfigWriteError, Cursor, DeliveryClaim, DeliveryRecord, EventLines,
+    EventQuery, LeadQuery, NewToken, Page, RegisterQuery, Store, StoreError, StoreResult, StoredAnswer, StoredEvent,
+    StoredLead, Submission, TokenRecord, TransferRow,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::ConnectOptions;
@@ -85,6 +86,13 @@ impl SqliteStore {
             .await
             .map_err(unavailable)?;
 
+        // One process serves a SQLite file: leases left by a process that died are void, and
+        // its transfers are due again at once.
+        sqlx::query("UPDATE transfers SET due_at = MIN(due_at, ?), lease_owner = NULL WHERE state = 'pending' AND lease_owner IS NOT NULL")
+            .bind(leadrelay_domain::time::now_millis())
+            .execute(&mut write_connection)
+            .await
+            .map_err(unavailable)?;
         let writer = Writer::start(write_connection, options.max_batch).await?;
         let (writes, receiver) = mpsc::channel(options.max_batch * 4);
         let writer_task = tokio::spawn(writer.run(receiver));
@@ -163,6 +171,38 @@ impl Store for SqliteStore {
         self.write(|reply| WriteCommand::Submit { submission: Box::new(submission), reply }).await?
     }
 
+    async fn claim_deliveries(&self, claim: &DeliveryClaim) -> StoreResult<Vec<ClaimedTransfer>> {
+        let claim = claim.clone();
+        let rows = self.write(|reply| WriteCommand::Claim { claim, reply }).await??;
+        read::with_snapshots(&self.readers, rows).await
+    }
+
+    async fn held_transfers(&self, transfer_ids: &[String]) -> StoreResult<Vec<ClaimedTransfer>> {
+        let rows = read::transfer_rows(&self.readers, transfer_ids).await?;
+        read::with_snapshots(&self.readers, rows).await
+    }
+
+    async fn next_due(&self, destination_id: &str) -> StoreResult<Option<Millis>> {
+        read::next_due(&self.readers, destination_id).await
+    }
+
+    async fn record_deliveries(&self, records: Vec<DeliveryRecord>) -> StoreResult<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.write(|reply| WriteCommand::Deliveries { records, reply }).await?
+    }
+
+    async fn release_deliveries(&self, owner: &str) -> StoreResult<u64> {
+        let owner = owner.to_owned();
+        let now = leadrelay_domain::time::now_millis();
+        self.write(|reply| WriteCommand::Release { owner, now, reply }).await?
+    }
+
+    async fn not_integrated_page(&self, query: &RegisterQuery) -> StoreResult<Page<TransferRow>> {
+        read::register_page(&self.readers, query, true).await
+    }
+
     async fn scan_events(
         &self,
         query: &EventQuery,
@@ -195,7 +235,7 @@ impl Store for SqliteStore {
     }
 
     async fn register_page(&self, query: &RegisterQuery) -> StoreResult<Page<TransferRow>> {
-        read::register_page(&self.readers, query).await
+        read::register_page(&self.readers, query, false).await
     }
 
     async fn verify_chain(&self) -> StoreResult<ChainReport> {

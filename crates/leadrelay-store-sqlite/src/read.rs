@@ -7,13 +7,14 @@ use leadrelay_domain::ids::LeadId;
 use leadrelay_domain::pipeline::{DuplicateFound, DuplicateQuery};
 use leadrelay_domain::time::Millis;
 use leadrelay_store::{
-    Cursor, EventLines, EventQuery, LeadQuery, Page, RegisterQuery, Role, SortOrder, StoreError, StoreResult,
-    StoredAnswer, StoredEvent, StoredLead, TokenRecord, TransferRow, MAX_PAGE,
+    ClaimedTransfer, Cursor, EventLines, EventQuery, LeadQuery, Page, RegisterQuery, Role, SortOrder, StoreError,
+    StoreResult, StoredAnswer, StoredEvent, StoredLead, TokenRecord, TransferRow, MAX_PAGE,
 };
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteExecutor, SqlitePool};
 
 use crate::unavailable;
+use crate::writer::ClaimRow;
 
 fn corrupt(error: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(error.to_string())
@@ -369,11 +370,19 @@ pub(crate) async fn leads_page(pool: &SqlitePool, query: &LeadQuery) -> StoreRes
     Ok(page_of(items, limit, StoredLead::cursor))
 }
 
-pub(crate) async fn register_page(pool: &SqlitePool, query: &RegisterQuery) -> StoreResult<Page<TransferRow>> {
+/// A page of the register; with `abandoned`, only the not-integrated collection.
+pub(crate) async fn register_page(
+    pool: &SqlitePool,
+    query: &RegisterQuery,
+    abandoned: bool,
+) -> StoreResult<Page<TransferRow>> {
     let limit = query.limit.clamp(1, MAX_PAGE);
     let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
         "SELECT seq, id, lead_id, flow_id, source_id, destination_id, status, description, created_at, updated_at, attempts FROM transfers WHERE 1 = 1",
     );
+    if abandoned {
+        builder.push(" AND state = 'abandoned'");
+    }
     push_equals(&mut builder, "status", query.status.map(|s| s.as_str()));
     push_equals(&mut builder, "lead_id", query.lead_id.as_deref());
     push_equals(&mut builder, "source_id", query.source_id.as_deref());
@@ -430,4 +439,91 @@ pub(crate) async fn list_tokens(pool: &SqlitePool) -> StoreResult<Vec<TokenRecor
         .await
         .map_err(unavailable)?;
     rows.iter().map(token_from_row).collect()
+}
+
+/// The earliest `due_at` of a destination's pending transfers.
+pub(crate) async fn next_due(pool: &SqlitePool, destination_id: &str) -> StoreResult<Option<i64>> {
+    sqlx::query_scalar("SELECT MIN(due_at) FROM transfers WHERE state = 'pending' AND destination_id = ?")
+        .bind(destination_id)
+        .fetch_one(pool)
+        .await
+        .map_err(unavailable)
+}
+
+/// Completes claimed rows with their leads' current snapshots.
+pub(crate) async fn with_snapshots(pool: &SqlitePool, rows: Vec<ClaimRow>) -> StoreResult<Vec<ClaimedTransfer>> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut snapshots: std::collections::HashMap<String, (i64, String, Vec<u8>)> = std::collections::HashMap::new();
+    for chunk in rows.chunks(500) {
+        let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT l.id, s.id, s.body, s.digest FROM leads l JOIN snapshots s ON s.id = l.snapshot_id WHERE l.id IN (",
+        );
+        let mut separated = builder.separated(", ");
+        for row in chunk {
+            separated.push_bind(row.lead_id.as_str());
+        }
+        builder.push(")");
+        for found in builder.build().fetch_all(pool).await.map_err(unavailable)? {
+            let lead_id: String = found.try_get(0).map_err(corrupt)?;
+            snapshots.insert(
+                lead_id,
+                (
+                    found.try_get(1).map_err(corrupt)?,
+                    found.try_get(2).map_err(corrupt)?,
+                    found.try_get(3).map_err(corrupt)?,
+                ),
+            );
+        }
+    }
+    rows.into_iter()
+        .map(|row| {
+            let (snapshot_id, snapshot, digest) = snapshots.get(&row.lead_id).cloned().ok_or_else(|| {
+                corrupt(format!("transfer {} names lead {} without a snapshot", row.transfer_id, row.lead_id))
+            })?;
+            Ok(ClaimedTransfer {
+                transfer_id: row.transfer_id,
+                lead_id: row.lead_id,
+                flow_id: row.flow_id,
+                source_id: row.source_id,
+                destination_id: row.destination_id,
+                attempts: u32::try_from(row.attempts).unwrap_or(0),
+                retry_base: u32::try_from(row.retry_base).unwrap_or(0),
+                created_at: row.created_at,
+                snapshot_id,
+                snapshot,
+                snapshot_digest: digest.try_into().map_err(|_| corrupt("snapshot digest is not 32 bytes"))?,
+            })
+        })
+        .collect()
+}
+
+/// Transfers by id, as claims return them; transfers to no destination are left out.
+pub(crate) async fn transfer_rows(pool: &SqlitePool, transfer_ids: &[String]) -> StoreResult<Vec<ClaimRow>> {
+    let mut rows = Vec::with_capacity(transfer_ids.len());
+    for chunk in transfer_ids.chunks(500) {
+        let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT id, lead_id, flow_id, source_id, destination_id, attempts, retry_base, created_at FROM transfers \
+             WHERE destination_id IS NOT NULL AND id IN (",
+        );
+        let mut separated = builder.separated(", ");
+        for id in chunk {
+            separated.push_bind(id.as_str());
+        }
+        builder.push(")");
+        for row in builder.build().fetch_all(pool).await.map_err(unavailable)? {
+            rows.push(ClaimRow {
+                transfer_id: row.try_get(0).map_err(corrupt)?,
+                lead_id: row.try_get(1).map_err(corrupt)?,
+                flow_id: row.try_get(2).map_err(corrupt)?,
+                source_id: row.try_get(3).map_err(corrupt)?,
+                destination_id: row.try_get(4).map_err(corrupt)?,
+                attempts: row.try_get(5).map_err(corrupt)?,
+                retry_base: row.try_get(6).map_err(corrupt)?,
+                created_at: row.try_get(7).map_err(corrupt)?,
+            });
+        }
+    }
+    Ok(rows)
 }

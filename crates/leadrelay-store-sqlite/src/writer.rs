@@ -9,7 +9,10 @@ use leadrelay_domain::config::DuplicateMatch;
 use leadrelay_domain::config::{Config, ConfigChange, ObjectWrite};
 use leadrelay_domain::pipeline::{DuplicateFound, DuplicateQuery};
 use leadrelay_domain::time::now_millis;
-use leadrelay_store::{CommitOutcome, ConfigWriteError, NewToken, StoreError, StoreResult, StoredAnswer, Submission};
+use leadrelay_store::{
+    CommitOutcome, ConfigWriteError, DeliveryClaim, DeliveryRecord, NewToken, StoreError, StoreResult, StoredAnswer,
+    Submission, TransferState,
+};
 use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
@@ -23,6 +26,9 @@ const MAX_BOUND_VALUES: usize = 30_000;
 
 pub(crate) enum WriteCommand {
     Submit { submission: Box<Submission>, reply: oneshot::Sender<StoreResult<CommitOutcome>> },
+    Deliveries { records: Vec<DeliveryRecord>, reply: oneshot::Sender<StoreResult<()>> },
+    Claim { claim: DeliveryClaim, reply: oneshot::Sender<StoreResult<Vec<ClaimRow>>> },
+    Release { owner: String, now: i64, reply: oneshot::Sender<StoreResult<u64>> },
     Config { change: ConfigChange, reply: oneshot::Sender<Result<Config, ConfigWriteError>> },
     CreateToken { token: NewToken, replace: bool, reply: oneshot::Sender<StoreResult<()>> },
     DeleteToken { token_id: String, reply: oneshot::Sender<StoreResult<bool>> },
@@ -44,6 +50,46 @@ pub(crate) struct Writer {
 }
 
 type Reply = oneshot::Sender<StoreResult<CommitOutcome>>;
+type DeliveryReply = oneshot::Sender<StoreResult<()>>;
+type ClaimReply = oneshot::Sender<StoreResult<Vec<ClaimRow>>>;
+
+/// A transfer as a claim returns it from the writer; the lead's snapshot is read after commit.
+#[derive(Clone, Debug)]
+pub(crate) struct ClaimRow {
+    pub transfer_id: String,
+    pub lead_id: String,
+    pub flow_id: String,
+    pub source_id: String,
+    pub destination_id: String,
+    pub attempts: i64,
+    pub retry_base: i64,
+    pub created_at: i64,
+}
+
+/// Writes that share one transaction: submissions, delivery records and claims.
+#[derive(Default)]
+struct Batch {
+    submissions: Vec<(Box<Submission>, Reply)>,
+    deliveries: Vec<(Vec<DeliveryRecord>, DeliveryReply)>,
+    claims: Vec<(DeliveryClaim, ClaimReply)>,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.submissions.len() + self.deliveries.len() + self.claims.len()
+    }
+}
+
+/// What one batch transaction answers: an outcome per submission, rows per claim.
+type BatchAnswer = (Vec<CommitOutcome>, Vec<Vec<ClaimRow>>);
+
+/// One event row to insert, from a submission or a delivery record.
+struct EventRow<'a> {
+    event: &'a leadrelay_domain::event::NewEvent,
+    data_json: &'a str,
+    snapshot_id: i64,
+    content: &'a Hash,
+}
 
 impl Writer {
     pub(crate) async fn start(mut connection: SqliteConnection, max_batch: usize) -> StoreResult<Self> {
@@ -103,26 +149,43 @@ impl Writer {
     /// the other writes. Returns the reply of a shutdown if one was among them.
     async fn process(&mut self, commands: Vec<WriteCommand>) -> Option<oneshot::Sender<()>> {
         let mut shutdown = None;
-        let mut submissions: Vec<(Box<Submission>, Reply)> = Vec::new();
+        let mut batch = Batch::default();
         for command in commands {
             match command {
-                WriteCommand::Submit { submission, reply } => submissions.push((submission, reply)),
+                WriteCommand::Submit { submission, reply } => batch.submissions.push((submission, reply)),
+                WriteCommand::Deliveries { records, reply } => batch.deliveries.push((records, reply)),
+                WriteCommand::Claim { claim, reply } => batch.claims.push((claim, reply)),
                 WriteCommand::Shutdown { reply } => shutdown = Some(reply),
                 other => {
-                    // Keep the order of writes: commit the submissions received before it.
-                    self.commit_submissions(std::mem::take(&mut submissions)).await;
+                    // Keep the order of writes: commit the batch received before it.
+                    self.commit(std::mem::take(&mut batch)).await;
                     self.handle_other(other).await;
                 }
             }
         }
-        self.commit_submissions(submissions).await;
+        self.commit(batch).await;
         shutdown
     }
 
     /// Handles a write that is neither a submission nor a shutdown.
     async fn handle_other(&mut self, command: WriteCommand) {
         match command {
-            WriteCommand::Submit { .. } | WriteCommand::Shutdown { .. } => {}
+            WriteCommand::Submit { .. }
+            | WriteCommand::Deliveries { .. }
+            | WriteCommand::Claim { .. }
+            | WriteCommand::Shutdown { .. } => {}
+            WriteCommand::Release { owner, now, reply } => {
+                let result = sqlx::query(
+                    "UPDATE transfers SET due_at = ?, lease_owner = NULL WHERE state = 'pending' AND lease_owner = ?",
+                )
+                .bind(now)
+                .bind(&owner)
+                .execute(&mut self.connection)
+                .await
+                .map(|done| done.rows_affected())
+                .map_err(unavailable);
+                let _ = reply.send(result);
+            }
             WriteCommand::Config { change, reply } => {
                 let _ = reply.send(self.change_config(change).await);
             }
@@ -141,45 +204,79 @@ impl Writer {
         }
     }
 
-    async fn commit_submissions(&mut self, submissions: Vec<(Box<Submission>, Reply)>) {
-        if submissions.is_empty() {
+    async fn commit(&mut self, batch: Batch) {
+        if batch.len() == 0 {
             return;
         }
-        let refs: Vec<&Submission> = submissions.iter().map(|(submission, _)| submission.as_ref()).collect();
-        match self.commit_batch(&refs).await {
-            Ok(outcomes) => {
-                for ((_, reply), outcome) in submissions.into_iter().zip(outcomes) {
+        let submissions: Vec<&Submission> =
+            batch.submissions.iter().map(|(submission, _)| submission.as_ref()).collect();
+        let records: Vec<&DeliveryRecord> = batch.deliveries.iter().flat_map(|(records, _)| records.iter()).collect();
+        let claims: Vec<&DeliveryClaim> = batch.claims.iter().map(|(claim, _)| claim).collect();
+        match self.commit_batch(&submissions, &records, &claims).await {
+            Ok((outcomes, claimed)) => {
+                for ((_, reply), outcome) in batch.submissions.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
                 }
+                for (_, reply) in batch.deliveries {
+                    let _ = reply.send(Ok(()));
+                }
+                for ((_, reply), rows) in batch.claims.into_iter().zip(claimed) {
+                    let _ = reply.send(Ok(rows));
+                }
             }
-            Err(error) if submissions.len() > 1 => {
-                // One bad submission must not fail the others: retry each on its own.
-                tracing::warn!(%error, count = submissions.len(), "group commit failed; committing one by one");
-                for (submission, reply) in submissions {
-                    let result = self.commit_batch(&[submission.as_ref()]).await;
-                    let _ = reply.send(result.map(|mut outcomes| outcomes.remove(0)));
+            Err(error) if batch.len() > 1 => {
+                // One bad write must not fail the others: retry each on its own.
+                tracing::warn!(%error, count = batch.len(), "group commit failed; committing one by one");
+                for (submission, reply) in batch.submissions {
+                    let result = self.commit_batch(&[submission.as_ref()], &[], &[]).await;
+                    let _ = reply.send(result.map(|(mut outcomes, _)| outcomes.remove(0)));
+                }
+                for (records, reply) in batch.deliveries {
+                    let records: Vec<&DeliveryRecord> = records.iter().collect();
+                    let _ = reply.send(self.commit_batch(&[], &records, &[]).await.map(|_| ()));
+                }
+                for (claim, reply) in batch.claims {
+                    let result = self.commit_batch(&[], &[], &[&claim]).await;
+                    let _ = reply.send(result.map(|(_, mut claimed)| claimed.remove(0)));
                 }
             }
             Err(error) => {
                 tracing::error!(%error, "commit failed");
-                for (_, reply) in submissions {
-                    let _ = reply.send(Err(StoreError::Unavailable(error.to_string())));
+                let error = || StoreError::Unavailable(error.to_string());
+                for (_, reply) in batch.submissions {
+                    let _ = reply.send(Err(error()));
+                }
+                for (_, reply) in batch.deliveries {
+                    let _ = reply.send(Err(error()));
+                }
+                for (_, reply) in batch.claims {
+                    let _ = reply.send(Err(error()));
                 }
             }
         }
     }
 
     /// Commits a batch in one transaction; on any error nothing of it is written.
-    async fn commit_batch(&mut self, batch: &[&Submission]) -> StoreResult<Vec<CommitOutcome>> {
+    async fn commit_batch(
+        &mut self,
+        submissions: &[&Submission],
+        records: &[&DeliveryRecord],
+        claims: &[&DeliveryClaim],
+    ) -> StoreResult<BatchAnswer> {
         let start_head = self.head;
-        let result = self.try_commit_batch(batch).await;
+        let result = self.try_commit_batch(submissions, records, claims).await;
         if result.is_err() {
             self.head = start_head;
         }
         result
     }
 
-    async fn try_commit_batch(&mut self, batch: &[&Submission]) -> StoreResult<Vec<CommitOutcome>> {
+    async fn try_commit_batch(
+        &mut self,
+        batch: &[&Submission],
+        records: &[&DeliveryRecord],
+        claims: &[&DeliveryClaim],
+    ) -> StoreResult<BatchAnswer> {
         let mut transaction = self.connection.begin_with("BEGIN IMMEDIATE").await.map_err(unavailable)?;
         // Another process may have written to the file since (a second `serve` on it, by
         // mistake): link onto the chain as it is on disk, never onto a stale copy.
@@ -226,15 +323,34 @@ impl Writer {
             accepted.push(submission);
         }
 
+        let snapshot_bases = number_snapshots(&mut self.head, &accepted);
+        let mut rows: Vec<EventRow<'_>> = Vec::new();
+        for (submission, base) in accepted.iter().zip(&snapshot_bases) {
+            rows.extend(submission.events.iter().map(|encoded| EventRow {
+                event: &encoded.event,
+                data_json: &encoded.data_json,
+                snapshot_id: base + encoded.snapshot as i64,
+                content: &encoded.content,
+            }));
+        }
+        for record in records {
+            rows.extend(record.events.iter().map(|logged| EventRow {
+                event: &logged.event,
+                data_json: &logged.data_json,
+                snapshot_id: logged.snapshot_id,
+                content: &logged.content,
+            }));
+        }
+        let hashes = link_events(&mut self.head, &rows);
         if !accepted.is_empty() {
-            let hashes = link_events(&mut self.head, &accepted);
-            let snapshot_bases = number_snapshots(&mut self.head, &accepted);
             insert_snapshots(&mut transaction, &accepted, &snapshot_bases).await?;
             insert_leads(&mut transaction, &accepted, &snapshot_bases).await?;
-            insert_events(&mut transaction, &accepted, &hashes, &snapshot_bases).await?;
             insert_transfers(&mut transaction, &accepted).await?;
             insert_duplicate_keys(&mut transaction, &accepted).await?;
             insert_idempotency(&mut transaction, &accepted).await?;
+        }
+        if !rows.is_empty() {
+            insert_events(&mut transaction, &rows, &hashes).await?;
             sqlx::query("INSERT INTO chain_head (id, seq, hash) VALUES (1, ?, ?) ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash")
                 .bind(self.head.seq)
                 .bind(&self.head.hash[..])
@@ -242,42 +358,46 @@ impl Writer {
                 .await
                 .map_err(unavailable)?;
         }
+        update_transfers(&mut transaction, records).await?;
+        insert_attempts(&mut transaction, records).await?;
+        let mut claimed = Vec::with_capacity(claims.len());
+        for claim in claims {
+            claimed.push(claim_transfers(&mut transaction, claim).await?);
+        }
         transaction.commit().await.map_err(unavailable)?;
-        Ok(outcomes)
+        Ok((outcomes, claimed))
     }
 }
 
 /// Gives every event of the batch its sequence number and hash, advancing the head.
-fn link_events(head: &mut Head, accepted: &[&Submission]) -> Vec<(i64, Hash)> {
-    let mut hashes = Vec::new();
-    for submission in accepted {
-        for encoded in &submission.events {
-            let event = &encoded.event;
-            let seq = head.seq + 1;
-            let header = ChainHeader {
-                seq,
-                id: event.id.as_str(),
-                event_type: event.event_type.as_str(),
-                timestamp: event.timestamp,
-                lead_id: event.lead_id.as_str(),
-                flow_id: &event.flow_id,
-                source_id: &event.source_id,
-                destination_id: event.destination_id.as_deref(),
-                transfer_id: event.transfer_id.as_ref().map(|id| id.as_str()),
-                status: event.status.map(|status| status.as_str()),
-                outcome: event.outcome.map(|outcome| outcome.as_str()),
-                reason: event.reason.as_deref(),
-                duration_ms: event.duration_ms,
-                integration: event.integration.as_deref(),
-                response_code: event.response_code,
-                price: event.price,
-                attempt: event.attempt,
-            };
-            let hash = link(&head.hash, &header, &encoded.content);
-            head.seq = seq;
-            head.hash = hash;
-            hashes.push((seq, hash));
-        }
+fn link_events(head: &mut Head, rows: &[EventRow<'_>]) -> Vec<(i64, Hash)> {
+    let mut hashes = Vec::with_capacity(rows.len());
+    for row in rows {
+        let event = row.event;
+        let seq = head.seq + 1;
+        let header = ChainHeader {
+            seq,
+            id: event.id.as_str(),
+            event_type: event.event_type.as_str(),
+            timestamp: event.timestamp,
+            lead_id: event.lead_id.as_str(),
+            flow_id: &event.flow_id,
+            source_id: &event.source_id,
+            destination_id: event.destination_id.as_deref(),
+            transfer_id: event.transfer_id.as_ref().map(|id| id.as_str()),
+            status: event.status.map(|status| status.as_str()),
+            outcome: event.outcome.map(|outcome| outcome.as_str()),
+            reason: event.reason.as_deref(),
+            duration_ms: event.duration_ms,
+            integration: event.integration.as_deref(),
+            response_code: event.response_code,
+            price: event.price,
+            attempt: event.attempt,
+        };
+        let hash = link(&head.hash, &header, row.content);
+        head.seq = seq;
+        head.hash = hash;
+        hashes.push((seq, hash));
     }
     hashes
 }
@@ -497,22 +617,16 @@ async fn insert_leads(transaction: &mut SqliteConnection, accepted: &[&Submissio
 
 async fn insert_events(
     transaction: &mut SqliteConnection,
-    accepted: &[&Submission],
+    rows: &[EventRow<'_>],
     hashes: &[(i64, Hash)],
-    bases: &[i64],
 ) -> StoreResult<()> {
-    let events: Vec<_> = accepted
-        .iter()
-        .zip(bases)
-        .flat_map(|(submission, base)| submission.events.iter().map(move |event| (event, base + event.snapshot as i64)))
-        .zip(hashes)
-        .collect();
+    let events: Vec<_> = rows.iter().zip(hashes).collect();
     for chunk in events.chunks(rows_per_statement(21)) {
         let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO events (seq, id, type, ts, lead_id, flow_id, source_id, destination_id, transfer_id, status, outcome, reason, duration_ms, integration, response_code, price, attempt, data, snapshot_id, content_digest, hash) ",
         );
-        builder.push_values(chunk, |mut row, ((encoded, snapshot_id), (seq, hash))| {
-            let event = &encoded.event;
+        builder.push_values(chunk, |mut row, (event_row, (seq, hash))| {
+            let event = event_row.event;
             row.push_bind(*seq)
                 .push_bind(event.id.as_str())
                 .push_bind(event.event_type.as_str())
@@ -530,9 +644,9 @@ async fn insert_events(
                 .push_bind(event.response_code)
                 .push_bind(event.price)
                 .push_bind(event.attempt)
-                .push_bind(encoded.data_json.as_str())
-                .push_bind(*snapshot_id)
-                .push_bind(&encoded.content[..])
+                .push_bind(event_row.data_json)
+                .push_bind(event_row.snapshot_id)
+                .push_bind(&event_row.content[..])
                 .push_bind(&hash[..]);
         });
         builder.build().persistent(false).execute(&mut *transaction).await.map_err(unavailable)?;
@@ -541,12 +655,24 @@ async fn insert_events(
 }
 
 async fn insert_transfers(transaction: &mut SqliteConnection, accepted: &[&Submission]) -> StoreResult<()> {
-    let transfers: Vec<_> = accepted.iter().flat_map(|submission| submission.transfers.iter()).collect();
-    for chunk in transfers.chunks(rows_per_statement(9)) {
+    let transfers: Vec<_> = accepted
+        .iter()
+        .flat_map(|submission| {
+            submission.transfers.iter().map(|transfer| (transfer, submission.realtime_lease.as_ref()))
+        })
+        .collect();
+    for chunk in transfers.chunks(rows_per_statement(12)) {
         let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO transfers (id, lead_id, flow_id, source_id, destination_id, status, description, created_at, updated_at) ",
+            "INSERT INTO transfers (id, lead_id, flow_id, source_id, destination_id, status, description, created_at, updated_at, state, due_at, lease_owner) ",
         );
-        builder.push_values(chunk, |mut row, transfer| {
+        builder.push_values(chunk, |mut row, (transfer, lease)| {
+            // Realtime transfers are held by the node that delivers them while the submitter
+            // waits; background ones are due at once.
+            let (state, due_at, owner) = match (transfer.queued, transfer.realtime, lease) {
+                (false, _, _) => ("done", None, None),
+                (true, true, Some(lease)) => ("pending", Some(lease.until), Some(lease.owner.as_str())),
+                (true, _, _) => ("pending", Some(transfer.created_at), None),
+            };
             row.push_bind(transfer.id.as_str())
                 .push_bind(transfer.lead_id.as_str())
                 .push_bind(transfer.flow_id.as_str())
@@ -555,11 +681,101 @@ async fn insert_transfers(transaction: &mut SqliteConnection, accepted: &[&Submi
                 .push_bind(transfer.status.as_str())
                 .push_bind(transfer.description.as_str())
                 .push_bind(transfer.created_at)
-                .push_bind(transfer.created_at);
+                .push_bind(transfer.created_at)
+                .push_bind(state)
+                .push_bind(due_at)
+                .push_bind(owner);
         });
         builder.build().persistent(false).execute(&mut *transaction).await.map_err(unavailable)?;
     }
     Ok(())
+}
+
+/// Sets the states delivery steps reached; a step whose lease was taken over by another node
+/// leaves the state to that node.
+async fn update_transfers(transaction: &mut SqliteConnection, records: &[&DeliveryRecord]) -> StoreResult<()> {
+    let updates: Vec<_> = records.iter().filter_map(|record| record.update.as_ref()).collect();
+    for chunk in updates.chunks(rows_per_statement(9)) {
+        let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "WITH v (id, owner, status, description, state, due_at, attempts, updated_at, retry_base) AS (",
+        );
+        builder.push_values(chunk, |mut row, update| {
+            let due_at = match update.state {
+                TransferState::Pending { due_at } => Some(due_at),
+                _ => None,
+            };
+            row.push_bind(update.transfer_id.as_str())
+                .push_bind(update.owner.as_deref())
+                .push_bind(update.status.as_str())
+                .push_bind(update.description.as_str())
+                .push_bind(update.state.as_str())
+                .push_bind(due_at)
+                .push_bind(i64::from(update.attempts))
+                .push_bind(update.updated_at)
+                .push_bind(update.retry_base.map(i64::from));
+        });
+        builder.push(
+            ") UPDATE transfers SET status = v.status, description = v.description, state = v.state, due_at = v.due_at, \
+             lease_owner = NULL, attempts = v.attempts, updated_at = v.updated_at, \
+             retry_base = COALESCE(v.retry_base, transfers.retry_base) \
+             FROM v WHERE transfers.id = v.id AND (v.owner IS NULL OR transfers.lease_owner = v.owner)",
+        );
+        builder.build().persistent(false).execute(&mut *transaction).await.map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+async fn insert_attempts(transaction: &mut SqliteConnection, records: &[&DeliveryRecord]) -> StoreResult<()> {
+    let attempts: Vec<_> = records.iter().filter_map(|record| record.attempt.as_ref()).collect();
+    for chunk in attempts.chunks(rows_per_statement(7)) {
+        let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT OR IGNORE INTO attempts (transfer_id, attempt, started_at, duration_ms, outcome, response_code, event_id) ",
+        );
+        builder.push_values(chunk, |mut row, attempt| {
+            row.push_bind(attempt.transfer_id.as_str())
+                .push_bind(i64::from(attempt.attempt))
+                .push_bind(attempt.started_at)
+                .push_bind(attempt.duration_ms)
+                .push_bind(attempt.outcome)
+                .push_bind(attempt.response_code)
+                .push_bind(attempt.event_id.as_str());
+        });
+        builder.build().persistent(false).execute(&mut *transaction).await.map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+/// Leases the due transfers of one destination to the claiming node: their `due_at` moves to
+/// the lease's end, when they are due again unless the node recorded an outcome.
+async fn claim_transfers(transaction: &mut SqliteConnection, claim: &DeliveryClaim) -> StoreResult<Vec<ClaimRow>> {
+    let rows = sqlx::query(
+        "UPDATE transfers SET due_at = ?1, lease_owner = ?2 WHERE seq IN (\
+            SELECT seq FROM transfers WHERE state = 'pending' AND destination_id = ?3 AND due_at <= ?4 \
+            ORDER BY due_at LIMIT ?5) \
+         RETURNING id, lead_id, flow_id, source_id, destination_id, attempts, retry_base, created_at",
+    )
+    .bind(claim.now + claim.lease_ms)
+    .bind(&claim.owner)
+    .bind(&claim.destination_id)
+    .bind(claim.now)
+    .bind(i64::try_from(claim.limit).unwrap_or(i64::MAX))
+    .fetch_all(&mut *transaction)
+    .await
+    .map_err(unavailable)?;
+    rows.iter()
+        .map(|row| {
+            Ok(ClaimRow {
+                transfer_id: row.try_get(0).map_err(unavailable)?,
+                lead_id: row.try_get(1).map_err(unavailable)?,
+                flow_id: row.try_get(2).map_err(unavailable)?,
+                source_id: row.try_get(3).map_err(unavailable)?,
+                destination_id: row.try_get(4).map_err(unavailable)?,
+                attempts: row.try_get(5).map_err(unavailable)?,
+                retry_base: row.try_get(6).map_err(unavailable)?,
+                created_at: row.try_get(7).map_err(unavailable)?,
+            })
+        })
+        .collect()
 }
 
 async fn insert_duplicate_keys(transaction: &mut SqliteConnection, accepted: &[&Submission]) -> StoreResult<()> {

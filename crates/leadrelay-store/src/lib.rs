@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod delivery;
 mod query;
 mod records;
 
@@ -11,6 +12,7 @@ use futures::stream::BoxStream;
 use leadrelay_domain::config::{ChangeError, Config, ConfigChange};
 use leadrelay_domain::pipeline::{DuplicateFound, DuplicateQuery};
 
+pub use delivery::*;
 pub use query::*;
 pub use records::*;
 
@@ -78,6 +80,30 @@ pub trait Store: Send + Sync + 'static {
     /// Writes a lead, its events and its transfers in one transaction, after re-checking the
     /// duplicate answer and the idempotency key atomically. Concurrent calls are group-committed.
     async fn commit_submission(&self, submission: Submission) -> StoreResult<CommitOutcome>;
+
+    // Delivery
+
+    /// Claims up to `claim.limit` transfers of one destination that are due, oldest first,
+    /// leasing them to `claim.owner` until `now + lease_ms`.
+    async fn claim_deliveries(&self, claim: &DeliveryClaim) -> StoreResult<Vec<ClaimedTransfer>>;
+
+    /// Transfers by id with their leads' current snapshots, as a claim returns them: for
+    /// transfers this node already holds (realtime deliveries).
+    async fn held_transfers(&self, transfer_ids: &[String]) -> StoreResult<Vec<ClaimedTransfer>>;
+
+    /// The earliest time a transfer of this destination is due (claimed ones count from
+    /// their lease's end); `None` when none waits.
+    async fn next_due(&self, destination_id: &str) -> StoreResult<Option<leadrelay_domain::time::Millis>>;
+
+    /// Writes the events and the transfer states of delivery steps; each record is all or
+    /// nothing, and concurrent calls are group-committed.
+    async fn record_deliveries(&self, records: Vec<DeliveryRecord>) -> StoreResult<()>;
+
+    /// Gives back every lease `owner` holds, so the transfers are due again at once.
+    async fn release_deliveries(&self, owner: &str) -> StoreResult<u64>;
+
+    /// Abandoned transfers (the not-integrated collection), with the register's filters.
+    async fn not_integrated_page(&self, query: &RegisterQuery) -> StoreResult<Page<TransferRow>>;
 
     // Reading
 

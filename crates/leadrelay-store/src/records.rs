@@ -71,6 +71,16 @@ pub struct Submission {
     /// The duplicate query and the answer the decision assumed; re-checked at commit.
     pub duplicate_check: Option<(DuplicateQuery, Option<DuplicateFound>)>,
     pub idempotency: Option<IdempotencyRecord>,
+    /// Realtime transfers are delivered by the node that took the submission: they are
+    /// stored claimed by it (`owner`) until `until`, after which any node may deliver them.
+    pub realtime_lease: Option<Lease>,
+}
+
+/// A claim on transfers: who holds them and until when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub owner: String,
+    pub until: Millis,
 }
 
 impl Submission {
@@ -111,6 +121,7 @@ impl Submission {
             duplicate_keys: decision.duplicate_keys,
             duplicate_check: decision.duplicate_query.map(|query| (query, decision.assumed_duplicate)),
             idempotency,
+            realtime_lease: None,
         }
     }
 }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use objects::*;
+pub use validate::{parse_json_path, parse_status_range, validate_http_url};
 
 use crate::ids::slug_from_name;
 
@@ -177,6 +178,13 @@ impl ConfigObject {
     }
 }
 
+/// A new Standard Webhooks secret: `whsec_` and 24 random bytes in base64.
+pub fn new_signing_secret() -> String {
+    use base64::Engine;
+    let bytes: [u8; 24] = rand::random();
+    format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
 /// How a change to one object treats an object of the same id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WriteMode {
@@ -274,6 +282,7 @@ impl Config {
         match change {
             ConfigChange::Put { mut object, mode } => {
                 object.fill_defaults();
+                self.give_signing_secret(&mut object);
                 let exists = self.contains(object.kind(), object.id());
                 match (mode, exists) {
                     (WriteMode::Create, true) => {
@@ -308,6 +317,7 @@ impl Config {
                 let mut seen = std::collections::HashSet::new();
                 for mut object in objects {
                     object.fill_defaults();
+                    self.give_signing_secret(&mut object);
                     if !seen.insert((object.kind(), object.id().to_owned())) {
                         return Err(ConfigError::one(format!(
                             "{} {:?} appears twice in the document",
@@ -325,6 +335,17 @@ impl Config {
         }
         next.validate()?;
         Ok((next, writes))
+    }
+
+    /// Every webhook is signed: a destination written without a signing secret keeps the one
+    /// it has, or gets a new one.
+    fn give_signing_secret(&self, object: &mut ConfigObject) {
+        let ConfigObject::Destination(destination) = object else { return };
+        if destination.signing_secret.is_some() {
+            return;
+        }
+        let kept = self.destinations.get(&destination.id).and_then(|stored| stored.signing_secret.clone());
+        destination.signing_secret = Some(kept.unwrap_or_else(new_signing_secret));
     }
 
     /// Names an object that refers to the given one, if any.

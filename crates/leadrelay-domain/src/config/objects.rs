@@ -340,4 +340,15 @@ pub struct Destination {
     /// An outbound proxy URL, for CRMs that allow-list a fixed egress address.
     #[serde(default)]
     pub proxy: Option<String>,
+    /// Values to keep from a JSON answer, by name: `{"buyer_id": "$.data.id", "price": "$.price"}`.
+    /// A captured `price` is the delivery's revenue.
+    #[serde(default)]
+    pub capture: IndexMap<String, String>,
+    /// Most deliveries in flight to this destination at once (per node).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
+}
+
+fn default_concurrency() -> u32 {
+    16
 }

@@ -172,6 +172,16 @@ pub fn validate_http_url(text: &str) -> Result<url::Url, String> {
     Ok(url)
 }
 
+/// A JSON path as users write it: RFC 9535 (`$.data.id`), or the same without `$.` (`data.id`).
+pub fn parse_json_path(text: &str) -> Result<serde_json_path::JsonPath, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("a JSON path must not be empty".to_owned());
+    }
+    let full = if text.starts_with('$') { text.to_owned() } else { format!("$.{text}") };
+    serde_json_path::JsonPath::parse(&full).map_err(|error| format!("invalid JSON path {text:?}: {error}"))
+}
+
 /// Parses `200-399` or `201` into an inclusive range.
 pub fn parse_status_range(text: &str) -> Result<(u16, u16), String> {
     let parse = |part: &str| part.trim().parse::<u16>().ok().filter(|code| (100..=599).contains(code));
@@ -224,9 +234,22 @@ fn validate_destination(destination: &Destination, problems: &mut Vec<String>) {
         problems.push(format!("{at}.success.json_equals: needs a json_path"));
     }
     if let Some(path) = &destination.success.json_path {
-        if path.trim().is_empty() {
-            problems.push(format!("{at}.success.json_path: must not be empty"));
+        if let Err(problem) = parse_json_path(path) {
+            problems.push(format!("{at}.success.json_path: {problem}"));
         }
+    }
+    for (name, path) in &destination.capture {
+        if let Err(problem) = parse_json_path(path) {
+            problems.push(format!("{at}.capture.{name}: {problem}"));
+        }
+    }
+    if let Some(template) = &destination.body_template {
+        if let Err(error) = minijinja::Environment::new().template_from_str(template) {
+            problems.push(format!("{at}.body_template: {error}"));
+        }
+    }
+    if destination.concurrency == 0 || destination.concurrency > 1000 {
+        problems.push(format!("{at}.concurrency: must be between 1 and 1000"));
     }
     if destination.timeout_ms == 0 || destination.timeout_ms > 120_000 {
         problems.push(format!("{at}.timeout_ms: must be between 1 and 120000"));

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use leadrelay_delivery::guard::{EgressPolicy, Lookup};
 use leadrelay_domain::ids::TokenId;
 use leadrelay_server::{hash_token, AppState, Settings};
 use leadrelay_store::{NewToken, Role, Store};
@@ -21,8 +22,36 @@ pub struct TestApp {
     server: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// An app that takes leads but runs no delivery dispatcher: for tests of intake and reading.
 pub async fn spawn_app() -> TestApp {
-    spawn_app_with(Settings::default()).await
+    spawn_app_with(Settings { dispatch: false, ..Settings::default() }).await
+}
+
+/// Names tests may resolve: `*.test` and `localhost` are loopback, nothing else resolves, so
+/// no test ever asks a real resolver.
+#[derive(Debug)]
+pub struct TestNames;
+
+#[async_trait::async_trait]
+impl Lookup for TestNames {
+    async fn lookup(&self, host: &str) -> std::io::Result<Vec<std::net::IpAddr>> {
+        if host == "localhost" || host.ends_with(".test") {
+            Ok(vec![std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)])
+        } else {
+            Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("{host} is not a test name")))
+        }
+    }
+}
+
+/// An app that delivers, allowed to reach loopback receivers.
+pub async fn spawn_delivering_app() -> TestApp {
+    spawn_app_with(delivering_settings(EgressPolicy::allow_private())).await
+}
+
+pub fn delivering_settings(egress: EgressPolicy) -> Settings {
+    // Tests stop servers with deliveries still in flight (to slow receivers): release them soon.
+    let delivery = leadrelay_delivery::DeliverySettings { drain_timeout: std::time::Duration::from_millis(500) };
+    Settings { egress, lookup: Arc::new(TestNames), delivery, ..Settings::default() }
 }
 
 pub async fn spawn_app_with(settings: Settings) -> TestApp {
@@ -137,6 +166,26 @@ impl TestApp {
 
     pub async fn timeline_types(&self, lead_id: &str) -> Vec<String> {
         self.timeline(lead_id).await.iter().map(|event| event["type"].as_str().unwrap_or_default().to_owned()).collect()
+    }
+
+    /// The register row of a transfer.
+    pub async fn transfer(&self, lead_id: &str, destination_id: &str) -> Value {
+        let page = self.get_json(&format!("/api/v1/register?lead_id={lead_id}&destination_id={destination_id}")).await;
+        page["items"][0].clone()
+    }
+
+    /// Waits until the lead's timeline has an event of type `last`, then returns its types.
+    /// Deliveries happen in the background, so the test looks again until they are recorded.
+    pub async fn timeline_until(&self, lead_id: &str, last: &str) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let types = self.timeline_types(lead_id).await;
+            if types.iter().any(|kind| kind == last) {
+                return types;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no {last} for {lead_id}; timeline so far: {types:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn stop(mut self) {

@@ -2,7 +2,9 @@
 
 mod auth;
 mod config;
+mod delivery;
 mod events;
 mod helpers;
 mod intake;
 mod pipeline;
+mod receiver;

@@ -1,0 +1,348 @@
+//! One delivery attempt over HTTP: build the request, sign it, send it through the guarded
+//! client within the destination's timeout, read a bounded answer, and judge it. The request
+//! sent and the response received are recorded (bodies capped at [`RECORDED_BODY_BYTES`],
+//! secrets masked) for the attempt's event.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use leadrelay_domain::config::{Destination, HttpMethod};
+use leadrelay_domain::time::{format_millis, Millis};
+use serde_json::{json, Map, Value};
+
+use crate::guard::{check_url, EgressPolicy, GuardedResolver, Lookup, Refusal, SystemLookup};
+use crate::judge::{capture, judge, parse_retry_after, revenue, Verdict};
+use crate::request::{build_request, secret_headers, DeliveryContext, OutboundRequest};
+use crate::signing;
+
+/// How much of a request or response body an attempt's event keeps.
+pub const RECORDED_BODY_BYTES: usize = 16 * 1024;
+
+/// How much of a response is read to judge it; the rest is not read.
+pub const READ_BODY_BYTES: usize = 1024 * 1024;
+
+/// What one attempt produced.
+#[derive(Clone, Debug)]
+pub struct AttemptReport {
+    pub started_at: Millis,
+    pub duration_ms: i64,
+    pub verdict: AttemptVerdict,
+    pub response_code: Option<u16>,
+    /// The request as sent (headers with secrets masked, body capped); `Null` when none could
+    /// be built.
+    pub request: Value,
+    pub response: Value,
+    pub captured: Map<String, Value>,
+    pub price: Option<f64>,
+}
+
+/// The verdict of an attempt, with the cases that never reach the destination.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttemptVerdict {
+    Judged(Verdict),
+    /// The call cannot be made as configured (the guard refused the address, the template
+    /// failed): retrying would not help, a person has to act.
+    Blocked {
+        reason: String,
+    },
+}
+
+/// The HTTP clients of outbound calls: one guarded client, and one per outbound proxy.
+pub struct HttpClients {
+    policy: Arc<EgressPolicy>,
+    resolver: Arc<GuardedResolver>,
+    direct: reqwest::Client,
+    proxied: Mutex<HashMap<String, reqwest::Client>>,
+}
+
+impl HttpClients {
+    pub fn new(policy: EgressPolicy) -> Self {
+        Self::with_lookup(policy, Arc::new(SystemLookup))
+    }
+
+    /// Clients that resolve names through `lookup` (tests give a table).
+    pub fn with_lookup(policy: EgressPolicy, lookup: Arc<dyn Lookup>) -> Self {
+        let policy = Arc::new(policy);
+        let resolver = Arc::new(GuardedResolver::new(policy.clone(), lookup));
+        let direct = Self::builder(&resolver).build().expect("the HTTP client's settings are valid");
+        Self { policy, resolver, direct, proxied: Mutex::new(HashMap::new()) }
+    }
+
+    fn builder(resolver: &Arc<GuardedResolver>) -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
+            // A redirect could lead anywhere the guard would refuse; destinations get no second hop.
+            .redirect(reqwest::redirect::Policy::none())
+            // HTTP(S)_PROXY in the environment must not route calls around the guard.
+            .no_proxy()
+            .dns_resolver(resolver.clone())
+            .pool_max_idle_per_host(256)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+    }
+
+    pub fn policy(&self) -> &EgressPolicy {
+        &self.policy
+    }
+
+    /// The client for a destination: through its proxy when it has one.
+    fn client(&self, proxy: Option<&str>) -> Result<reqwest::Client, String> {
+        let Some(proxy) = proxy else { return Ok(self.direct.clone()) };
+        let mut clients = self.proxied.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(client) = clients.get(proxy) {
+            return Ok(client.clone());
+        }
+        let proxy_setting = reqwest::Proxy::all(proxy).map_err(|error| format!("invalid proxy {proxy:?}: {error}"))?;
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .proxy(proxy_setting)
+            .dns_resolver(self.resolver.clone())
+            .pool_max_idle_per_host(64)
+            .build()
+            .map_err(|error| format!("proxy client: {error}"))?;
+        clients.insert(proxy.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    /// Checks a destination host before a proxied call: the proxy resolves the name itself,
+    /// so the guard resolves it here first.
+    async fn check_proxied_target(&self, url: &url::Url) -> Result<(), Refusal> {
+        check_url(&self.policy, url)?;
+        if let Some(url::Host::Domain(host)) = url.host() {
+            self.resolver.resolve_checked(host).await?;
+        }
+        Ok(())
+    }
+}
+
+fn method_of(method: HttpMethod) -> reqwest::Method {
+    match method {
+        HttpMethod::GET => reqwest::Method::GET,
+        HttpMethod::POST => reqwest::Method::POST,
+        HttpMethod::PUT => reqwest::Method::PUT,
+        HttpMethod::PATCH => reqwest::Method::PATCH,
+    }
+}
+
+fn method_name(method: HttpMethod) -> &'static str {
+    match method {
+        HttpMethod::GET => "GET",
+        HttpMethod::POST => "POST",
+        HttpMethod::PUT => "PUT",
+        HttpMethod::PATCH => "PATCH",
+    }
+}
+
+/// A body as recorded: UTF-8 text (lossy), cut at a character boundary within `limit` bytes.
+fn recorded_body(body: &[u8], limit: usize) -> (String, bool) {
+    let text = String::from_utf8_lossy(body);
+    if text.len() <= limit {
+        return (text.into_owned(), false);
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    (text[..end].to_owned(), true)
+}
+
+fn recorded_request(request: &OutboundRequest, secrets: &[String]) -> Value {
+    let headers: Map<String, Value> = request
+        .headers
+        .iter()
+        .map(|(name, value)| {
+            let shown = if secrets.contains(&name.to_ascii_lowercase()) { "***" } else { value.as_str() };
+            (name.clone(), Value::String(shown.to_owned()))
+        })
+        .collect();
+    let (body, truncated) = recorded_body(&request.body, RECORDED_BODY_BYTES);
+    json!({
+        "method": method_name(request.method),
+        "url": request.url.as_str(),
+        "headers": headers,
+        "body": body,
+        "body_truncated": truncated,
+    })
+}
+
+/// The first error in a chain that is the guard's refusal.
+fn refusal_in(error: &(dyn std::error::Error + 'static)) -> Option<Refusal> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = current {
+        if let Some(refusal) = error.downcast_ref::<Refusal>() {
+            return Some(refusal.clone());
+        }
+        if let Some(boxed) = error.downcast_ref::<Box<Refusal>>() {
+            return Some((**boxed).clone());
+        }
+        current = error.source();
+    }
+    None
+}
+
+/// A transport error in words an operator understands.
+fn describe_transport(error: &reqwest::Error, timeout: Duration) -> String {
+    if error.is_timeout() {
+        return format!("timed out after {} ms", timeout.as_millis());
+    }
+    let mut text = String::new();
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(inner) = current {
+        if let Some(io) = inner.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+                std::io::ErrorKind::ConnectionReset => "connection reset by the destination".to_owned(),
+                _ => format!("network error: {io}"),
+            };
+        }
+        text = inner.to_string();
+        current = inner.source();
+    }
+    if error.is_connect() {
+        format!("could not connect: {text}")
+    } else {
+        format!("request failed: {text}")
+    }
+}
+
+/// Signing secrets in force for a destination, as keys.
+pub fn signing_keys(destination: &Destination, previous: &[String]) -> Vec<Vec<u8>> {
+    destination.signing_secret.iter().chain(previous).filter_map(|secret| signing::secret_key(secret).ok()).collect()
+}
+
+/// The inputs of one attempt.
+pub struct AttemptInput<'a> {
+    pub destination: &'a Destination,
+    pub snapshot: &'a Value,
+    pub transfer_id: &'a str,
+    pub webhook_id: &'a str,
+    pub attempt: u32,
+    /// Keys of secrets still in their rotation overlap, signed with besides the current one.
+    pub previous_keys: &'a [Vec<u8>],
+    pub now: Millis,
+}
+
+/// Makes one attempt and judges it; never fails, every problem is a verdict.
+pub async fn attempt(clients: &HttpClients, input: AttemptInput<'_>) -> AttemptReport {
+    let started = Instant::now();
+    let destination = input.destination;
+    let timestamp = format_millis(input.now);
+    let context = DeliveryContext {
+        transfer_id: input.transfer_id,
+        webhook_id: input.webhook_id,
+        attempt: input.attempt,
+        timestamp: &timestamp,
+    };
+    let blocked = |reason: String, request: Value| AttemptReport {
+        started_at: input.now,
+        duration_ms: 0,
+        verdict: AttemptVerdict::Blocked { reason },
+        response_code: None,
+        request,
+        response: Value::Null,
+        captured: Map::new(),
+        price: None,
+    };
+    let mut request = match build_request(destination, input.snapshot, &context) {
+        Ok(request) => request,
+        Err(error) => return blocked(error.to_string(), Value::Null),
+    };
+    let mut keys: Vec<Vec<u8>> = signing_keys(destination, &[]);
+    keys.extend(input.previous_keys.iter().cloned());
+    if !keys.is_empty() {
+        let seconds = input.now.div_euclid(1000);
+        request.headers.extend(signing::headers(&keys, input.webhook_id, seconds, &request.body));
+    }
+    let secrets = secret_headers(destination);
+    let recorded = recorded_request(&request, &secrets);
+    if let Err(refusal) = check_url(clients.policy(), &request.url) {
+        return blocked(refusal.to_string(), recorded);
+    }
+    let client = match clients.client(destination.proxy.as_deref()) {
+        Ok(client) => client,
+        Err(reason) => return blocked(reason, recorded),
+    };
+    if destination.proxy.is_some() {
+        if let Err(refusal) = clients.check_proxied_target(&request.url).await {
+            return blocked(refusal.to_string(), recorded);
+        }
+    }
+
+    let timeout = Duration::from_millis(destination.timeout_ms.max(1));
+    let mut builder = client.request(method_of(request.method), request.url.clone());
+    for (name, value) in &request.headers {
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    if !request.body.is_empty() || request.method != HttpMethod::GET {
+        builder = builder.body(request.body.clone());
+    }
+    let exchange = async {
+        let mut response = builder.send().await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let mut body = Vec::new();
+        let mut complete = true;
+        while let Some(chunk) = response.chunk().await? {
+            body.extend_from_slice(&chunk);
+            if body.len() >= READ_BODY_BYTES {
+                body.truncate(READ_BODY_BYTES);
+                complete = false;
+                break;
+            }
+        }
+        Ok::<_, reqwest::Error>((status, headers, body, complete))
+    };
+    let result = tokio::time::timeout(timeout, exchange).await;
+    let duration_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
+    let failed = |reason: String| AttemptReport {
+        started_at: input.now,
+        duration_ms,
+        verdict: AttemptVerdict::Judged(Verdict::Failed { reason, retry_after: None }),
+        response_code: None,
+        request: recorded.clone(),
+        response: Value::Null,
+        captured: Map::new(),
+        price: None,
+    };
+    let (status, headers, body, complete) = match result {
+        Err(_) => return failed(format!("timed out after {} ms", timeout.as_millis())),
+        Ok(Err(error)) => {
+            match refusal_in(&error) {
+                // A name that does not resolve may resolve later: retried like any network error.
+                Some(refusal @ Refusal::Unresolved { .. }) => return failed(refusal.to_string()),
+                Some(refusal) => return AttemptReport { duration_ms, ..blocked(refusal.to_string(), recorded) },
+                None => {}
+            }
+            return failed(describe_transport(&error, timeout));
+        }
+        Ok(Ok(answer)) => answer,
+    };
+    let text = String::from_utf8_lossy(&body);
+    let retry_after = headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| parse_retry_after(value, input.now.div_euclid(1000)));
+    let verdict = judge(destination, status, retry_after, &text);
+    let captured = if verdict == Verdict::Delivered { capture(destination, &text) } else { Map::new() };
+    let price = (verdict == Verdict::Delivered).then(|| revenue(destination, &captured)).flatten();
+    let response_headers: Map<String, Value> = headers
+        .iter()
+        .filter_map(|(name, value)| Some((name.to_string(), Value::String(value.to_str().ok()?.to_owned()))))
+        .collect();
+    let (recorded_text, truncated) = recorded_body(&body, RECORDED_BODY_BYTES);
+    AttemptReport {
+        started_at: input.now,
+        duration_ms,
+        verdict: AttemptVerdict::Judged(verdict),
+        response_code: Some(status),
+        request: recorded,
+        response: json!({
+            "status": status,
+            "headers": response_headers,
+            "body": recorded_text,
+            "body_truncated": truncated || !complete,
+        }),
+        captured,
+        price,
+    }
+}

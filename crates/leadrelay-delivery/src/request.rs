@@ -1,0 +1,347 @@
+//! The request a destination receives for a lead: URL, method, headers, auth and a body in
+//! the destination's format (`json`, `form`, `query`, `xml`) or rendered from its MiniJinja
+//! `body_template`. Building it does no IO.
+
+use base64::Engine;
+use indexmap::IndexMap;
+use leadrelay_domain::config::{Auth, BodyFormat, Destination, DestinationKind, HttpMethod};
+use serde_json::{json, Map, Value};
+
+/// Why a request could not be built; a configuration problem, so never retried.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("destination has no URL")]
+    NoUrl,
+    #[error("destination URL {url:?} is invalid: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("body_template failed: {0}")]
+    Template(String),
+    #[error("body_template did not render valid JSON: {0}")]
+    TemplateJson(String),
+    #[error("destination kind {0} cannot be delivered by this build")]
+    Kind(&'static str),
+}
+
+/// The context a delivery happens in: what the template sees as `event`.
+#[derive(Clone, Debug)]
+pub struct DeliveryContext<'a> {
+    pub transfer_id: &'a str,
+    /// Stable across every attempt of one transfer, so receivers can de-duplicate.
+    pub webhook_id: &'a str,
+    pub attempt: u32,
+    pub timestamp: &'a str,
+}
+
+/// A request ready to send.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutboundRequest {
+    pub method: HttpMethod,
+    pub url: url::Url,
+    /// In the order they are sent; names as configured.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl OutboundRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
+    }
+}
+
+/// The lead's fields as a destination receives them: each field's normalised value (its raw
+/// value when it has none), by name, then appended enhancement data under its name.
+pub fn lead_fields(snapshot: &Value) -> Map<String, Value> {
+    let mut out = Map::new();
+    if let Some(fields) = snapshot.get("fields").and_then(Value::as_object) {
+        for (name, field) in fields {
+            let value = match field.get("value") {
+                Some(Value::Null) | None => field.get("raw").cloned().unwrap_or(Value::Null),
+                Some(value) => value.clone(),
+            };
+            out.insert(name.clone(), value);
+        }
+    }
+    out
+}
+
+/// What `body_template` sees as `lead`: the snapshot, with each field's value also at the top
+/// level (`lead.email`), which no lead attribute can shadow.
+fn template_lead(snapshot: &Value) -> Value {
+    let mut lead = snapshot.as_object().cloned().unwrap_or_default();
+    for (name, value) in lead_fields(snapshot) {
+        lead.entry(name).or_insert(value);
+    }
+    Value::Object(lead)
+}
+
+/// Renders a destination's `body_template`.
+pub fn render_template(
+    template: &str,
+    snapshot: &Value,
+    destination: &Destination,
+    context: &DeliveryContext<'_>,
+) -> Result<String, BuildError> {
+    let mut environment = minijinja::Environment::new();
+    environment.set_undefined_behavior(minijinja::UndefinedBehavior::Lenient);
+    let event = json!({
+        "transfer_id": context.transfer_id,
+        "webhook_id": context.webhook_id,
+        "attempt": context.attempt,
+        "timestamp": context.timestamp,
+    });
+    let destination_value = json!({"id": destination.id, "name": destination.name});
+    environment
+        .render_str(
+            template,
+            minijinja::context! {
+                lead => minijinja::Value::from_serialize(template_lead(snapshot)),
+                event => minijinja::Value::from_serialize(event),
+                destination => minijinja::Value::from_serialize(destination_value),
+            },
+        )
+        .map_err(|error| BuildError::Template(error.to_string()))
+}
+
+/// Checks that a template compiles, for configuration validation.
+pub fn check_template(template: &str) -> Result<(), String> {
+    let environment = minijinja::Environment::new();
+    environment.template_from_str(template).map(|_| ()).map_err(|error| error.to_string())
+}
+
+fn text_of(value: &Value) -> String {
+    match value {
+        Value::Null => String::new(),
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// XML element names allow fewer characters than field names; others become `_`.
+fn xml_name(name: &str) -> String {
+    let mut out: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') { c } else { '_' }).collect();
+    if !out.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+        out.insert(0, '_');
+    }
+    out
+}
+
+fn xml_document(fields: &Map<String, Value>) -> Vec<u8> {
+    use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event};
+    let mut writer = quick_xml::Writer::new(Vec::new());
+    // Writing into a Vec cannot fail.
+    let _ = writer.write_event(Event::Decl(BytesDecl::new("1.0", Some("UTF-8"), None)));
+    let _ = writer.write_event(Event::Start(BytesStart::new("lead")));
+    for (name, value) in fields {
+        let name = xml_name(name);
+        let _ = writer.write_event(Event::Start(BytesStart::new(name.as_str())));
+        let _ = writer.write_event(Event::Text(BytesText::new(&text_of(value))));
+        let _ = writer.write_event(Event::End(BytesEnd::new(name.as_str())));
+    }
+    let _ = writer.write_event(Event::End(BytesEnd::new("lead")));
+    writer.into_inner()
+}
+
+/// Builds the request a webhook destination receives for a lead snapshot.
+pub fn build_request(
+    destination: &Destination,
+    snapshot: &Value,
+    context: &DeliveryContext<'_>,
+) -> Result<OutboundRequest, BuildError> {
+    if destination.kind != DestinationKind::Webhook {
+        return Err(BuildError::Kind(match destination.kind {
+            DestinationKind::Ga4 => "ga4",
+            DestinationKind::Email => "email",
+            DestinationKind::Webhook => "webhook",
+        }));
+    }
+    let raw_url = destination.url.as_deref().ok_or(BuildError::NoUrl)?;
+    let mut url = url::Url::parse(raw_url)
+        .map_err(|error| BuildError::BadUrl { url: raw_url.to_owned(), reason: error.to_string() })?;
+    let fields = lead_fields(snapshot);
+    let rendered = match &destination.body_template {
+        Some(template) => Some(render_template(template, snapshot, destination, context)?),
+        None => None,
+    };
+
+    let mut headers: IndexMap<String, String> = IndexMap::new();
+    let mut body = Vec::new();
+    let method = destination.method;
+    match destination.format {
+        BodyFormat::Json => {
+            body = match rendered {
+                Some(text) => {
+                    serde_json::from_str::<Value>(&text)
+                        .map_err(|error| BuildError::TemplateJson(error.to_string()))?;
+                    text.into_bytes()
+                }
+                None => Value::Object(fields).to_string().into_bytes(),
+            };
+            headers.insert("Content-Type".to_owned(), "application/json".to_owned());
+        }
+        BodyFormat::Form => {
+            body = match rendered {
+                Some(text) => text.into_bytes(),
+                None => {
+                    let pairs: Vec<(String, String)> =
+                        fields.iter().map(|(name, value)| (name.clone(), text_of(value))).collect();
+                    serde_urlencoded::to_string(pairs).unwrap_or_default().into_bytes()
+                }
+            };
+            headers.insert("Content-Type".to_owned(), "application/x-www-form-urlencoded".to_owned());
+        }
+        BodyFormat::Query => {
+            match rendered {
+                Some(text) => {
+                    let query = text.trim().trim_start_matches('?').to_owned();
+                    let joined = match url.query() {
+                        Some(existing) if !existing.is_empty() => format!("{existing}&{query}"),
+                        _ => query,
+                    };
+                    url.set_query(Some(&joined));
+                }
+                None => {
+                    let mut pairs = url.query_pairs_mut();
+                    for (name, value) in &fields {
+                        pairs.append_pair(name, &text_of(value));
+                    }
+                }
+            };
+        }
+        BodyFormat::Xml => {
+            body = match rendered {
+                Some(text) => text.into_bytes(),
+                None => xml_document(&fields),
+            };
+            headers.insert("Content-Type".to_owned(), "application/xml".to_owned());
+        }
+    }
+    match &destination.auth {
+        Some(Auth::Basic { username, password }) => {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+            headers.insert("Authorization".to_owned(), format!("Basic {encoded}"));
+        }
+        Some(Auth::Bearer { token }) => {
+            headers.insert("Authorization".to_owned(), format!("Bearer {token}"));
+        }
+        Some(Auth::Header { name, value }) => {
+            headers.insert(name.clone(), value.clone());
+        }
+        None => {}
+    }
+    // The destination's own headers win over the defaults, except the ones set for auth.
+    for (name, value) in &destination.headers {
+        let existing = headers.keys().find(|key| key.eq_ignore_ascii_case(name)).cloned();
+        if let Some(key) = existing {
+            headers.shift_remove(&key);
+        }
+        headers.insert(name.clone(), value.clone());
+    }
+    headers.insert("User-Agent".to_owned(), concat!("leadrelay/", env!("CARGO_PKG_VERSION")).to_owned());
+    Ok(OutboundRequest { method, url, headers: headers.into_iter().collect(), body })
+}
+
+/// Header names whose values are secrets: shown as `***` wherever a request is recorded.
+pub fn secret_headers(destination: &Destination) -> Vec<String> {
+    let mut names = vec!["authorization".to_owned(), "proxy-authorization".to_owned()];
+    if let Some(Auth::Header { name, .. }) = &destination.auth {
+        names.push(name.to_ascii_lowercase());
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn destination(json: Value) -> Destination {
+        let mut base = json!({"id": "crm", "name": "CRM", "url": "http://crm.test/leads"});
+        base.as_object_mut().unwrap().extend(json.as_object().unwrap().clone());
+        serde_json::from_value(base).unwrap()
+    }
+
+    fn snapshot() -> Value {
+        json!({
+            "id": "lead_1", "flow_id": "solar", "source_id": "web",
+            "fields": {
+                "email": {"raw": " Ann@Example.com", "value": "ann@example.com", "valid": true},
+                "state": {"raw": "tx", "value": "TX", "valid": true},
+                "note": {"raw": "a < b & c", "value": "a < b & c"}
+            },
+            "appended": {}
+        })
+    }
+
+    fn context() -> DeliveryContext<'static> {
+        DeliveryContext { transfer_id: "trf_1", webhook_id: "msg_1", attempt: 1, timestamp: "2024-01-15T14:30:45.123Z" }
+    }
+
+    #[test]
+    fn json_format_sends_the_normalised_fields() {
+        let request = build_request(&destination(json!({})), &snapshot(), &context()).unwrap();
+        let body: Value = serde_json::from_slice(&request.body).unwrap();
+        assert_eq!(body, json!({"email": "ann@example.com", "state": "TX", "note": "a < b & c"}));
+        assert_eq!(request.header("content-type"), Some("application/json"));
+    }
+
+    #[test]
+    fn form_and_query_formats_encode_the_fields() {
+        let request = build_request(&destination(json!({"format": "form"})), &snapshot(), &context()).unwrap();
+        assert_eq!(String::from_utf8(request.body).unwrap(), "email=ann%40example.com&state=TX&note=a+%3C+b+%26+c");
+        let request = build_request(
+            &destination(json!({"format": "query", "method": "GET", "url": "http://crm.test/in?campaign=7"})),
+            &snapshot(),
+            &context(),
+        )
+        .unwrap();
+        assert_eq!(request.url.query(), Some("campaign=7&email=ann%40example.com&state=TX&note=a+%3C+b+%26+c"));
+        assert!(request.body.is_empty());
+    }
+
+    #[test]
+    fn xml_format_escapes_values() {
+        let request = build_request(&destination(json!({"format": "xml"})), &snapshot(), &context()).unwrap();
+        let text = String::from_utf8(request.body).unwrap();
+        assert!(text.contains("<note>a &lt; b &amp; c</note>"), "{text}");
+        assert!(text.starts_with("<?xml"), "{text}");
+    }
+
+    #[test]
+    fn body_template_sees_lead_event_and_destination() {
+        let template = r#"{"e": {{ lead.email | tojson }}, "raw": {{ lead.fields.email.raw | tojson }}, "id": "{{ lead.id }}", "w": "{{ event.webhook_id }}", "d": "{{ destination.id }}"}"#;
+        let request = build_request(&destination(json!({"body_template": template})), &snapshot(), &context()).unwrap();
+        let body: Value = serde_json::from_slice(&request.body).unwrap();
+        assert_eq!(
+            body,
+            json!({"e": "ann@example.com", "raw": " Ann@Example.com", "id": "lead_1", "w": "msg_1", "d": "crm"})
+        );
+    }
+
+    #[test]
+    fn a_json_template_that_renders_invalid_json_is_a_build_error() {
+        let error = build_request(&destination(json!({"body_template": "{{ lead.email }}"})), &snapshot(), &context())
+            .unwrap_err();
+        assert!(matches!(error, BuildError::TemplateJson(_)), "{error}");
+    }
+
+    #[test]
+    fn auth_and_headers_are_set() {
+        let request = build_request(
+            &destination(
+                json!({"auth": {"type": "basic", "username": "u", "password": "p"}, "headers": {"X-Api-Key": "k"}}),
+            ),
+            &snapshot(),
+            &context(),
+        )
+        .unwrap();
+        assert_eq!(request.header("authorization"), Some("Basic dTpw"));
+        assert_eq!(request.header("x-api-key"), Some("k"));
+        let request = build_request(
+            &destination(json!({"auth": {"type": "header", "name": "X-Token", "value": "t"}})),
+            &snapshot(),
+            &context(),
+        )
+        .unwrap();
+        assert_eq!(request.header("x-token"), Some("t"));
+    }
+}

@@ -1,0 +1,425 @@
+//! Delivery end to end: real receivers on 127.0.0.1 answering as scripted, and the exact
+//! events, register rows and requests each script leads to.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::{delivering_settings, spawn_app_with, spawn_delivering_app, TestApp};
+use crate::receiver::{Received, Receiver, Reply};
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// A flow `leads` with a source `web` and the given destinations.
+fn config(destinations: Value) -> Value {
+    let ids: Vec<Value> = destinations.as_array().unwrap().iter().map(|d| d["id"].clone()).collect();
+    json!({
+        "flows": [{
+            "id": "leads", "name": "Leads",
+            "fields": [{"name": "email", "type": "email"}, {"name": "state", "type": "state"}],
+            "destinations": ids
+        }],
+        "sources": [{"id": "web", "name": "Web", "flow_id": "leads", "price": 1.5}],
+        "destinations": destinations
+    })
+}
+
+/// A webhook destination to a receiver, with short retries so that tests never wait long.
+fn webhook(id: &str, receiver: &Receiver, extra: Value) -> Value {
+    let mut destination = json!({
+        "id": id, "name": format!("Buyer {id}"), "url": receiver.url("/leads"),
+        "timeout_ms": 2000,
+        "retry": {"max_attempts": 3, "schedule_ms": [20, 40], "jitter": 0.0}
+    });
+    destination.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    destination
+}
+
+async fn submit(app: &TestApp, email: &str) -> String {
+    let (status, answer) = app.submit("web", &json!({"email": email, "state": "TX"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    answer["lead_id"].as_str().unwrap().to_owned()
+}
+
+/// Checks a request's signature with the Standard Webhooks reference implementation.
+#[track_caller]
+fn verify_signature(secret: &str, request: &Received) {
+    let verifier = standardwebhooks::Webhook::new(secret).unwrap();
+    let mut headers = axum::http::HeaderMap::new();
+    for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+        headers.insert(name, request.header(name).unwrap().parse().unwrap());
+    }
+    verifier.verify(&request.body, &headers).expect("the signature verifies");
+}
+
+/// The timeline's types from the first delivery event on.
+fn delivery_part(types: &[String]) -> Vec<&str> {
+    let start =
+        types.iter().position(|t| t.starts_with("recipient.") || t.starts_with("retry.")).unwrap_or(types.len());
+    types[start..].iter().map(String::as_str).collect()
+}
+
+#[tokio::test]
+async fn a_background_delivery_sends_the_fields_signed_and_records_the_answer() {
+    let receiver = Receiver::start(vec![Reply::status(200).body(r#"{"id":"B-1","price":"7.25"}"#)]).await;
+    let app = spawn_delivering_app().await;
+    app.apply(&config(json!([webhook(
+        "crm",
+        &receiver,
+        json!({"signing_secret": SECRET, "capture": {"buyer_id": "$.id", "price": "$.price"}, "headers": {"X-Api-Key": "k1"}})
+    )])))
+    .await;
+    let lead_id = submit(&app, "Ann@Example.com").await;
+
+    let types = app.timeline_until(&lead_id, "recipient.delivered").await;
+    assert_eq!(types, ["source.submitted", "source.accepted", "flow.completed", "recipient.delivered"]);
+    let request = &receiver.received()[0];
+    assert_eq!(request.json(), json!({"email": "ann@example.com", "state": "TX"}));
+    assert_eq!(request.header("x-api-key"), Some("k1"));
+    assert_eq!(request.header("content-type"), Some("application/json"));
+
+    let transfer = app.transfer(&lead_id, "crm").await;
+    assert_eq!(transfer["status"], "success");
+    assert_eq!(transfer["attempts"], 1);
+    assert_eq!(transfer["description"], "Delivered to Buyer crm (HTTP 200)");
+    assert_eq!(request.header("webhook-id"), transfer["transfer_id"].as_str());
+
+    verify_signature(SECRET, request);
+
+    let timeline = app.timeline(&lead_id).await;
+    let delivered = timeline.iter().find(|e| e["type"] == "recipient.delivered").unwrap();
+    assert_eq!(delivered["status"], "success");
+    assert_eq!(delivered["outcome"], "success");
+    assert_eq!(delivered["response_code"], 200);
+    assert_eq!(delivered["attempt"], 1);
+    assert_eq!(delivered["price"], 7.25);
+    assert_eq!(delivered["integration"], "webhook");
+    assert_eq!(delivered["data"]["captured"], json!({"buyer_id": "B-1", "price": "7.25"}));
+    assert_eq!(delivered["data"]["response"]["body"], r#"{"id":"B-1","price":"7.25"}"#);
+    assert_eq!(delivered["data"]["request"]["headers"]["X-Api-Key"], "k1");
+    assert_eq!(delivered["lead"]["fields"]["email"]["value"], "ann@example.com");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_destination_failing_twice_is_retried_until_it_accepts() {
+    let receiver = Receiver::start(vec![Reply::status(500), Reply::status(503), Reply::status(200)]).await;
+    let app = spawn_delivering_app().await;
+    app.apply(&config(json!([webhook("crm", &receiver, json!({"signing_secret": SECRET}))]))).await;
+    let lead_id = submit(&app, "retry@example.com").await;
+
+    let types = app.timeline_until(&lead_id, "recipient.delivered").await;
+    assert_eq!(
+        delivery_part(&types),
+        [
+            "recipient.error",
+            "retry.scheduled",
+            "retry.attempted",
+            "recipient.error",
+            "retry.scheduled",
+            "retry.attempted",
+            "recipient.delivered"
+        ]
+    );
+    let requests = receiver.received();
+    assert_eq!(requests.len(), 3);
+    // One webhook id for every attempt of the transfer.
+    let ids: Vec<_> = requests.iter().map(|r| r.header("webhook-id").unwrap().to_owned()).collect();
+    assert!(ids.iter().all(|id| id == &ids[0]), "{ids:?}");
+    let transfer = app.transfer(&lead_id, "crm").await;
+    assert_eq!(transfer["status"], "success");
+    assert_eq!(transfer["attempts"], 3);
+    let timeline = app.timeline(&lead_id).await;
+    let errors: Vec<&Value> = timeline.iter().filter(|e| e["type"] == "recipient.error").collect();
+    assert_eq!(errors[0]["reason"], "HTTP 500 from destination");
+    assert_eq!(errors[0]["status"], "error");
+    assert_eq!(errors[1]["attempt"], 2);
+    let scheduled = timeline.iter().find(|e| e["type"] == "retry.scheduled").unwrap();
+    assert_eq!(scheduled["status"], "new");
+    assert_eq!(scheduled["data"]["delay_ms"], 20);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_business_refusal_is_recorded_once_and_never_retried() {
+    let receiver = Receiver::start(vec![Reply::status(422).body("invalid state")]).await;
+    let app = spawn_delivering_app().await;
+    app.apply(&config(json!([webhook("crm", &receiver, json!({}))]))).await;
+    let lead_id = submit(&app, "refused@example.com").await;
+
+    let types = app.timeline_until(&lead_id, "recipient.failed").await;
+    assert_eq!(delivery_part(&types), ["recipient.failed"]);
+    let transfer = app.transfer(&lead_id, "crm").await;
+    assert_eq!(transfer["status"], "error");
+    assert_eq!(transfer["attempts"], 1);
+    assert_eq!(transfer["description"], "Refused by Buyer crm: HTTP 422 is outside the success range 200-399");
+    let failed = app.timeline(&lead_id).await.into_iter().find(|e| e["type"] == "recipient.failed").unwrap();
+    assert_eq!(failed["outcome"], "failure");
+    assert_eq!(failed["data"]["response"]["body"], "invalid state");
+    // Not in the not-integrated collection: nothing was abandoned.
+    let collection = app.get_json("/api/v1/not-integrated").await;
+    assert_eq!(collection["items"], json!([]));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_unexpected_answer_is_a_business_refusal() {
+    let receiver = Receiver::start(vec![Reply::status(200).body(r#"{"result":"duplicate"}"#)]).await;
+    let app = spawn_delivering_app().await;
+    app.apply(&config(json!([webhook(
+        "crm",
+        &receiver,
+        json!({"success": {"json_path": "$.result", "json_equals": "accepted"}})
+    )])))
+    .await;
+    let lead_id = submit(&app, "wrong-body@example.com").await;
+    app.timeline_until(&lead_id, "recipient.failed").await;
+    let failed = app.timeline(&lead_id).await.into_iter().find(|e| e["type"] == "recipient.failed").unwrap();
+    assert_eq!(failed["reason"], r#"response $.result is "duplicate", expected "accepted""#);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn retries_exhausted_abandon_the_transfer_to_the_not_integrated_collection() {
+    let receiver = Receiver::start(vec![Reply::status(502)]).await;
+    let app = spawn_delivering_app().await;
+    app.apply(&config(json!([webhook("crm", &receiver, json!({}))]))).await;
+    let lead_id = submit(&app, "abandoned@example.com").await;
+
+    let types = app.timeline_until(&lead_id, "delivery.abandoned").await;
+    assert_eq!(
+        delivery_part(&types),
+        [
+            "recipient.error",
+            "retry.scheduled",
+            "retry.attempted",
+            "recipient.error",
+            "retry.scheduled",
+            "retry.attempted",
+            "recipient.error",
+            "delivery.abandoned"
+        ]
+    );
+    assert_eq!(receiver.received().len(), 3);
+    let transfer = app.transfer(&lead_id, "crm").await;
+    assert_eq!(transfer["status"], "error");
+    assert_eq!(transfer["description"], "Abandoned after 3 attempts: HTTP 502 from destination");
+    let collection = app.get_json("/api/v1/not-integrated").await;
+    assert_eq!(collection["items"].as_array().unwrap().len(), 1);
+    assert_eq!(collection["items"][0]["transfer_id"], transfer["transfer_id"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_timeout_is_a_technical_failure() {
+    let receiver = Receiver::start(vec![Reply::status(200).delay(Duration::from_secs(5)), Reply::status(200)]).await;
+    let app = spawn_delivering_app().await;
+    app.apply(&config(json!([webhook("crm", &receiver, json!({"timeout_ms": 100}))]))).await;
+    let lead_id = submit(&app, "slow@example.com").await;
+    let types = app.timeline_until(&lead_id, "recipient.delivered").await;
+    assert_eq!(delivery_part(&types), ["recipient.error", "retry.scheduled", "retry.attempted", "recipient.delivered"]);
+    let error = app.timeline(&lead_id).await.into_iter().find(|e| e["type"] == "recipient.error").unwrap();
+    assert_eq!(error["reason"], "timed out after 100 ms");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn too_many_requests_waits_as_long_as_retry_after_asks() {
+    let receiver = Receiver::start(vec![Reply::status(429).header("Retry-After", "1"), Reply::status(201)]).await;
+    let app = spawn_delivering_app().await;
+    app.apply(&config(json!([webhook("crm", &receiver, json!({}))]))).await;
+    let lead_id = submit(&app, "throttled@example.com").await;
+    app.timeline_until(&lead_id, "recipient.delivered").await;
+    let timeline = app.timeline(&lead_id).await;
+    let scheduled = timeline.iter().find(|e| e["type"] == "retry.scheduled").unwrap();
+    assert_eq!(scheduled["data"]["retry_after_ms"], 1000);
+    assert_eq!(scheduled["data"]["delay_ms"], 1000);
+    let error = timeline.iter().find(|e| e["type"] == "recipient.error").unwrap();
+    assert_eq!(error["response_code"], 429);
+    // A destination configured without a secret was given one: every webhook is signed.
+    let requests = receiver.received();
+    assert!(requests.iter().all(|r| r.header("webhook-signature").is_some_and(|s| s.starts_with("v1,"))));
+    let secret = app.get_json("/api/v1/destinations/crm").await["signing_secret"].as_str().unwrap().to_owned();
+    verify_signature(&secret, &requests[1]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_realtime_destination_answers_within_the_submission() {
+    let receiver = Receiver::start(vec![Reply::status(200).body(r#"{"accepted":true}"#)]).await;
+    let app = spawn_delivering_app().await;
+    app.apply(&config(json!([webhook("crm", &receiver, json!({"mode": "realtime", "price": 12.0}))]))).await;
+    let (status, answer) = app.submit("web", &json!({"email": "now@example.com", "state": "TX"})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let deliveries = answer["deliveries"].as_array().unwrap();
+    assert_eq!(deliveries.len(), 1, "{answer}");
+    assert_eq!(deliveries[0]["destination_id"], "crm");
+    assert_eq!(deliveries[0]["outcome"], "success");
+    assert_eq!(deliveries[0]["status"], "success");
+    assert_eq!(deliveries[0]["response_code"], 200);
+    assert_eq!(deliveries[0]["price"], 12.0);
+    let lead_id = answer["lead_id"].as_str().unwrap();
+    // Already recorded when the answer came.
+    let types = app.timeline_types(lead_id).await;
+    assert_eq!(types, ["source.submitted", "source.accepted", "recipient.delivered", "flow.completed"]);
+    assert_eq!(receiver.received().len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_realtime_delivery_continues_in_the_background() {
+    let receiver = Receiver::start(vec![Reply::status(500), Reply::status(200)]).await;
+    let app = spawn_delivering_app().await;
+    app.apply(&config(json!([webhook("crm", &receiver, json!({"mode": "realtime"}))]))).await;
+    let (_, answer) = app.submit("web", &json!({"email": "later@example.com", "state": "TX"})).await;
+    assert_eq!(answer["deliveries"][0]["outcome"], "error");
+    assert_eq!(answer["deliveries"][0]["retrying"], true);
+    let lead_id = answer["lead_id"].as_str().unwrap();
+    let types = app.timeline_until(lead_id, "recipient.delivered").await;
+    assert_eq!(
+        types,
+        [
+            "source.submitted",
+            "source.accepted",
+            "recipient.error",
+            "retry.scheduled",
+            "flow.completed",
+            "retry.attempted",
+            "recipient.delivered"
+        ]
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_disabled_destination_holds_its_transfers_until_it_is_enabled() {
+    let receiver = Receiver::start(vec![Reply::status(200)]).await;
+    let app = spawn_delivering_app().await;
+    let destination = webhook("crm", &receiver, json!({"enabled": false}));
+    app.apply(&config(json!([destination.clone()]))).await;
+    let lead_id = submit(&app, "held@example.com").await;
+    let transfer = app.transfer(&lead_id, "crm").await;
+    assert_eq!(transfer["status"], "new");
+    assert_eq!(transfer["description"], "Held: destination Buyer crm is disabled");
+
+    let mut enabled = destination;
+    enabled["enabled"] = json!(true);
+    let response = app.put_admin("/api/v1/destinations/crm", &enabled).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    app.timeline_until(&lead_id, "recipient.delivered").await;
+    assert_eq!(receiver.received().len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_destination_does_not_hold_up_another() {
+    let slow = Receiver::start(vec![Reply::status(200).delay(Duration::from_secs(30))]).await;
+    let fast = Receiver::start(vec![Reply::status(200)]).await;
+    let app = spawn_delivering_app().await;
+    app.apply(&config(json!([
+        webhook("slow", &slow, json!({"concurrency": 1, "timeout_ms": 60000})),
+        webhook("fast", &fast, json!({"concurrency": 1}))
+    ])))
+    .await;
+    let mut leads = Vec::new();
+    for index in 0..5 {
+        leads.push(submit(&app, &format!("lead{index}@example.com")).await);
+    }
+    // Every lead reaches the fast destination while the slow one still holds its first.
+    fast.wait_for(5).await;
+    for lead_id in &leads {
+        app.timeline_until(lead_id, "recipient.delivered").await;
+    }
+    assert_eq!(slow.received().len(), 1);
+    // The server stops without waiting for the slow call: it releases it.
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn form_format_and_basic_auth_reach_the_receiver() {
+    let receiver = Receiver::start(vec![Reply::status(200)]).await;
+    let app = spawn_delivering_app().await;
+    app.apply(&config(json!([webhook(
+        "crm",
+        &receiver,
+        json!({"format": "form", "auth": {"type": "basic", "username": "u", "password": "secret"}})
+    )])))
+    .await;
+    let lead_id = submit(&app, "form@example.com").await;
+    app.timeline_until(&lead_id, "recipient.delivered").await;
+    let request = &receiver.received()[0];
+    assert_eq!(std::str::from_utf8(&request.body).unwrap(), "email=form%40example.com&state=TX");
+    assert_eq!(request.header("authorization"), Some("Basic dTpzZWNyZXQ="));
+    // The recorded request never shows the credentials.
+    let delivered = app.timeline(&lead_id).await.into_iter().find(|e| e["type"] == "recipient.delivered").unwrap();
+    assert_eq!(delivered["data"]["request"]["headers"]["Authorization"], "***");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn loopback_destinations_are_refused_by_default_and_never_called() {
+    let receiver = Receiver::start(vec![Reply::status(200)]).await;
+    let app = spawn_app_with(delivering_settings(Default::default())).await;
+    let by_name = webhook("by-name", &receiver, json!({}));
+    let mut by_name = by_name;
+    by_name["url"] = json!(receiver.url("/leads").replace("127.0.0.1", "crm.test"));
+    app.apply(&config(json!([webhook("by-address", &receiver, json!({})), by_name]))).await;
+    let lead_id = submit(&app, "ssrf@example.com").await;
+    let types = app.timeline_until(&lead_id, "delivery.abandoned").await;
+    // Both transfers are abandoned at once: a refused address is not retried.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let timeline = loop {
+        let timeline = app.timeline(&lead_id).await;
+        if timeline.iter().filter(|e| e["type"] == "delivery.abandoned").count() == 2 {
+            break timeline;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{types:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let reasons: Vec<&str> =
+        timeline.iter().filter(|e| e["type"] == "recipient.error").map(|e| e["reason"].as_str().unwrap()).collect();
+    assert!(reasons.iter().any(|r| r.starts_with("127.0.0.1 is a loopback address")), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("crm.test resolves only to addresses that are not allowed")),
+        "{reasons:?}"
+    );
+    assert!(receiver.received().is_empty());
+    assert_eq!(app.get_json("/api/v1/not-integrated").await["items"].as_array().unwrap().len(), 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn testing_a_destination_sends_a_sample_and_returns_the_answer() {
+    let receiver = Receiver::start(vec![Reply::status(202).body("queued")]).await;
+    let app = spawn_delivering_app().await;
+    app.apply(&config(json!([webhook("crm", &receiver, json!({"signing_secret": SECRET}))]))).await;
+    let response = app.post_admin("/api/v1/destinations/crm/test", &json!({"email": "sample@example.com"})).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["outcome"], "success", "{answer}");
+    assert_eq!(answer["response"]["status"], 202);
+    assert_eq!(answer["response"]["body"], "queued");
+    let request = &receiver.received()[0];
+    assert_eq!(request.json()["email"], "sample@example.com");
+    assert!(request.header("webhook-signature").is_some());
+    let missing = app.post_admin("/api/v1/destinations/nope/test", &json!({})).await;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn query_format_sends_the_fields_in_the_url() {
+    let receiver = Receiver::start(vec![Reply::status(200)]).await;
+    let app = spawn_delivering_app().await;
+    let mut destination = webhook("crm", &receiver, json!({"format": "query", "method": "GET"}));
+    destination["url"] = json!(receiver.url("/in?campaign=7"));
+    app.apply(&config(json!([destination]))).await;
+    let lead_id = submit(&app, "query@example.com").await;
+    app.timeline_until(&lead_id, "recipient.delivered").await;
+    let request = &receiver.received()[0];
+    assert_eq!(request.method, axum::http::Method::GET);
+    assert_eq!(request.uri.to_string(), "/in?campaign=7&email=query%40example.com&state=TX");
+    assert!(request.body.is_empty());
+    app.stop().await;
+}

@@ -1,0 +1,129 @@
+//! What crosses the store for delivery: claims of due transfers (with leases that expire when
+//! a node dies), the records of attempts (events and the transfer's new state, written in one
+//! transaction), and resends.
+
+use leadrelay_domain::chain::{content_digest, Hash};
+use leadrelay_domain::event::{NewEvent, RegisterStatus};
+use leadrelay_domain::time::Millis;
+use serde_json::Value;
+
+/// A request for due transfers of one destination.
+#[derive(Clone, Debug)]
+pub struct DeliveryClaim {
+    pub destination_id: String,
+    /// The node claiming; its leases are its own until they expire.
+    pub owner: String,
+    pub now: Millis,
+    /// How long the claim holds: past it, another node may claim the transfer again.
+    pub lease_ms: i64,
+    pub limit: usize,
+}
+
+/// A transfer claimed for delivery, with the lead as it is now.
+#[derive(Clone, Debug)]
+pub struct ClaimedTransfer {
+    pub transfer_id: String,
+    pub lead_id: String,
+    pub flow_id: String,
+    pub source_id: String,
+    pub destination_id: String,
+    /// Attempts made before this claim.
+    pub attempts: u32,
+    /// `attempts` when the transfer was last resent: the retry schedule counts from there.
+    pub retry_base: u32,
+    pub created_at: Millis,
+    /// The lead's current snapshot, which the delivery's events carry.
+    pub snapshot_id: i64,
+    pub snapshot: String,
+    pub snapshot_digest: Hash,
+}
+
+/// An event about an existing lead, encoded for the log: it shares the lead's stored snapshot.
+#[derive(Clone, Debug)]
+pub struct LoggedEvent {
+    pub event: NewEvent,
+    pub data_json: String,
+    pub snapshot_id: i64,
+    pub content: Hash,
+}
+
+impl LoggedEvent {
+    pub fn new(mut event: NewEvent, snapshot_id: i64, snapshot_digest: &Hash) -> Self {
+        let data_json = event.data.to_string();
+        event.data = Value::Null;
+        event.lead = std::sync::Arc::new(Value::Null);
+        let content = content_digest(&data_json, snapshot_digest);
+        Self { event, data_json, snapshot_id, content }
+    }
+}
+
+/// Where a transfer stands after an attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransferState {
+    /// Waiting for its next attempt at `due_at`.
+    Pending { due_at: Millis },
+    /// Nothing more to do: delivered, refused, or skipped.
+    Done,
+    /// Retries exhausted: in the not-integrated collection until resent.
+    Abandoned,
+}
+
+impl TransferState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransferState::Pending { .. } => "pending",
+            TransferState::Done => "done",
+            TransferState::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// A transfer's new state.
+#[derive(Clone, Debug)]
+pub struct TransferUpdate {
+    pub transfer_id: String,
+    /// The lease holder recording the update. When another node holds the transfer now
+    /// (this lease expired and it was claimed again), the events are still written (the
+    /// attempt happened) but the state is left to the new holder.
+    pub owner: Option<String>,
+    pub status: RegisterStatus,
+    pub description: String,
+    pub state: TransferState,
+    pub attempts: u32,
+    pub updated_at: Millis,
+    /// Set by a resend: the retry schedule starts over from this many attempts.
+    pub retry_base: Option<u32>,
+}
+
+/// One attempt's stored row, beside its events.
+#[derive(Clone, Debug)]
+pub struct AttemptRow {
+    pub transfer_id: String,
+    pub attempt: u32,
+    pub started_at: Millis,
+    pub duration_ms: i64,
+    pub outcome: &'static str,
+    pub response_code: Option<i64>,
+    /// The event that holds the request sent and the response received.
+    pub event_id: String,
+}
+
+/// Everything one delivery step writes, in one transaction.
+#[derive(Clone, Debug)]
+pub struct DeliveryRecord {
+    pub events: Vec<LoggedEvent>,
+    pub update: Option<TransferUpdate>,
+    pub attempt: Option<AttemptRow>,
+}
+
+/// How a resend ended for one transfer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResendOutcome {
+    /// Queued again: due now, with a `delivery.resent` event.
+    Queued,
+    NotFound,
+    /// A transfer to no destination (a rejected lead) has nothing to resend.
+    NoDestination,
+    /// It is being delivered right now or is already queued.
+    AlreadyQueued,
+}
