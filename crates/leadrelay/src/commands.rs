@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use leadrelay_delivery::guard::EgressPolicy;
 use leadrelay_domain::config::{parse_json, parse_yaml, ConfigChange, ConfigDocument};
 use leadrelay_domain::event::{EventType, RegisterStatus};
 use leadrelay_domain::ids::TokenId;
@@ -42,6 +43,7 @@ pub struct ServeOptions {
     pub listen: String,
     pub config: Option<std::path::PathBuf>,
     pub allow_private_destinations: bool,
+    pub allow_networks: Vec<ipnet::IpNet>,
     pub max_body_bytes: usize,
 }
 
@@ -101,7 +103,12 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<ExitCode> {
     if options.allow_private_destinations {
         tracing::warn!("outbound calls may reach loopback and private addresses (--allow-private-destinations)");
     }
-    let settings = Settings { max_body_bytes: options.max_body_bytes, ..Settings::default() };
+    for network in &options.allow_networks {
+        tracing::warn!(%network, "outbound calls may reach this network (--allow-network)");
+    }
+    let egress =
+        EgressPolicy { allow_private: options.allow_private_destinations, allow_list: options.allow_networks.clone() };
+    let settings = Settings { max_body_bytes: options.max_body_bytes, egress, ..Settings::default() };
     let state = AppState::new(store.clone(), settings).await.context("while loading the configuration")?;
     let listener = tokio::net::TcpListener::bind(&options.listen)
         .await

@@ -71,9 +71,14 @@ enum Command {
         /// A configuration file (YAML or JSON) to apply at start.
         #[arg(long, env = "LEADRELAY_CONFIG")]
         config: Option<PathBuf>,
-        /// Let destinations, enhancements and postbacks reach loopback and private addresses.
+        /// Let destinations, enhancements and postbacks reach loopback and private addresses
+        /// (cloud metadata addresses stay refused unless listed with --allow-network).
         #[arg(long, env = "LEADRELAY_ALLOW_PRIVATE_DESTINATIONS")]
         allow_private_destinations: bool,
+        /// A network outbound calls may reach whatever its class, such as a CRM at
+        /// 10.1.2.0/24; repeat the flag or separate networks with commas.
+        #[arg(long = "allow-network", env = "LEADRELAY_ALLOW_NETWORKS", value_delimiter = ',', value_name = "CIDR")]
+        allow_networks: Vec<ipnet::IpNet>,
         /// Largest accepted request body, in bytes.
         #[arg(long, env = "LEADRELAY_MAX_BODY_BYTES", default_value_t = 1 << 20)]
         max_body_bytes: usize,
@@ -153,12 +158,13 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve { store, listen, config, allow_private_destinations, max_body_bytes } => {
+            Command::Serve { store, listen, config, allow_private_destinations, allow_networks, max_body_bytes } => {
                 let options = commands::ServeOptions {
                     database_url: store.database_url,
                     listen,
                     config,
                     allow_private_destinations,
+                    allow_networks,
                     max_body_bytes,
                 };
                 commands::serve(options).await

@@ -2,4 +2,5 @@
 
 mod cli;
 mod crash;
+mod delivery_crash;
 mod process;
