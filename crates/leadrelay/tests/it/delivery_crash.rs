@@ -13,6 +13,9 @@ use crate::process::{run, write_config, Server, ADMIN_TOKEN};
 
 const LEADS: usize = 150;
 
+/// The webhook ids received, and a signal for each arrival.
+type ReceiverState = (Arc<Mutex<Vec<String>>>, Arc<Notify>);
+
 /// A receiver that takes a while to answer, so that deliveries are in flight at the kill.
 struct SlowReceiver {
     address: String,
@@ -26,8 +29,7 @@ impl SlowReceiver {
         let arrived = Arc::new(Notify::new());
         let state = (webhook_ids.clone(), arrived.clone());
         let app = axum::Router::new().fallback(
-            |axum::extract::State((ids, arrived)): axum::extract::State<(Arc<Mutex<Vec<String>>>, Arc<Notify>)>,
-             headers: HeaderMap| async move {
+            |axum::extract::State((ids, arrived)): axum::extract::State<ReceiverState>, headers: HeaderMap| async move {
                 let id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
                 ids.lock().unwrap().push(id);
                 arrived.notify_waiters();
