@@ -81,6 +81,11 @@ prefixed_id!(
     TokenId,
     "tok_"
 );
+prefixed_id!(
+    /// A background job (a bulk resend), `job_` + ULID.
+    JobId,
+    "job_"
+);
 
 /// Checks a user-chosen configuration id: 1–64 characters of `a-z`, `0-9`, `-`, `_`,
 /// starting with a letter or digit.

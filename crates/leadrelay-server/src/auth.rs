@@ -26,9 +26,15 @@ pub fn new_token_value() -> String {
     format!("lr_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
+/// Who made an authenticated request: the name of the token used.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub name: String,
+}
+
 pub async fn require_admin(
     State(state): State<Arc<AppState>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let header = request.headers().get(AUTHORIZATION).and_then(|value| value.to_str().ok());
@@ -44,5 +50,6 @@ pub async fn require_admin(
     if record.role != Role::Admin {
         return Err(ApiError::Forbidden("this endpoint needs an admin token"));
     }
+    request.extensions_mut().insert(Caller { name: record.name });
     Ok(next.run(request).await)
 }

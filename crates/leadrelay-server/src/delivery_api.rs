@@ -4,18 +4,21 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::{Json, Router};
 use leadrelay_delivery::attempt::AttemptVerdict;
 use leadrelay_delivery::judge::Verdict;
 use leadrelay_domain::config::FieldDef;
 use leadrelay_domain::fields::{parse_field, FieldType};
 use leadrelay_domain::time::{format_millis, now_millis};
-use leadrelay_store::Cursor;
+use leadrelay_store::{Cursor, JobRecord, ResendOutcome, ResendRequest};
 use serde_json::{json, Map, Value};
 
-use crate::params::{register_query, Params, REGISTER_PARAMS};
+use crate::auth::Caller;
+use crate::params::{json_object_body, register_query, Params, REGISTER_PARAMS};
 use crate::read_api::{json_response, PageBody};
 use crate::{ApiError, ApiResult, AppState};
 
@@ -23,6 +26,9 @@ pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/api/v1/not-integrated", get(not_integrated))
         .route("/api/v1/destinations/{id}/test", post(test_destination))
+        .route("/api/v1/register/resend", post(resend_matching))
+        .route("/api/v1/register/{transfer_id}/resend", post(resend_one))
+        .route("/api/v1/jobs/{job_id}", get(get_job))
 }
 
 /// Transfers whose retries ran out: the not-integrated collection, with the register's filters.
@@ -103,14 +109,7 @@ pub(crate) async fn test_destination(
         .destinations
         .get(&id)
         .ok_or_else(|| ApiError::not_found("destination_not_found", format!("no destination {id:?}")))?;
-    let fields = if body.iter().all(u8::is_ascii_whitespace) {
-        Map::new()
-    } else {
-        match serde_json::from_slice::<Value>(&body) {
-            Ok(Value::Object(fields)) => fields,
-            _ => return Err(ApiError::bad_request("invalid_json", "body must be a JSON object of sample fields")),
-        }
-    };
+    let fields = json_object_body(&body, "sample fields")?;
     let defined: Vec<&FieldDef> = config
         .flows
         .values()
@@ -137,4 +136,79 @@ pub(crate) async fn test_destination(
         "request": report.request,
         "response": report.response,
     })))
+}
+
+/// Queues one transfer again with its destination's current configuration; its retries
+/// start over. Works on abandoned (not-integrated) transfers too.
+#[utoipa::path(post, path = "/api/v1/register/{transfer_id}/resend", tag = "register",
+    params(("transfer_id" = String, Path, description = "The transfer's id")),
+    responses((status = 200, description = "Queued again", body = Object),
+              (status = 404, description = "No such transfer", body = crate::openapi::ErrorBody),
+              (status = 409, description = "Nothing to resend, or it is being delivered right now", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn resend_one(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(transfer_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let config = state.config();
+    let request = ResendRequest { transfer_ids: vec![transfer_id.clone()], actor: caller.name, now: now_millis() };
+    // The destination must still exist: check the transfer before queueing it.
+    let held = state.store.held_transfers(std::slice::from_ref(&transfer_id)).await?;
+    if let Some(transfer) = held.first() {
+        if !config.destinations.contains_key(&transfer.destination_id) {
+            return Err(ApiError::Conflict(format!(
+                "destination {:?} of transfer {transfer_id} no longer exists",
+                transfer.destination_id
+            )));
+        }
+    }
+    let outcome = state.store.resend_transfers(request).await?.pop().map(|(_, outcome)| outcome);
+    match outcome {
+        Some(ResendOutcome::Queued) => {
+            state.delivery.wake();
+            Ok(Json(json!({"transfer_id": transfer_id, "outcome": "queued", "status": "new"})))
+        }
+        Some(ResendOutcome::NoDestination) => Err(ApiError::Conflict(format!(
+            "transfer {transfer_id} went to no destination (the lead stopped before delivery): nothing to resend"
+        ))),
+        Some(ResendOutcome::AlreadyQueued) => {
+            Err(ApiError::Conflict(format!("transfer {transfer_id} is being delivered right now")))
+        }
+        Some(ResendOutcome::NotFound) | None => {
+            Err(ApiError::not_found("transfer_not_found", format!("no transfer {transfer_id:?}")))
+        }
+    }
+}
+
+/// Resends every transfer matching a register filter (`status`, `lead_id`, `source_id`,
+/// `destination_id`, `flow_id`, `start`, `end`, and `not_integrated`) as a background job.
+#[utoipa::path(post, path = "/api/v1/register/resend", tag = "register",
+    request_body(content = Object, description = "The register filter", content_type = "application/json"),
+    responses((status = 202, description = "The job, running", body = Object),
+              (status = 400, description = "The filter is invalid", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn resend_matching(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<JobRecord>)> {
+    let params = Value::Object(json_object_body(&body, "filters")?);
+    let job = crate::jobs::start_resend(&state, params, &caller.name).await?;
+    Ok((StatusCode::ACCEPTED, Json(job)))
+}
+
+/// A background job's progress.
+#[utoipa::path(get, path = "/api/v1/jobs/{job_id}", tag = "register",
+    params(("job_id" = String, Path, description = "The job's id")),
+    responses((status = 200, description = "The job", body = Object),
+              (status = 404, description = "No such job", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn get_job(
+    State(state): State<Arc<AppState>>,
+    Path(job_id): Path<String>,
+) -> ApiResult<Json<JobRecord>> {
+    state
+        .store
+        .job(&job_id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("job_not_found", format!("no job {job_id:?}")))
 }

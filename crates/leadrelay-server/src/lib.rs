@@ -9,6 +9,7 @@ mod delivery_api;
 mod error;
 pub mod export;
 mod intake;
+mod jobs;
 mod openapi;
 mod params;
 mod read_api;
@@ -200,6 +201,9 @@ pub async fn serve(
     };
     let dispatcher =
         state.settings.dispatch.then(|| tokio::spawn(state.delivery.clone().run(until_stopped(stopped.clone()))));
+    if let Err(error) = jobs::resume(&state).await {
+        tracing::error!(%error, "could not resume the jobs left running");
+    }
     let served = axum::serve(listener, router(state)).with_graceful_shutdown(until_stopped(stopped)).await;
     if let Some(dispatcher) = dispatcher {
         if let Err(error) = dispatcher.await {

@@ -174,6 +174,50 @@ pub fn lead_query(params: &Params) -> ApiResult<LeadQuery> {
 pub const REGISTER_PARAMS: &[&str] =
     &["status", "lead_id", "source_id", "destination_id", "flow_id", "start", "end", "limit", "sort", "cursor"];
 
+/// The filter of a bulk resend: the register's filters, and `not_integrated` for only the
+/// abandoned transfers.
+pub const RESEND_PARAMS: &[&str] =
+    &["status", "lead_id", "source_id", "destination_id", "flow_id", "start", "end", "not_integrated"];
+
+impl Params {
+    /// Parameters given as a JSON object (a request body) rather than a query string.
+    pub fn from_json(body: &[u8], known: &[&str]) -> ApiResult<Self> {
+        let object = json_object_body(body, "filters")?;
+        let mut pairs = Vec::new();
+        for (name, value) in object {
+            let text = match value {
+                serde_json::Value::Null => continue,
+                serde_json::Value::String(text) => text,
+                serde_json::Value::Bool(_) | serde_json::Value::Number(_) => value.to_string(),
+                _ => return Err(invalid(&name, "must be a string, a number or a boolean")),
+            };
+            pairs.push((name, text));
+        }
+        let query = serde_urlencoded::to_string(pairs).map_err(|error| ApiError::Internal(error.to_string()))?;
+        Self::parse(Some(&query), known)
+    }
+
+    pub fn flag(&self, name: &str) -> ApiResult<bool> {
+        match self.text(name).as_deref() {
+            None | Some("false") => Ok(false),
+            Some("true") => Ok(true),
+            Some(other) => Err(invalid(name, format!("must be true or false, not {other:?}"))),
+        }
+    }
+}
+
+/// A request body that must be a JSON object (of `what`); an empty body is an empty object.
+pub fn json_object_body(body: &[u8], what: &str) -> ApiResult<serde_json::Map<String, serde_json::Value>> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Map::new());
+    }
+    match serde_json::from_slice(body) {
+        Ok(serde_json::Value::Object(object)) => Ok(object),
+        Ok(_) => Err(ApiError::bad_request("invalid_json", format!("body must be a JSON object of {what}"))),
+        Err(error) => Err(ApiError::bad_request("invalid_json", format!("body is not valid JSON: {error}"))),
+    }
+}
+
 pub fn register_query(params: &Params) -> ApiResult<RegisterQuery> {
     let (start, end) = params.range()?;
     Ok(RegisterQuery {

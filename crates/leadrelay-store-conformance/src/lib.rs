@@ -8,11 +8,14 @@ use std::sync::Arc;
 
 use leadrelay_domain::compiled::CompiledRules;
 use leadrelay_domain::config::{parse_value, ConfigChange, ConfigDocument, ConfigKind, ConfigObject, WriteMode};
+use leadrelay_domain::event::{EventType, NewEvent, RegisterStatus};
+use leadrelay_domain::ids::{LeadId, TransferId};
 use leadrelay_domain::pipeline::{decide, prepare, Intake};
 use leadrelay_domain::time::now_millis;
 use leadrelay_store::{
-    events_page, CommitOutcome, ConfigWriteError, EventQuery, IdempotencyRecord, NewToken, RegisterQuery, Role,
-    SortOrder, Store, StoredAnswer, Submission,
+    events_page, AttemptRow, ClaimedTransfer, CommitOutcome, ConfigWriteError, DeliveryClaim, DeliveryRecord,
+    EventQuery, IdempotencyRecord, JobRecord, LoggedEvent, NewToken, RegisterQuery, ResendOutcome, ResendRequest, Role,
+    SortOrder, Store, StoredAnswer, Submission, TransferState, TransferUpdate,
 };
 use serde_json::{json, Value};
 
@@ -253,4 +256,156 @@ pub async fn event_lines_render_like_stored_events(store: Arc<dyn Store>) {
     let none = EventQuery { start: Some(now + 86_400_000), ..query };
     let empty = store.scan_event_lines(&none, None, 1000, &["id"]).await.expect("lines");
     assert_eq!((empty.count, empty.last, empty.ndjson.as_str()), (0, None, ""));
+}
+
+fn claim(owner: &str, now: i64, limit: usize) -> DeliveryClaim {
+    DeliveryClaim { destination_id: "crm".into(), owner: owner.into(), now, lease_ms: 60_000, limit }
+}
+
+/// A delivery step that ends a transfer: delivered, with its event.
+fn delivered(claimed: &ClaimedTransfer, owner: &str, now: i64) -> DeliveryRecord {
+    let mut event = NewEvent::about(
+        EventType::RecipientDelivered,
+        now,
+        &LeadId::from_stored(claimed.lead_id.clone()),
+        &claimed.flow_id,
+        &claimed.source_id,
+    );
+    event.destination_id = Some(claimed.destination_id.clone());
+    event.transfer_id = Some(TransferId::from_stored(claimed.transfer_id.clone()));
+    event.status = Some(RegisterStatus::Success);
+    event.attempt = Some(1);
+    let event_id = event.id.as_str().to_owned();
+    DeliveryRecord {
+        events: vec![LoggedEvent::new(event, claimed.snapshot_id, &claimed.snapshot_digest)],
+        update: Some(TransferUpdate {
+            transfer_id: claimed.transfer_id.clone(),
+            owner: Some(owner.into()),
+            status: RegisterStatus::Success,
+            description: "Delivered".into(),
+            state: TransferState::Done,
+            attempts: claimed.attempts + 1,
+            updated_at: now,
+            retry_base: None,
+        }),
+        attempt: Some(AttemptRow {
+            transfer_id: claimed.transfer_id.clone(),
+            attempt: claimed.attempts + 1,
+            started_at: now,
+            duration_ms: 3,
+            outcome: "success",
+            response_code: Some(200),
+            event_id,
+        }),
+    }
+}
+
+/// A queued transfer is claimed by one node at a time; when its lease runs out, another node
+/// may claim it; a recorded outcome ends it, and the chain takes the delivery's events.
+pub async fn claims_lease_due_transfers_to_one_node_at_a_time(store: Arc<dyn Store>) {
+    configured(&store).await;
+    let now = now_millis();
+    for index in 0..3 {
+        let lead =
+            submission(&store, json!({"email": format!("c{index}@example.com"), "state": "TX"}), now, None).await;
+        assert_eq!(store.commit_submission(lead).await.expect("commit"), CommitOutcome::Committed);
+    }
+    assert_eq!(store.next_due("crm").await.expect("next due"), Some(now));
+    let first = store.claim_deliveries(&claim("node-a", now, 2)).await.expect("claim");
+    assert_eq!(first.len(), 2, "the limit holds");
+    assert!(first.iter().all(|transfer| transfer.snapshot.contains("@example.com")), "with the lead's snapshot");
+    let second = store.claim_deliveries(&claim("node-b", now + 1000, 10)).await.expect("claim");
+    assert_eq!(second.len(), 1, "leased transfers are not claimed again");
+    assert!(store.claim_deliveries(&claim("node-b", now + 1000, 10)).await.expect("claim").is_empty());
+
+    // node-a dies: past its lease, node-b takes its transfers over.
+    let later = now + 60_001;
+    let taken_over = store.claim_deliveries(&claim("node-b", later, 10)).await.expect("claim");
+    assert_eq!(taken_over.len(), 2);
+    // node-a's late outcome is written (the call happened) but leaves the state to node-b.
+    store.record_deliveries(vec![delivered(&first[0], "node-a", later)]).await.expect("record");
+    let register = store.register_page(&RegisterQuery { limit: 10, ..Default::default() }).await.expect("register");
+    let row = register.items.iter().find(|row| row.transfer_id == first[0].transfer_id).expect("row");
+    assert_eq!(row.status.as_str(), "new");
+    // node-b's outcome ends the transfer.
+    let records = taken_over.iter().chain(&second).map(|transfer| delivered(transfer, "node-b", later)).collect();
+    store.record_deliveries(records).await.expect("record");
+    let register = store.register_page(&RegisterQuery { limit: 10, ..Default::default() }).await.expect("register");
+    assert!(register.items.iter().all(|row| row.status.as_str() == "success" && row.attempts == 1), "{register:?}");
+    assert_eq!(store.next_due("crm").await.expect("next due"), None);
+    let report = store.verify_chain().await.expect("verify");
+    assert_eq!(report.first_broken, None);
+}
+
+/// Released leases make transfers due at once.
+pub async fn released_leases_are_due_again(store: Arc<dyn Store>) {
+    configured(&store).await;
+    let now = now_millis();
+    let lead = submission(&store, json!({"email": "r@example.com", "state": "TX"}), now, None).await;
+    store.commit_submission(lead).await.expect("commit");
+    assert_eq!(store.claim_deliveries(&claim("node-a", now, 10)).await.expect("claim").len(), 1);
+    assert_eq!(store.release_deliveries("node-a").await.expect("release"), 1);
+    let again = store.claim_deliveries(&claim("node-b", now_millis(), 10)).await.expect("claim");
+    assert_eq!(again.len(), 1);
+}
+
+/// A resend queues a finished transfer again with a `delivery.resent` event, refuses one in
+/// flight, and names the ones it does not know.
+pub async fn resends_queue_finished_transfers_again(store: Arc<dyn Store>) {
+    configured(&store).await;
+    let now = now_millis();
+    let lead = submission(&store, json!({"email": "again@example.com", "state": "TX"}), now, None).await;
+    store.commit_submission(lead).await.expect("commit");
+    let claimed = store.claim_deliveries(&claim("node-a", now, 10)).await.expect("claim");
+    let transfer_id = claimed[0].transfer_id.clone();
+    let request = |ids: Vec<String>| ResendRequest { transfer_ids: ids, actor: "ops".into(), now: now_millis() };
+    let in_flight = store.resend_transfers(request(vec![transfer_id.clone()])).await.expect("resend");
+    assert_eq!(in_flight, vec![(transfer_id.clone(), ResendOutcome::AlreadyQueued)]);
+
+    store.record_deliveries(vec![delivered(&claimed[0], "node-a", now)]).await.expect("record");
+    let outcomes =
+        store.resend_transfers(request(vec![transfer_id.clone(), "trf_unknown".into()])).await.expect("resend");
+    assert_eq!(
+        outcomes,
+        vec![(transfer_id.clone(), ResendOutcome::Queued), ("trf_unknown".into(), ResendOutcome::NotFound)]
+    );
+    let again = store.claim_deliveries(&claim("node-b", now_millis(), 10)).await.expect("claim");
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].attempts, again[0].retry_base), (1, 1), "the retries start over");
+    let events = store
+        .scan_events(&EventQuery { event_type: Some(EventType::DeliveryResent), ..Default::default() }, None, 10)
+        .await
+        .expect("events");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].transfer_id.as_deref(), Some(transfer_id.as_str()));
+    assert_eq!(store.verify_chain().await.expect("verify").first_broken, None);
+}
+
+/// Jobs keep their progress; running ones are found again.
+pub async fn jobs_keep_their_progress(store: Arc<dyn Store>) {
+    let mut job = JobRecord {
+        id: "job_1".into(),
+        kind: "resend".into(),
+        status: "running".into(),
+        params: json!({"status": "error"}),
+        cursor: None,
+        matched: 0,
+        queued: 0,
+        skipped: 0,
+        error: None,
+        created_at: 1,
+        updated_at: 1,
+    };
+    store.save_job(&job).await.expect("save");
+    assert_eq!(store.running_jobs().await.expect("running"), vec![job.clone()]);
+    job.cursor = Some("next".into());
+    job.matched = 500;
+    job.queued = 498;
+    job.skipped = 2;
+    job.status = "completed".into();
+    job.updated_at = 2;
+    store.save_job(&job).await.expect("save");
+    assert_eq!(store.job("job_1").await.expect("job"), Some(job));
+    assert!(store.running_jobs().await.expect("running").is_empty());
+    assert_eq!(store.job("job_2").await.expect("job"), None);
 }

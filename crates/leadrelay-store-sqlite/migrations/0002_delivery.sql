@@ -25,3 +25,18 @@ CREATE TABLE attempts (
     event_id      TEXT    NOT NULL,
     PRIMARY KEY (transfer_id, attempt, event_id)
 ) WITHOUT ROWID;
+
+-- Background jobs (bulk resends) with their progress; a running job resumes at `cursor`.
+CREATE TABLE jobs (
+    id         TEXT    PRIMARY KEY,
+    kind       TEXT    NOT NULL,
+    status     TEXT    NOT NULL,
+    params     TEXT    NOT NULL,
+    cursor     TEXT,
+    matched    INTEGER NOT NULL DEFAULT 0,
+    queued     INTEGER NOT NULL DEFAULT 0,
+    skipped    INTEGER NOT NULL DEFAULT 0,
+    error      TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+) WITHOUT ROWID;

@@ -17,8 +17,8 @@ use leadrelay_domain::pipeline::{DuplicateFound, DuplicateQuery};
 use leadrelay_domain::time::Millis;
 use leadrelay_store::{
     ChainReport, ClaimedTransfer, CommitOutcome, ConfigWriteError, Cursor, DeliveryClaim, DeliveryRecord, EventLines,
-    EventQuery, LeadQuery, NewToken, Page, RegisterQuery, Store, StoreError, StoreResult, StoredAnswer, StoredEvent,
-    StoredLead, Submission, TokenRecord, TransferRow,
+    EventQuery, JobRecord, LeadQuery, NewToken, Page, RegisterQuery, ResendOutcome, ResendRequest, Store, StoreError,
+    StoreResult, StoredAnswer, StoredEvent, StoredLead, Submission, TokenRecord, TransferRow,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::ConnectOptions;
@@ -197,6 +197,23 @@ impl Store for SqliteStore {
         let owner = owner.to_owned();
         let now = leadrelay_domain::time::now_millis();
         self.write(|reply| WriteCommand::Release { owner, now, reply }).await?
+    }
+
+    async fn resend_transfers(&self, request: ResendRequest) -> StoreResult<Vec<(String, ResendOutcome)>> {
+        self.write(|reply| WriteCommand::Resend { request, reply }).await?
+    }
+
+    async fn save_job(&self, job: &JobRecord) -> StoreResult<()> {
+        let job = Box::new(job.clone());
+        self.write(|reply| WriteCommand::SaveJob { job, reply }).await?
+    }
+
+    async fn job(&self, job_id: &str) -> StoreResult<Option<JobRecord>> {
+        read::job(&self.readers, job_id).await
+    }
+
+    async fn running_jobs(&self) -> StoreResult<Vec<JobRecord>> {
+        read::running_jobs(&self.readers).await
     }
 
     async fn not_integrated_page(&self, query: &RegisterQuery) -> StoreResult<Page<TransferRow>> {

@@ -7,8 +7,8 @@ use leadrelay_domain::ids::LeadId;
 use leadrelay_domain::pipeline::{DuplicateFound, DuplicateQuery};
 use leadrelay_domain::time::Millis;
 use leadrelay_store::{
-    ClaimedTransfer, Cursor, EventLines, EventQuery, LeadQuery, Page, RegisterQuery, Role, SortOrder, StoreError,
-    StoreResult, StoredAnswer, StoredEvent, StoredLead, TokenRecord, TransferRow, MAX_PAGE,
+    ClaimedTransfer, Cursor, EventLines, EventQuery, JobRecord, LeadQuery, Page, RegisterQuery, ResendRow, Role,
+    SortOrder, StoreError, StoreResult, StoredAnswer, StoredEvent, StoredLead, TokenRecord, TransferRow, MAX_PAGE,
 };
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteExecutor, SqlitePool};
@@ -526,4 +526,83 @@ pub(crate) async fn transfer_rows(pool: &SqlitePool, transfer_ids: &[String]) ->
         }
     }
     Ok(rows)
+}
+
+/// What resends need of transfers, with their leads' current snapshots.
+pub(crate) async fn resend_rows(
+    connection: &mut sqlx::SqliteConnection,
+    transfer_ids: &[String],
+) -> StoreResult<std::collections::HashMap<String, ResendRow>> {
+    let mut rows = std::collections::HashMap::with_capacity(transfer_ids.len());
+    for chunk in transfer_ids.chunks(500) {
+        let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT t.id, t.lead_id, t.flow_id, t.source_id, t.destination_id, t.status, t.state, t.lease_owner, \
+             t.attempts, s.id, s.digest FROM transfers t JOIN leads l ON l.id = t.lead_id \
+             JOIN snapshots s ON s.id = l.snapshot_id WHERE t.id IN (",
+        );
+        let mut separated = builder.separated(", ");
+        for id in chunk {
+            separated.push_bind(id.as_str());
+        }
+        builder.push(")");
+        for row in builder.build().fetch_all(&mut *connection).await.map_err(unavailable)? {
+            let digest: Vec<u8> = row.try_get(10).map_err(corrupt)?;
+            let attempts: i64 = row.try_get(8).map_err(corrupt)?;
+            let found = ResendRow {
+                transfer_id: row.try_get(0).map_err(corrupt)?,
+                lead_id: row.try_get(1).map_err(corrupt)?,
+                flow_id: row.try_get(2).map_err(corrupt)?,
+                source_id: row.try_get(3).map_err(corrupt)?,
+                destination_id: row.try_get(4).map_err(corrupt)?,
+                status: row.try_get(5).map_err(corrupt)?,
+                state: row.try_get(6).map_err(corrupt)?,
+                lease_owner: row.try_get(7).map_err(corrupt)?,
+                attempts: u32::try_from(attempts).unwrap_or(0),
+                snapshot_id: row.try_get(9).map_err(corrupt)?,
+                snapshot_digest: digest.try_into().map_err(|_| corrupt("snapshot digest is not 32 bytes"))?,
+            };
+            rows.insert(found.transfer_id.clone(), found);
+        }
+    }
+    Ok(rows)
+}
+
+fn job_from_row(row: &SqliteRow) -> StoreResult<JobRecord> {
+    let params: String = row.try_get("params").map_err(corrupt)?;
+    let count = |name: &str| -> StoreResult<u64> {
+        let value: i64 = row.try_get(name).map_err(corrupt)?;
+        Ok(u64::try_from(value).unwrap_or(0))
+    };
+    Ok(JobRecord {
+        id: row.try_get("id").map_err(corrupt)?,
+        kind: row.try_get("kind").map_err(corrupt)?,
+        status: row.try_get("status").map_err(corrupt)?,
+        params: serde_json::from_str(&params).map_err(corrupt)?,
+        cursor: row.try_get("cursor").map_err(corrupt)?,
+        matched: count("matched")?,
+        queued: count("queued")?,
+        skipped: count("skipped")?,
+        error: row.try_get("error").map_err(corrupt)?,
+        created_at: row.try_get("created_at").map_err(corrupt)?,
+        updated_at: row.try_get("updated_at").map_err(corrupt)?,
+    })
+}
+
+const JOB_COLUMNS: &str = "id, kind, status, params, cursor, matched, queued, skipped, error, created_at, updated_at";
+
+pub(crate) async fn job(pool: &SqlitePool, job_id: &str) -> StoreResult<Option<JobRecord>> {
+    let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"))
+        .bind(job_id)
+        .fetch_optional(pool)
+        .await
+        .map_err(unavailable)?;
+    row.as_ref().map(job_from_row).transpose()
+}
+
+pub(crate) async fn running_jobs(pool: &SqlitePool) -> StoreResult<Vec<JobRecord>> {
+    let rows = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'running' ORDER BY created_at"))
+        .fetch_all(pool)
+        .await
+        .map_err(unavailable)?;
+    rows.iter().map(job_from_row).collect()
 }

@@ -10,8 +10,8 @@ use leadrelay_domain::config::{Config, ConfigChange, ObjectWrite};
 use leadrelay_domain::pipeline::{DuplicateFound, DuplicateQuery};
 use leadrelay_domain::time::now_millis;
 use leadrelay_store::{
-    CommitOutcome, ConfigWriteError, DeliveryClaim, DeliveryRecord, NewToken, StoreError, StoreResult, StoredAnswer,
-    Submission, TransferState,
+    plan_resend, CommitOutcome, ConfigWriteError, DeliveryClaim, DeliveryRecord, JobRecord, NewToken, ResendOutcome,
+    ResendRequest, StoreError, StoreResult, StoredAnswer, Submission, TransferState,
 };
 use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
@@ -29,6 +29,8 @@ pub(crate) enum WriteCommand {
     Deliveries { records: Vec<DeliveryRecord>, reply: oneshot::Sender<StoreResult<()>> },
     Claim { claim: DeliveryClaim, reply: oneshot::Sender<StoreResult<Vec<ClaimRow>>> },
     Release { owner: String, now: i64, reply: oneshot::Sender<StoreResult<u64>> },
+    Resend { request: ResendRequest, reply: ResendReply },
+    SaveJob { job: Box<JobRecord>, reply: oneshot::Sender<StoreResult<()>> },
     Config { change: ConfigChange, reply: oneshot::Sender<Result<Config, ConfigWriteError>> },
     CreateToken { token: NewToken, replace: bool, reply: oneshot::Sender<StoreResult<()>> },
     DeleteToken { token_id: String, reply: oneshot::Sender<StoreResult<bool>> },
@@ -52,6 +54,7 @@ pub(crate) struct Writer {
 type Reply = oneshot::Sender<StoreResult<CommitOutcome>>;
 type DeliveryReply = oneshot::Sender<StoreResult<()>>;
 type ClaimReply = oneshot::Sender<StoreResult<Vec<ClaimRow>>>;
+type ResendReply = oneshot::Sender<StoreResult<Vec<(String, ResendOutcome)>>>;
 
 /// A transfer as a claim returns it from the writer; the lead's snapshot is read after commit.
 #[derive(Clone, Debug)]
@@ -72,16 +75,32 @@ struct Batch {
     submissions: Vec<(Box<Submission>, Reply)>,
     deliveries: Vec<(Vec<DeliveryRecord>, DeliveryReply)>,
     claims: Vec<(DeliveryClaim, ClaimReply)>,
+    resends: Vec<(ResendRequest, ResendReply)>,
 }
 
 impl Batch {
     fn len(&self) -> usize {
-        self.submissions.len() + self.deliveries.len() + self.claims.len()
+        self.submissions.len() + self.deliveries.len() + self.claims.len() + self.resends.len()
     }
 }
 
-/// What one batch transaction answers: an outcome per submission, rows per claim.
-type BatchAnswer = (Vec<CommitOutcome>, Vec<Vec<ClaimRow>>);
+/// What one batch transaction answers: an outcome per submission, rows per claim, outcomes
+/// per resend request.
+#[derive(Default)]
+struct BatchAnswer {
+    outcomes: Vec<CommitOutcome>,
+    claimed: Vec<Vec<ClaimRow>>,
+    resent: Vec<Vec<(String, ResendOutcome)>>,
+}
+
+/// The writes of one batch, borrowed.
+#[derive(Clone, Copy, Default)]
+struct BatchRefs<'a> {
+    submissions: &'a [&'a Submission],
+    records: &'a [&'a DeliveryRecord],
+    claims: &'a [&'a DeliveryClaim],
+    resends: &'a [&'a ResendRequest],
+}
 
 /// One event row to insert, from a submission or a delivery record.
 struct EventRow<'a> {
@@ -155,6 +174,7 @@ impl Writer {
                 WriteCommand::Submit { submission, reply } => batch.submissions.push((submission, reply)),
                 WriteCommand::Deliveries { records, reply } => batch.deliveries.push((records, reply)),
                 WriteCommand::Claim { claim, reply } => batch.claims.push((claim, reply)),
+                WriteCommand::Resend { request, reply } => batch.resends.push((request, reply)),
                 WriteCommand::Shutdown { reply } => shutdown = Some(reply),
                 other => {
                     // Keep the order of writes: commit the batch received before it.
@@ -173,7 +193,11 @@ impl Writer {
             WriteCommand::Submit { .. }
             | WriteCommand::Deliveries { .. }
             | WriteCommand::Claim { .. }
+            | WriteCommand::Resend { .. }
             | WriteCommand::Shutdown { .. } => {}
+            WriteCommand::SaveJob { job, reply } => {
+                let _ = reply.send(save_job(&mut self.connection, &job).await);
+            }
             WriteCommand::Release { owner, now, reply } => {
                 let result = sqlx::query(
                     "UPDATE transfers SET due_at = ?, lease_owner = NULL WHERE state = 'pending' AND lease_owner = ?",
@@ -212,36 +236,49 @@ impl Writer {
             batch.submissions.iter().map(|(submission, _)| submission.as_ref()).collect();
         let records: Vec<&DeliveryRecord> = batch.deliveries.iter().flat_map(|(records, _)| records.iter()).collect();
         let claims: Vec<&DeliveryClaim> = batch.claims.iter().map(|(claim, _)| claim).collect();
-        match self.commit_batch(&submissions, &records, &claims).await {
-            Ok((outcomes, claimed)) => {
-                for ((_, reply), outcome) in batch.submissions.into_iter().zip(outcomes) {
+        let resends: Vec<&ResendRequest> = batch.resends.iter().map(|(request, _)| request).collect();
+        let refs = BatchRefs { submissions: &submissions, records: &records, claims: &claims, resends: &resends };
+        match self.commit_batch(refs).await {
+            Ok(answer) => {
+                for ((_, reply), outcome) in batch.submissions.into_iter().zip(answer.outcomes) {
                     let _ = reply.send(Ok(outcome));
                 }
                 for (_, reply) in batch.deliveries {
                     let _ = reply.send(Ok(()));
                 }
-                for ((_, reply), rows) in batch.claims.into_iter().zip(claimed) {
+                for ((_, reply), rows) in batch.claims.into_iter().zip(answer.claimed) {
                     let _ = reply.send(Ok(rows));
+                }
+                for ((_, reply), resent) in batch.resends.into_iter().zip(answer.resent) {
+                    let _ = reply.send(Ok(resent));
                 }
             }
             Err(error) if batch.len() > 1 => {
                 // One bad write must not fail the others: retry each on its own.
                 tracing::warn!(%error, count = batch.len(), "group commit failed; committing one by one");
                 for (submission, reply) in batch.submissions {
-                    let result = self.commit_batch(&[submission.as_ref()], &[], &[]).await;
-                    let _ = reply.send(result.map(|(mut outcomes, _)| outcomes.remove(0)));
+                    let result = self
+                        .commit_batch(BatchRefs { submissions: &[submission.as_ref()], ..BatchRefs::default() })
+                        .await;
+                    let _ = reply.send(result.map(|mut answer| answer.outcomes.remove(0)));
                 }
                 for (records, reply) in batch.deliveries {
                     let records: Vec<&DeliveryRecord> = records.iter().collect();
-                    let _ = reply.send(self.commit_batch(&[], &records, &[]).await.map(|_| ()));
+                    let result = self.commit_batch(BatchRefs { records: &records, ..BatchRefs::default() }).await;
+                    let _ = reply.send(result.map(|_| ()));
                 }
                 for (claim, reply) in batch.claims {
-                    let result = self.commit_batch(&[], &[], &[&claim]).await;
-                    let _ = reply.send(result.map(|(_, mut claimed)| claimed.remove(0)));
+                    let result = self.commit_batch(BatchRefs { claims: &[&claim], ..BatchRefs::default() }).await;
+                    let _ = reply.send(result.map(|mut answer| answer.claimed.remove(0)));
+                }
+                for (request, reply) in batch.resends {
+                    let result = self.commit_batch(BatchRefs { resends: &[&request], ..BatchRefs::default() }).await;
+                    let _ = reply.send(result.map(|mut answer| answer.resent.remove(0)));
                 }
             }
             Err(error) => {
                 tracing::error!(%error, "commit failed");
+
                 let error = || StoreError::Unavailable(error.to_string());
                 for (_, reply) in batch.submissions {
                     let _ = reply.send(Err(error()));
@@ -252,31 +289,25 @@ impl Writer {
                 for (_, reply) in batch.claims {
                     let _ = reply.send(Err(error()));
                 }
+                for (_, reply) in batch.resends {
+                    let _ = reply.send(Err(error()));
+                }
             }
         }
     }
 
     /// Commits a batch in one transaction; on any error nothing of it is written.
-    async fn commit_batch(
-        &mut self,
-        submissions: &[&Submission],
-        records: &[&DeliveryRecord],
-        claims: &[&DeliveryClaim],
-    ) -> StoreResult<BatchAnswer> {
+    async fn commit_batch(&mut self, refs: BatchRefs<'_>) -> StoreResult<BatchAnswer> {
         let start_head = self.head;
-        let result = self.try_commit_batch(submissions, records, claims).await;
+        let result = self.try_commit_batch(refs).await;
         if result.is_err() {
             self.head = start_head;
         }
         result
     }
 
-    async fn try_commit_batch(
-        &mut self,
-        batch: &[&Submission],
-        records: &[&DeliveryRecord],
-        claims: &[&DeliveryClaim],
-    ) -> StoreResult<BatchAnswer> {
+    async fn try_commit_batch(&mut self, refs: BatchRefs<'_>) -> StoreResult<BatchAnswer> {
+        let BatchRefs { submissions: batch, records, claims, resends } = refs;
         let mut transaction = self.connection.begin_with("BEGIN IMMEDIATE").await.map_err(unavailable)?;
         // Another process may have written to the file since (a second `serve` on it, by
         // mistake): link onto the chain as it is on disk, never onto a stale copy.
@@ -323,6 +354,26 @@ impl Writer {
             accepted.push(submission);
         }
 
+        // Resends read the transfers' state in this transaction, then write like deliveries.
+        let mut resent = Vec::with_capacity(resends.len());
+        let mut resend_records = Vec::new();
+        for request in resends {
+            let rows = read::resend_rows(&mut transaction, &request.transfer_ids).await?;
+            let mut answers = Vec::with_capacity(request.transfer_ids.len());
+            for transfer_id in &request.transfer_ids {
+                match plan_resend(rows.get(transfer_id), &request.actor, request.now) {
+                    Ok(record) => {
+                        resend_records.push(record);
+                        answers.push((transfer_id.clone(), ResendOutcome::Queued));
+                    }
+                    Err(outcome) => answers.push((transfer_id.clone(), outcome)),
+                }
+            }
+            resent.push(answers);
+        }
+        let records: Vec<&DeliveryRecord> = records.iter().copied().chain(resend_records.iter()).collect();
+        let records = records.as_slice();
+
         let snapshot_bases = number_snapshots(&mut self.head, &accepted);
         let mut rows: Vec<EventRow<'_>> = Vec::new();
         for (submission, base) in accepted.iter().zip(&snapshot_bases) {
@@ -365,7 +416,7 @@ impl Writer {
             claimed.push(claim_transfers(&mut transaction, claim).await?);
         }
         transaction.commit().await.map_err(unavailable)?;
-        Ok((outcomes, claimed))
+        Ok(BatchAnswer { outcomes, claimed, resent })
     }
 }
 
@@ -812,5 +863,29 @@ async fn insert_idempotency(transaction: &mut SqliteConnection, accepted: &[&Sub
         });
         builder.build().persistent(false).execute(&mut *transaction).await.map_err(unavailable)?;
     }
+    Ok(())
+}
+
+async fn save_job(connection: &mut SqliteConnection, job: &JobRecord) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO jobs (id, kind, status, params, cursor, matched, queued, skipped, error, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (id) DO UPDATE SET status = excluded.status, cursor = excluded.cursor, matched = excluded.matched, \
+         queued = excluded.queued, skipped = excluded.skipped, error = excluded.error, updated_at = excluded.updated_at",
+    )
+    .bind(&job.id)
+    .bind(&job.kind)
+    .bind(&job.status)
+    .bind(job.params.to_string())
+    .bind(job.cursor.as_deref())
+    .bind(i64::try_from(job.matched).unwrap_or(i64::MAX))
+    .bind(i64::try_from(job.queued).unwrap_or(i64::MAX))
+    .bind(i64::try_from(job.skipped).unwrap_or(i64::MAX))
+    .bind(job.error.as_deref())
+    .bind(job.created_at)
+    .bind(job.updated_at)
+    .execute(&mut *connection)
+    .await
+    .map_err(unavailable)?;
     Ok(())
 }

@@ -119,11 +119,112 @@ pub struct DeliveryRecord {
 /// How a resend ended for one transfer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ResendOutcome {
-    /// Queued again: due now, with a `delivery.resent` event.
+    /// Queued again: due now, with a `delivery.resent` event; its retries start over.
     Queued,
     NotFound,
     /// A transfer to no destination (a rejected lead) has nothing to resend.
     NoDestination,
-    /// It is being delivered right now or is already queued.
+    /// It is being delivered right now.
     AlreadyQueued,
+}
+
+/// Transfers to queue again for delivery, by a person or the API.
+#[derive(Clone, Debug)]
+pub struct ResendRequest {
+    pub transfer_ids: Vec<String>,
+    /// Who asked (a token's name), for the `delivery.resent` event.
+    pub actor: String,
+    pub now: Millis,
+}
+
+/// What a resend needs to know of a transfer, read in the writer's transaction.
+#[derive(Clone, Debug)]
+pub struct ResendRow {
+    pub transfer_id: String,
+    pub lead_id: String,
+    pub flow_id: String,
+    pub source_id: String,
+    pub destination_id: Option<String>,
+    pub status: String,
+    pub state: String,
+    pub lease_owner: Option<String>,
+    pub attempts: u32,
+    pub snapshot_id: i64,
+    pub snapshot_digest: Hash,
+}
+
+/// The event and the new state of one resent transfer, or why it is not resent. Shared by
+/// every engine, so that a resend means the same everywhere.
+pub fn plan_resend(row: Option<&ResendRow>, actor: &str, now: Millis) -> Result<DeliveryRecord, ResendOutcome> {
+    use leadrelay_domain::event::EventType;
+    use leadrelay_domain::ids::{LeadId, TransferId};
+
+    let row = row.ok_or(ResendOutcome::NotFound)?;
+    let destination_id = row.destination_id.as_deref().ok_or(ResendOutcome::NoDestination)?;
+    if row.state == "pending" && row.lease_owner.is_some() {
+        return Err(ResendOutcome::AlreadyQueued);
+    }
+    let mut event = NewEvent::about(
+        EventType::DeliveryResent,
+        now,
+        &LeadId::from_stored(row.lead_id.clone()),
+        &row.flow_id,
+        &row.source_id,
+    );
+    event.destination_id = Some(destination_id.to_owned());
+    event.transfer_id = Some(TransferId::from_stored(row.transfer_id.clone()));
+    event.status = Some(RegisterStatus::New);
+    event.data = serde_json::json!({
+        "by": actor,
+        "previous_status": row.status,
+        "previous_state": row.state,
+        "attempts_before": row.attempts,
+    });
+    Ok(DeliveryRecord {
+        events: vec![LoggedEvent::new(event, row.snapshot_id, &row.snapshot_digest)],
+        update: Some(TransferUpdate {
+            transfer_id: row.transfer_id.clone(),
+            owner: None,
+            status: RegisterStatus::New,
+            description: format!("Resent by {actor}: queued for delivery to {destination_id}"),
+            state: TransferState::Pending { due_at: now },
+            attempts: row.attempts,
+            updated_at: now,
+            retry_base: Some(row.attempts),
+        }),
+        attempt: None,
+    })
+}
+
+impl ResendOutcome {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ResendOutcome::Queued => "queued",
+            ResendOutcome::NotFound => "not_found",
+            ResendOutcome::NoDestination => "no_destination",
+            ResendOutcome::AlreadyQueued => "in_flight",
+        }
+    }
+}
+
+/// A background job (a bulk resend) and its progress.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct JobRecord {
+    pub id: String,
+    pub kind: String,
+    /// `running`, `completed` or `failed`.
+    pub status: String,
+    /// What the job works on: for a resend, the register filter.
+    pub params: Value,
+    /// Where a running job continues after a restart.
+    #[serde(skip)]
+    pub cursor: Option<String>,
+    pub matched: u64,
+    pub queued: u64,
+    pub skipped: u64,
+    pub error: Option<String>,
+    #[serde(serialize_with = "crate::records::serialize_millis")]
+    pub created_at: Millis,
+    #[serde(serialize_with = "crate::records::serialize_millis")]
+    pub updated_at: Millis,
 }

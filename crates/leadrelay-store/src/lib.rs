@@ -102,6 +102,18 @@ pub trait Store: Send + Sync + 'static {
     /// Gives back every lease `owner` holds, so the transfers are due again at once.
     async fn release_deliveries(&self, owner: &str) -> StoreResult<u64>;
 
+    /// Queues transfers again (`delivery.resent`, retries start over), in one transaction;
+    /// how it went for each, in the order asked. See [`plan_resend`].
+    async fn resend_transfers(&self, request: ResendRequest) -> StoreResult<Vec<(String, ResendOutcome)>>;
+
+    /// Stores a new job, or the progress of one.
+    async fn save_job(&self, job: &JobRecord) -> StoreResult<()>;
+
+    async fn job(&self, job_id: &str) -> StoreResult<Option<JobRecord>>;
+
+    /// Jobs still running (to resume after a restart).
+    async fn running_jobs(&self) -> StoreResult<Vec<JobRecord>>;
+
     /// Abandoned transfers (the not-integrated collection), with the register's filters.
     async fn not_integrated_page(&self, query: &RegisterQuery) -> StoreResult<Page<TransferRow>>;
 

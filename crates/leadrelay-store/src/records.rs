@@ -317,7 +317,7 @@ impl TransferRow {
     }
 }
 
-fn serialize_millis<S: Serializer>(millis: &Millis, serializer: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize_millis<S: Serializer>(millis: &Millis, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&format_millis(*millis))
 }
 

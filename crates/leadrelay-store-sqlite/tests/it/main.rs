@@ -34,6 +34,10 @@ conformance!(
     configuration_changes_are_validated_and_kept,
     tokens_are_kept_by_hash,
     event_lines_render_like_stored_events,
+    claims_lease_due_transfers_to_one_node_at_a_time,
+    released_leases_are_due_again,
+    resends_queue_finished_transfers_again,
+    jobs_keep_their_progress,
 );
 
 #[tokio::test]
