@@ -12,4 +12,4 @@ pub mod request;
 mod service;
 pub mod signing;
 
-pub use service::{lease_ms, DeliveryService, DeliverySettings, StepOutcome};
+pub use service::{lease_ms, CapReservation, DeliveryService, DeliverySettings, StepOutcome};

@@ -186,6 +186,7 @@ pub fn plan(
             response_code: report.response_code.map(i64::from),
             event_id: outcome_id,
         }),
+        cap_counts: Vec::new(),
     }
 }
 

@@ -8,15 +8,20 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use leadrelay_domain::caps::{applicable_caps, ApplicableCap, CapWindowKey};
 use leadrelay_domain::config::{Config, Destination, DestinationKind};
-use leadrelay_domain::event::NewEvent;
+use leadrelay_domain::event::{EventType, NewEvent, Outcome, RegisterStatus};
+use leadrelay_domain::ids::{LeadId, TransferId};
 use leadrelay_domain::time::{now_millis, Millis};
-use leadrelay_store::{ClaimedTransfer, DeliveryClaim, DeliveryRecord, LoggedEvent, Store, StoreResult};
+use leadrelay_store::{
+    ClaimedTransfer, DeliveryClaim, DeliveryRecord, LoggedEvent, Store, StoreResult, TransferState, TransferUpdate,
+};
 use serde_json::Value;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
-use crate::attempt::{attempt, AttemptInput, AttemptReport, HttpClients};
+use crate::attempt::{attempt, AttemptInput, AttemptReport, AttemptVerdict, HttpClients};
+use crate::judge::Verdict;
 use crate::plan::{plan, realtime_answer};
 
 /// How long a claim holds beyond the destination's timeout before another node may take
@@ -67,6 +72,59 @@ pub struct DeliveryService {
     /// Woken when new transfers are queued or a delivery finishes.
     wake: Notify,
     in_flight: Mutex<HashMap<String, usize>>,
+    /// Cap windows' deliveries in flight on this node.
+    reserved: Arc<Mutex<HashMap<CapWindowKey, u64>>>,
+}
+
+/// Deliveries reserved in cap windows; given back when dropped.
+pub struct CapReservation {
+    reserved: Arc<Mutex<HashMap<CapWindowKey, u64>>>,
+    keys: Vec<CapWindowKey>,
+}
+
+impl Drop for CapReservation {
+    fn drop(&mut self) {
+        let mut reserved = self.reserved.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for key in &self.keys {
+            if let Some(count) = reserved.get_mut(key) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    reserved.remove(key);
+                }
+            }
+        }
+    }
+}
+
+/// A transfer a cap stops: `recipient.skipped`, and the transfer ends as skipped.
+fn skipped(claimed: &ClaimedTransfer, owner: &str, reason: String, now: Millis) -> DeliveryRecord {
+    let mut event = NewEvent::about(
+        EventType::RecipientSkipped,
+        now,
+        &LeadId::from_stored(claimed.lead_id.clone()),
+        &claimed.flow_id,
+        &claimed.source_id,
+    );
+    event.destination_id = Some(claimed.destination_id.clone());
+    event.transfer_id = Some(TransferId::from_stored(claimed.transfer_id.clone()));
+    event.status = Some(RegisterStatus::Skip);
+    event.outcome = Some(Outcome::Failure);
+    event.reason = Some(reason.clone());
+    DeliveryRecord {
+        events: vec![LoggedEvent::new(event, claimed.snapshot_id, &claimed.snapshot_digest)],
+        update: Some(TransferUpdate {
+            transfer_id: claimed.transfer_id.clone(),
+            owner: Some(owner.to_owned()),
+            status: RegisterStatus::Skip,
+            description: reason,
+            state: TransferState::Done,
+            attempts: claimed.attempts,
+            updated_at: now,
+            retry_base: None,
+        }),
+        attempt: None,
+        cap_counts: Vec::new(),
+    }
 }
 
 impl DeliveryService {
@@ -85,6 +143,7 @@ impl DeliveryService {
             settings,
             wake: Notify::new(),
             in_flight: Mutex::new(HashMap::new()),
+            reserved: Arc::default(),
         })
     }
 
@@ -106,25 +165,68 @@ impl DeliveryService {
         self.in_flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Makes one attempt for a claimed transfer and plans what it means; writes nothing.
-    pub async fn attempt_claimed(&self, claimed: &ClaimedTransfer, destination: &Destination) -> DeliveryRecord {
+    /// Delivers a claimed transfer once (unless a cap stops it) and plans what it means;
+    /// writes nothing. The caps stay reserved until the returned guard is dropped, which the
+    /// caller does once the record is written.
+    pub async fn attempt_claimed(
+        &self,
+        claimed: &ClaimedTransfer,
+        destination: &Destination,
+    ) -> (DeliveryRecord, Option<CapReservation>) {
         let now = now_millis();
-        let report = self.attempt_snapshot(claimed, destination, now).await;
-        plan(claimed, destination, &report, &self.owner, now_millis(), rand::random::<f64>())
+        let snapshot: Value = serde_json::from_str(&claimed.snapshot).unwrap_or(Value::Null);
+        let caps = applicable_caps(destination, &snapshot, now);
+        let reservation = match self.reserve(&caps).await {
+            Ok(reservation) => reservation,
+            Err(reason) => return (skipped(claimed, &self.owner, reason, now), None),
+        };
+        let report = self.attempt_snapshot(claimed, destination, &snapshot, now).await;
+        let mut record = plan(claimed, destination, &report, &self.owner, now_millis(), rand::random::<f64>());
+        if report.verdict == AttemptVerdict::Judged(Verdict::Delivered) {
+            record.cap_counts = caps.into_iter().map(|cap| cap.key).collect();
+        }
+        (record, reservation)
+    }
+
+    /// Reserves one delivery in each cap window, or says which cap is reached (the lowest).
+    /// Reservations count deliveries in flight, so concurrent deliveries cannot overshoot.
+    async fn reserve(&self, caps: &[ApplicableCap]) -> Result<Option<CapReservation>, String> {
+        if caps.is_empty() {
+            return Ok(None);
+        }
+        let keys: Vec<CapWindowKey> = caps.iter().map(|cap| cap.key.clone()).collect();
+        let stored = match self.store.cap_usage(&keys).await {
+            Ok(stored) => stored,
+            Err(error) => return Err(format!("caps could not be checked: {error}")),
+        };
+        let mut reserved = self.reserved.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let reached = caps
+            .iter()
+            .zip(&stored)
+            .map(|(cap, stored)| (cap, stored + reserved.get(&cap.key).copied().unwrap_or(0)))
+            .filter(|(cap, used)| *used >= cap.max)
+            .min_by_key(|(cap, _)| cap.max);
+        if let Some((cap, used)) = reached {
+            return Err(cap.reached(used.min(cap.max)));
+        }
+        for key in &keys {
+            *reserved.entry(key.clone()).or_default() += 1;
+        }
+        Ok(Some(CapReservation { reserved: self.reserved.clone(), keys }))
     }
 
     async fn attempt_snapshot(
         &self,
         claimed: &ClaimedTransfer,
         destination: &Destination,
+        snapshot: &Value,
         now: Millis,
     ) -> AttemptReport {
-        let snapshot: Value = serde_json::from_str(&claimed.snapshot).unwrap_or(Value::Null);
         attempt(
             &self.clients,
             AttemptInput {
                 destination,
-                snapshot: &snapshot,
+                snapshot,
                 transfer_id: &claimed.transfer_id,
                 webhook_id: &claimed.transfer_id,
                 attempt: claimed.attempts + 1,
@@ -159,9 +261,11 @@ impl DeliveryService {
         });
         let mut records = Vec::new();
         let mut answers = Vec::new();
-        for (transfer, record) in futures::future::join_all(attempts).await {
+        let mut reservations = Vec::new();
+        for (transfer, (record, reservation)) in futures::future::join_all(attempts).await {
             answers.push(realtime_answer(&record, &transfer.destination_id));
             records.push(record);
+            reservations.push(reservation);
         }
         if let (Some(mut completion), Some(first)) = (completion, claimed.first()) {
             let now = now_millis();
@@ -172,11 +276,13 @@ impl DeliveryService {
                 events: vec![LoggedEvent::new(completion, first.snapshot_id, &first.snapshot_digest)],
                 update: None,
                 attempt: None,
+                cap_counts: Vec::new(),
             });
         }
         if let Err(error) = self.store.record_deliveries(records).await {
             tracing::error!(%error, "recording realtime deliveries failed; they will be delivered again");
         }
+        drop(reservations);
         // A failed realtime delivery may now wait for a retry: let the dispatcher see it.
         self.wake();
         answers
@@ -236,11 +342,12 @@ impl DeliveryService {
                 let service = self.clone();
                 let destination = destination.clone();
                 tasks.spawn(async move {
-                    let record = service.attempt_claimed(&transfer, &destination).await;
+                    let (record, reservation) = service.attempt_claimed(&transfer, &destination).await;
                     if let Err(error) = service.store.record_deliveries(vec![record]).await {
                         // The lease runs out and the transfer is delivered again: at least once.
                         tracing::error!(%error, transfer_id = %transfer.transfer_id, "recording a delivery failed");
                     }
+                    drop(reservation);
                     if let Some(count) = service.in_flight().get_mut(&destination.id) {
                         *count = count.saturating_sub(1);
                     }

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod caps;
 pub mod chain;
 pub mod compiled;
 pub mod config;

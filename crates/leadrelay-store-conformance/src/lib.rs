@@ -297,6 +297,7 @@ fn delivered(claimed: &ClaimedTransfer, owner: &str, now: i64) -> DeliveryRecord
             response_code: Some(200),
             event_id,
         }),
+        cap_counts: Vec::new(),
     }
 }
 

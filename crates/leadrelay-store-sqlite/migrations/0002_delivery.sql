@@ -40,3 +40,12 @@ CREATE TABLE jobs (
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL
 ) WITHOUT ROWID;
+
+-- Successful deliveries per cap window: a destination's caps read these counters.
+CREATE TABLE cap_counters (
+    destination_id TEXT    NOT NULL,
+    cap_key        TEXT    NOT NULL,
+    window_start   INTEGER NOT NULL,
+    count          INTEGER NOT NULL,
+    PRIMARY KEY (destination_id, cap_key, window_start)
+) WITHOUT ROWID;

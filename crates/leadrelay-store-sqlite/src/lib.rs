@@ -193,6 +193,10 @@ impl Store for SqliteStore {
         self.write(|reply| WriteCommand::Deliveries { records, reply }).await?
     }
 
+    async fn cap_usage(&self, windows: &[leadrelay_domain::caps::CapWindowKey]) -> StoreResult<Vec<u64>> {
+        read::cap_usage(&self.readers, windows).await
+    }
+
     async fn release_deliveries(&self, owner: &str) -> StoreResult<u64> {
         let owner = owner.to_owned();
         let now = leadrelay_domain::time::now_millis();

@@ -606,3 +606,23 @@ pub(crate) async fn running_jobs(pool: &SqlitePool) -> StoreResult<Vec<JobRecord
         .map_err(unavailable)?;
     rows.iter().map(job_from_row).collect()
 }
+
+pub(crate) async fn cap_usage(
+    pool: &SqlitePool,
+    windows: &[leadrelay_domain::caps::CapWindowKey],
+) -> StoreResult<Vec<u64>> {
+    let mut counts = Vec::with_capacity(windows.len());
+    for window in windows {
+        let count: Option<i64> = sqlx::query_scalar(
+            "SELECT count FROM cap_counters WHERE destination_id = ? AND cap_key = ? AND window_start = ?",
+        )
+        .bind(&window.destination_id)
+        .bind(&window.cap_key)
+        .bind(window.window_start)
+        .fetch_optional(pool)
+        .await
+        .map_err(unavailable)?;
+        counts.push(u64::try_from(count.unwrap_or(0)).unwrap_or(0));
+    }
+    Ok(counts)
+}

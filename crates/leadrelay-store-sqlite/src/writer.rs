@@ -411,6 +411,7 @@ impl Writer {
         }
         update_transfers(&mut transaction, records).await?;
         insert_attempts(&mut transaction, records).await?;
+        count_caps(&mut transaction, records).await?;
         let mut claimed = Vec::with_capacity(claims.len());
         for claim in claims {
             claimed.push(claim_transfers(&mut transaction, claim).await?);
@@ -776,6 +777,29 @@ async fn update_transfers(transaction: &mut SqliteConnection, records: &[&Delive
     Ok(())
 }
 
+async fn count_caps(transaction: &mut SqliteConnection, records: &[&DeliveryRecord]) -> StoreResult<()> {
+    let mut counts: HashMap<&leadrelay_domain::caps::CapWindowKey, i64> = HashMap::new();
+    for key in records.iter().flat_map(|record| record.cap_counts.iter()) {
+        *counts.entry(key).or_default() += 1;
+    }
+    let counts: Vec<_> = counts.into_iter().collect();
+    for chunk in counts.chunks(rows_per_statement(4)) {
+        let mut builder: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT INTO cap_counters (destination_id, cap_key, window_start, count) ");
+        builder.push_values(chunk, |mut row, (key, count)| {
+            row.push_bind(key.destination_id.as_str())
+                .push_bind(key.cap_key.as_str())
+                .push_bind(key.window_start)
+                .push_bind(*count);
+        });
+        builder.push(
+            " ON CONFLICT (destination_id, cap_key, window_start) DO UPDATE SET count = cap_counters.count + excluded.count",
+        );
+        builder.build().persistent(false).execute(&mut *transaction).await.map_err(unavailable)?;
+    }
+    Ok(())
+}
+
 async fn insert_attempts(transaction: &mut SqliteConnection, records: &[&DeliveryRecord]) -> StoreResult<()> {
     let attempts: Vec<_> = records.iter().filter_map(|record| record.attempt.as_ref()).collect();
     for chunk in attempts.chunks(rows_per_statement(7)) {
@@ -802,7 +826,7 @@ async fn claim_transfers(transaction: &mut SqliteConnection, claim: &DeliveryCla
     let rows = sqlx::query(
         "UPDATE transfers SET due_at = ?1, lease_owner = ?2 WHERE seq IN (\
             SELECT seq FROM transfers WHERE state = 'pending' AND destination_id = ?3 AND due_at <= ?4 \
-            ORDER BY due_at LIMIT ?5) \
+            ORDER BY due_at, seq LIMIT ?5) \
          RETURNING id, lead_id, flow_id, source_id, destination_id, attempts, retry_base, created_at",
     )
     .bind(claim.now + claim.lease_ms)

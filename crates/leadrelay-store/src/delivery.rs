@@ -2,6 +2,7 @@
 //! a node dies), the records of attempts (events and the transfer's new state, written in one
 //! transaction), and resends.
 
+use leadrelay_domain::caps::CapWindowKey;
 use leadrelay_domain::chain::{content_digest, Hash};
 use leadrelay_domain::event::{NewEvent, RegisterStatus};
 use leadrelay_domain::time::Millis;
@@ -114,6 +115,8 @@ pub struct DeliveryRecord {
     pub events: Vec<LoggedEvent>,
     pub update: Option<TransferUpdate>,
     pub attempt: Option<AttemptRow>,
+    /// Cap windows a successful delivery counts toward.
+    pub cap_counts: Vec<CapWindowKey>,
 }
 
 /// How a resend ended for one transfer.
@@ -193,6 +196,7 @@ pub fn plan_resend(row: Option<&ResendRow>, actor: &str, now: Millis) -> Result<
             retry_base: Some(row.attempts),
         }),
         attempt: None,
+        cap_counts: Vec::new(),
     })
 }
 

@@ -99,6 +99,9 @@ pub trait Store: Send + Sync + 'static {
     /// nothing, and concurrent calls are group-committed.
     async fn record_deliveries(&self, records: Vec<DeliveryRecord>) -> StoreResult<()>;
 
+    /// Successful deliveries counted in each cap window.
+    async fn cap_usage(&self, windows: &[leadrelay_domain::caps::CapWindowKey]) -> StoreResult<Vec<u64>>;
+
     /// Gives back every lease `owner` holds, so the transfers are due again at once.
     async fn release_deliveries(&self, owner: &str) -> StoreResult<u64>;
 
