@@ -9,15 +9,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use leadrelay_domain::caps::{applicable_caps, ApplicableCap, CapWindowKey};
-use leadrelay_domain::config::{Config, Destination, DestinationKind};
+use leadrelay_domain::config::{Config, ConfigChange, ConfigObject, Destination, DestinationKind, WriteMode};
 use leadrelay_domain::event::{EventType, NewEvent, Outcome, RegisterStatus};
 use leadrelay_domain::ids::{LeadId, TransferId};
 use leadrelay_domain::time::{now_millis, Millis};
 use leadrelay_store::{
-    ClaimedTransfer, DeliveryClaim, DeliveryRecord, LoggedEvent, Store, StoreResult, TransferState, TransferUpdate,
+    ClaimedTransfer, ConfigHandle, DeliveryClaim, DeliveryRecord, LoggedEvent, Store, StoreResult, TransferState,
+    TransferUpdate,
 };
 use serde_json::Value;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::attempt::{attempt, AttemptInput, AttemptReport, AttemptVerdict, HttpClients};
@@ -66,7 +67,7 @@ pub fn lease_ms(destination: &Destination) -> i64 {
 pub struct DeliveryService {
     store: Arc<dyn Store>,
     clients: HttpClients,
-    config: watch::Receiver<Arc<Config>>,
+    config: Arc<ConfigHandle>,
     owner: String,
     settings: DeliverySettings,
     /// Woken when new transfers are queued or a delivery finishes.
@@ -74,6 +75,8 @@ pub struct DeliveryService {
     in_flight: Mutex<HashMap<String, usize>>,
     /// Cap windows' deliveries in flight on this node.
     reserved: Arc<Mutex<HashMap<CapWindowKey, u64>>>,
+    /// Technical failures in a row, per destination (for circuit breakers).
+    failures: Mutex<HashMap<String, u32>>,
 }
 
 /// Deliveries reserved in cap windows; given back when dropped.
@@ -131,7 +134,7 @@ impl DeliveryService {
     pub fn new(
         store: Arc<dyn Store>,
         clients: HttpClients,
-        config: watch::Receiver<Arc<Config>>,
+        config: Arc<ConfigHandle>,
         settings: DeliverySettings,
     ) -> Arc<Self> {
         let owner = format!("node_{}", ulid::Ulid::new().to_string().to_lowercase());
@@ -144,6 +147,7 @@ impl DeliveryService {
             wake: Notify::new(),
             in_flight: Mutex::new(HashMap::new()),
             reserved: Arc::default(),
+            failures: Mutex::new(HashMap::new()),
         })
     }
 
@@ -185,7 +189,78 @@ impl DeliveryService {
         if report.verdict == AttemptVerdict::Judged(Verdict::Delivered) {
             record.cap_counts = caps.into_iter().map(|cap| cap.key).collect();
         }
+        if self.observe(claimed, destination, &report.verdict, &mut record) {
+            self.trip(destination).await;
+        }
         (record, reservation)
+    }
+
+    /// Counts technical failures in a row; when a destination's circuit breaker trips, adds
+    /// `destination.disabled` to the record and returns true.
+    fn observe(
+        &self,
+        claimed: &ClaimedTransfer,
+        destination: &Destination,
+        verdict: &AttemptVerdict,
+        record: &mut DeliveryRecord,
+    ) -> bool {
+        let reason = match verdict {
+            AttemptVerdict::Judged(Verdict::Failed { reason, .. }) | AttemptVerdict::Blocked { reason } => reason,
+            _ => {
+                self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&destination.id);
+                return false;
+            }
+        };
+        let Some(breaker) = &destination.circuit_breaker else { return false };
+        let count = {
+            let mut failures = self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let count = failures.entry(destination.id.clone()).or_default();
+            *count += 1;
+            let now = *count;
+            if now >= breaker.failures {
+                failures.remove(&destination.id);
+            }
+            now
+        };
+        if count < breaker.failures {
+            if count == breaker.failures.div_ceil(2) && breaker.failures >= 4 {
+                tracing::warn!(
+                    destination_id = %destination.id,
+                    failures = count,
+                    trips_at = breaker.failures,
+                    "destination keeps failing; its circuit breaker will disable it"
+                );
+            }
+            return false;
+        }
+        let reason = format!("Disabled after {count} failures in a row (last: {reason})");
+        tracing::error!(destination_id = %destination.id, %reason, "circuit breaker tripped: destination disabled, its transfers are held");
+        let mut event = NewEvent::about(
+            EventType::DestinationDisabled,
+            now_millis(),
+            &LeadId::from_stored(claimed.lead_id.clone()),
+            &claimed.flow_id,
+            &claimed.source_id,
+        );
+        event.destination_id = Some(destination.id.clone());
+        event.transfer_id = Some(TransferId::from_stored(claimed.transfer_id.clone()));
+        event.reason = Some(reason);
+        event.data = serde_json::json!({"circuit_breaker": {"failures": breaker.failures}});
+        record.events.push(LoggedEvent::new(event, claimed.snapshot_id, &claimed.snapshot_digest));
+        true
+    }
+
+    /// Disables a destination whose circuit breaker tripped; a person enables it again.
+    async fn trip(&self, destination: &Destination) {
+        // The destination as it is now: a person may have edited it since this delivery began.
+        let current = self.config.current();
+        let Some(mut disabled) = current.destinations.get(&destination.id).cloned() else { return };
+        disabled.enabled = false;
+        let change =
+            ConfigChange::Put { object: ConfigObject::Destination(Box::new(disabled)), mode: WriteMode::Replace };
+        if let Err(error) = self.config.change(change).await {
+            tracing::error!(destination_id = %destination.id, %error, "disabling a tripped destination failed");
+        }
     }
 
     /// Reserves one delivery in each cap window, or says which cap is reached (the lowest).
@@ -309,7 +384,7 @@ impl DeliveryService {
     /// One step of the dispatcher: for every enabled destination with free capacity, claims
     /// its due transfers and starts delivering them on `tasks`.
     pub async fn run_once(self: &Arc<Self>, tasks: &mut JoinSet<()>) -> StoreResult<StepOutcome> {
-        let config = self.config.borrow().clone();
+        let config = self.config.current();
         let mut outcome = StepOutcome::default();
         for destination in config.destinations.values() {
             // A disabled destination's transfers are held, not claimed; they flow again when
@@ -362,7 +437,7 @@ impl DeliveryService {
     /// flight finish (up to the drain timeout) and gives back the leases of the rest.
     pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()> + Send) {
         let mut tasks = JoinSet::new();
-        let mut config = self.config.clone();
+        let mut config = self.config.subscribe();
         tokio::pin!(shutdown);
         loop {
             while tasks.try_join_next().is_some() {}

@@ -16,7 +16,7 @@ mod read_api;
 mod tokens_api;
 
 use std::future::Future;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -26,9 +26,7 @@ use axum::{Json, Router};
 use leadrelay_delivery::attempt::HttpClients;
 use leadrelay_delivery::guard::{EgressPolicy, Lookup, SystemLookup};
 use leadrelay_delivery::{DeliveryService, DeliverySettings};
-use leadrelay_domain::compiled::CompiledRules;
-use leadrelay_domain::config::Config;
-use leadrelay_store::Store;
+use leadrelay_store::{ConfigHandle, LiveConfig, Store};
 use serde_json::json;
 use tokio::net::TcpListener;
 
@@ -67,60 +65,26 @@ impl Default for Settings {
     }
 }
 
-/// The configuration in force, with its rule sets compiled once.
-pub struct LiveConfig {
-    config: Config,
-    pub rules: CompiledRules,
-}
-
-impl LiveConfig {
-    fn new(config: Config) -> Self {
-        let rules = CompiledRules::new(&config);
-        Self { config, rules }
-    }
-}
-
-impl std::ops::Deref for LiveConfig {
-    type Target = Config;
-
-    fn deref(&self) -> &Config {
-        &self.config
-    }
-}
-
-/// What every handler shares: the store, the current configuration, the delivery service and
-/// the settings.
+/// What every handler shares: the store, the configuration in force, the delivery service
+/// and the settings.
 pub struct AppState {
     pub store: Arc<dyn Store>,
-    config: RwLock<Arc<LiveConfig>>,
-    /// The configuration in force, for the delivery service (which wakes on changes).
-    published: tokio::sync::watch::Sender<Arc<Config>>,
+    pub configuration: Arc<ConfigHandle>,
     pub delivery: Arc<DeliveryService>,
-    /// Held from a change's write to the store until the cache holds its result, so that the
-    /// cache never goes back to an older configuration.
-    config_changes: tokio::sync::Mutex<()>,
     pub settings: Settings,
 }
 
 impl AppState {
     /// Loads the configuration from the store once; later changes through the API refresh it.
     pub async fn new(store: Arc<dyn Store>, settings: Settings) -> Result<Arc<Self>, leadrelay_store::StoreError> {
-        let config = store.load_config().await?;
-        let (published, watched) = tokio::sync::watch::channel(Arc::new(config.clone()));
+        let configuration = ConfigHandle::load(store.clone()).await?;
         let clients = HttpClients::with_lookup(settings.egress.clone(), settings.lookup.clone());
-        let delivery = DeliveryService::new(store.clone(), clients, watched, settings.delivery.clone());
-        Ok(Arc::new(Self {
-            store,
-            config: RwLock::new(Arc::new(LiveConfig::new(config))),
-            published,
-            delivery,
-            config_changes: tokio::sync::Mutex::new(()),
-            settings,
-        }))
+        let delivery = DeliveryService::new(store.clone(), clients, configuration.clone(), settings.delivery.clone());
+        Ok(Arc::new(Self { store, configuration, delivery, settings }))
     }
 
     pub fn config(&self) -> Arc<LiveConfig> {
-        self.config.read().map(|config| config.clone()).unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+        self.configuration.current()
     }
 
     /// Applies a change through the store and puts the result in force.
@@ -128,13 +92,7 @@ impl AppState {
         &self,
         change: leadrelay_domain::config::ConfigChange,
     ) -> Result<Arc<LiveConfig>, leadrelay_store::ConfigWriteError> {
-        let _serial = self.config_changes.lock().await;
-        let changed = self.store.change_config(change).await?;
-        self.published.send_replace(Arc::new(changed.clone()));
-        let config = Arc::new(LiveConfig::new(changed));
-        let mut slot = self.config.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        *slot = config.clone();
-        Ok(config)
+        self.configuration.change(change).await
     }
 }
 

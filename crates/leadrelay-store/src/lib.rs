@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod delivery;
+mod live;
 mod query;
 mod records;
 
@@ -13,6 +14,7 @@ use leadrelay_domain::config::{ChangeError, Config, ConfigChange};
 use leadrelay_domain::pipeline::{DuplicateFound, DuplicateQuery};
 
 pub use delivery::*;
+pub use live::{ConfigHandle, LiveConfig};
 pub use query::*;
 pub use records::*;
 

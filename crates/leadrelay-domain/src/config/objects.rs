@@ -347,6 +347,17 @@ pub struct Destination {
     /// Most deliveries in flight to this destination at once (per node).
     #[serde(default = "default_concurrency")]
     pub concurrency: u32,
+    /// Disables the destination after this many technical failures in a row; its transfers
+    /// are held until a person enables it again. Off when absent.
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreaker>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreaker {
+    /// Consecutive technical failures (timeouts, connection errors, 5xx, 429) that trip it.
+    pub failures: u32,
 }
 
 fn default_concurrency() -> u32 {

@@ -248,6 +248,9 @@ fn validate_destination(destination: &Destination, problems: &mut Vec<String>) {
             problems.push(format!("{at}.body_template: {error}"));
         }
     }
+    if destination.circuit_breaker.as_ref().is_some_and(|breaker| breaker.failures == 0 || breaker.failures > 100_000) {
+        problems.push(format!("{at}.circuit_breaker.failures: must be between 1 and 100000"));
+    }
     if destination.concurrency == 0 || destination.concurrency > 1000 {
         problems.push(format!("{at}.concurrency: must be between 1 and 1000"));
     }

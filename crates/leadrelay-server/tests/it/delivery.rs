@@ -576,3 +576,41 @@ async fn caps_skip_leads_once_reached_and_the_lower_cap_wins() {
     assert_eq!(skipped["items"][0]["description"], "Daily cap reached (2/2)");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_circuit_breaker_disables_a_failing_destination_and_holds_its_transfers() {
+    let receiver = Receiver::start(vec![Reply::status(500), Reply::status(500), Reply::status(200)]).await;
+    let app = spawn_delivering_app().await;
+    let destination = webhook(
+        "crm",
+        &receiver,
+        json!({"circuit_breaker": {"failures": 2}, "retry": {"max_attempts": 5, "schedule_ms": [10]}}),
+    );
+    app.apply(&config(json!([destination]))).await;
+    let lead_id = submit(&app, "breaker@example.com").await;
+    let types = app.timeline_until(&lead_id, "destination.disabled").await;
+    assert_eq!(
+        delivery_part(&types),
+        [
+            "recipient.error",
+            "retry.scheduled",
+            "retry.attempted",
+            "recipient.error",
+            "retry.scheduled",
+            "destination.disabled"
+        ]
+    );
+    let tripped = app.timeline(&lead_id).await.into_iter().find(|e| e["type"] == "destination.disabled").unwrap();
+    assert_eq!(tripped["reason"], "Disabled after 2 failures in a row (last: HTTP 500 from destination)");
+    let mut current = app.get_json("/api/v1/destinations/crm").await;
+    assert_eq!(current["enabled"], false);
+    // Held, not dropped: still waiting in the register.
+    assert_eq!(app.transfer(&lead_id, "crm").await["status"], "new");
+    assert_eq!(receiver.received().len(), 2);
+
+    current["enabled"] = json!(true);
+    assert_eq!(app.put_admin("/api/v1/destinations/crm", &current).await.status(), StatusCode::OK);
+    app.timeline_until(&lead_id, "recipient.delivered").await;
+    assert_eq!(receiver.received().len(), 3);
+    app.stop().await;
+}

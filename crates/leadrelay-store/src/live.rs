@@ -1,0 +1,66 @@
+//! The configuration in force in a process: loaded from the store once, replaced only by
+//! what the store returns after a change, and published to whoever watches it (the delivery
+//! service wakes on changes).
+
+use std::sync::Arc;
+
+use leadrelay_domain::compiled::CompiledRules;
+use leadrelay_domain::config::{Config, ConfigChange};
+use tokio::sync::watch;
+
+use crate::{ConfigWriteError, Store, StoreResult};
+
+/// A configuration with its rule sets compiled once.
+pub struct LiveConfig {
+    config: Config,
+    pub rules: CompiledRules,
+}
+
+impl LiveConfig {
+    pub fn new(config: Config) -> Self {
+        let rules = CompiledRules::new(&config);
+        Self { config, rules }
+    }
+}
+
+impl std::ops::Deref for LiveConfig {
+    type Target = Config;
+
+    fn deref(&self) -> &Config {
+        &self.config
+    }
+}
+
+/// The configuration in force, and the one way to change it.
+pub struct ConfigHandle {
+    store: Arc<dyn Store>,
+    current: watch::Sender<Arc<LiveConfig>>,
+    /// Held from a change's write to the store until the new configuration is published, so
+    /// that the published one never goes back to an older configuration.
+    changes: tokio::sync::Mutex<()>,
+}
+
+impl ConfigHandle {
+    pub async fn load(store: Arc<dyn Store>) -> StoreResult<Arc<Self>> {
+        let config = store.load_config().await?;
+        let (current, _) = watch::channel(Arc::new(LiveConfig::new(config)));
+        Ok(Arc::new(Self { store, current, changes: tokio::sync::Mutex::new(()) }))
+    }
+
+    pub fn current(&self) -> Arc<LiveConfig> {
+        self.current.borrow().clone()
+    }
+
+    /// A receiver that sees every configuration put in force from now on.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<LiveConfig>> {
+        self.current.subscribe()
+    }
+
+    /// Applies a change through the store and puts the result in force.
+    pub async fn change(&self, change: ConfigChange) -> Result<Arc<LiveConfig>, ConfigWriteError> {
+        let _serial = self.changes.lock().await;
+        let config = Arc::new(LiveConfig::new(self.store.change_config(change).await?));
+        self.current.send_replace(config.clone());
+        Ok(config)
+    }
+}
