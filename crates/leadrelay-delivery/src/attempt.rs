@@ -210,6 +210,75 @@ pub fn signing_keys(destination: &Destination, previous: &[String]) -> Vec<Vec<u
     destination.signing_secret.iter().chain(previous).filter_map(|secret| signing::secret_key(secret).ok()).collect()
 }
 
+/// What came back from a call: status, headers, and the body (at most [`READ_BODY_BYTES`]).
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+    /// False when the body was longer than what was read.
+    pub complete: bool,
+}
+
+/// Why a call brought no answer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SendFailure {
+    /// The guard (or the configuration) does not allow the call: a person has to act.
+    Blocked(String),
+    /// A technical failure (timeout, connection, a name that does not resolve now).
+    Failed(String),
+}
+
+/// Sends a request through the guarded client (through `proxy` when given) within `timeout`,
+/// for the whole exchange, body included.
+pub async fn send(
+    clients: &HttpClients,
+    proxy: Option<&str>,
+    request: &OutboundRequest,
+    timeout: Duration,
+) -> Result<Answer, SendFailure> {
+    check_url(clients.policy(), &request.url).map_err(|refusal| SendFailure::Blocked(refusal.to_string()))?;
+    let client = clients.client(proxy).map_err(SendFailure::Blocked)?;
+    if proxy.is_some() {
+        clients
+            .check_proxied_target(&request.url)
+            .await
+            .map_err(|refusal| SendFailure::Blocked(refusal.to_string()))?;
+    }
+    let mut builder = client.request(method_of(request.method), request.url.clone());
+    for (name, value) in &request.headers {
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    if !request.body.is_empty() || request.method != HttpMethod::GET {
+        builder = builder.body(request.body.clone());
+    }
+    let exchange = async {
+        let mut response = builder.send().await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let mut body = Vec::new();
+        let mut complete = true;
+        while let Some(chunk) = response.chunk().await? {
+            body.extend_from_slice(&chunk);
+            if body.len() >= READ_BODY_BYTES {
+                body.truncate(READ_BODY_BYTES);
+                complete = false;
+                break;
+            }
+        }
+        Ok::<_, reqwest::Error>(Answer { status, headers, body, complete })
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Err(_) => Err(SendFailure::Failed(format!("timed out after {} ms", timeout.as_millis()))),
+        Ok(Err(error)) => match refusal_in(&error) {
+            // A name that does not resolve may resolve later: retried like any network error.
+            Some(refusal @ Refusal::Unresolved { .. }) => Err(SendFailure::Failed(refusal.to_string())),
+            Some(refusal) => Err(SendFailure::Blocked(refusal.to_string())),
+            None => Err(SendFailure::Failed(describe_transport(&error, timeout))),
+        },
+        Ok(Ok(answer)) => Ok(answer),
+    }
+}
+
 /// The inputs of one attempt.
 pub struct AttemptInput<'a> {
     pub destination: &'a Destination,
@@ -255,67 +324,24 @@ pub async fn attempt(clients: &HttpClients, input: AttemptInput<'_>) -> AttemptR
     }
     let secrets = secret_headers(destination);
     let recorded = recorded_request(&request, &secrets);
-    if let Err(refusal) = check_url(clients.policy(), &request.url) {
-        return blocked(refusal.to_string(), recorded);
-    }
-    let client = match clients.client(destination.proxy.as_deref()) {
-        Ok(client) => client,
-        Err(reason) => return blocked(reason, recorded),
-    };
-    if destination.proxy.is_some() {
-        if let Err(refusal) = clients.check_proxied_target(&request.url).await {
-            return blocked(refusal.to_string(), recorded);
-        }
-    }
-
     let timeout = Duration::from_millis(destination.timeout_ms.max(1));
-    let mut builder = client.request(method_of(request.method), request.url.clone());
-    for (name, value) in &request.headers {
-        builder = builder.header(name.as_str(), value.as_str());
-    }
-    if !request.body.is_empty() || request.method != HttpMethod::GET {
-        builder = builder.body(request.body.clone());
-    }
-    let exchange = async {
-        let mut response = builder.send().await?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let mut body = Vec::new();
-        let mut complete = true;
-        while let Some(chunk) = response.chunk().await? {
-            body.extend_from_slice(&chunk);
-            if body.len() >= READ_BODY_BYTES {
-                body.truncate(READ_BODY_BYTES);
-                complete = false;
-                break;
-            }
-        }
-        Ok::<_, reqwest::Error>((status, headers, body, complete))
-    };
-    let result = tokio::time::timeout(timeout, exchange).await;
+    let answer = send(clients, destination.proxy.as_deref(), &request, timeout).await;
     let duration_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
-    let failed = |reason: String| AttemptReport {
-        started_at: input.now,
-        duration_ms,
-        verdict: AttemptVerdict::Judged(Verdict::Failed { reason, retry_after: None }),
-        response_code: None,
-        request: recorded.clone(),
-        response: Value::Null,
-        captured: Map::new(),
-        price: None,
-    };
-    let (status, headers, body, complete) = match result {
-        Err(_) => return failed(format!("timed out after {} ms", timeout.as_millis())),
-        Ok(Err(error)) => {
-            match refusal_in(&error) {
-                // A name that does not resolve may resolve later: retried like any network error.
-                Some(refusal @ Refusal::Unresolved { .. }) => return failed(refusal.to_string()),
-                Some(refusal) => return AttemptReport { duration_ms, ..blocked(refusal.to_string(), recorded) },
-                None => {}
+    let Answer { status, headers, body, complete } = match answer {
+        Ok(answer) => answer,
+        Err(SendFailure::Blocked(reason)) => return AttemptReport { duration_ms, ..blocked(reason, recorded) },
+        Err(SendFailure::Failed(reason)) => {
+            return AttemptReport {
+                started_at: input.now,
+                duration_ms,
+                verdict: AttemptVerdict::Judged(Verdict::Failed { reason, retry_after: None }),
+                response_code: None,
+                request: recorded,
+                response: Value::Null,
+                captured: Map::new(),
+                price: None,
             }
-            return failed(describe_transport(&error, timeout));
         }
-        Ok(Ok(answer)) => answer,
     };
     let text = String::from_utf8_lossy(&body);
     let retry_after = headers

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod attempt;
+pub mod enhance;
 pub mod guard;
 pub mod judge;
 pub mod plan;

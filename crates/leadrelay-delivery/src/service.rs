@@ -17,7 +17,7 @@ use leadrelay_store::{
     ClaimedTransfer, ConfigHandle, DeliveryClaim, DeliveryRecord, LoggedEvent, Store, StoreResult, TransferState,
     TransferUpdate,
 };
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
@@ -361,6 +361,20 @@ impl DeliveryService {
         // A failed realtime delivery may now wait for a retry: let the dispatcher see it.
         self.wake();
         answers
+    }
+
+    /// Calls a flow's enhancements for a prepared lead, in order.
+    pub async fn enhance(
+        &self,
+        enhancements: &[leadrelay_domain::config::Enhancement],
+        lead_id: &str,
+        fields: &Map<String, Value>,
+    ) -> Vec<leadrelay_domain::pipeline::EnhancementOutcome> {
+        let mut outcomes = Vec::with_capacity(enhancements.len());
+        for enhancement in enhancements {
+            outcomes.push(crate::enhance::call_enhancement(&self.clients, enhancement, lead_id, fields).await);
+        }
+        outcomes
     }
 
     /// Sends a sample lead to a destination now, writing nothing: what `…/test` answers.

@@ -65,6 +65,38 @@ pub struct Prepared {
     /// Why the lead must be rejected before any duplicate check, if anything.
     pub problems: Vec<String>,
     pub duplicate_query: Option<DuplicateQuery>,
+    /// What the flow's enhancements answered, in order; the caller makes the calls (IO)
+    /// between `prepare` and `decide`.
+    pub enhancements: Vec<EnhancementOutcome>,
+}
+
+/// How one enhancement call went.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EnhancementOutcome {
+    pub name: String,
+    pub result: EnhancementResult,
+    pub duration_ms: i64,
+    /// The request sent and the response received, for the event.
+    pub exchange: Value,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum EnhancementResult {
+    /// Data to append under `appended.<name>`.
+    Success(Map<String, Value>),
+    /// The service answered, with no data for this lead.
+    Failure(String),
+    /// The call broke (timeout, connection, not JSON, an error status).
+    Error(String),
+}
+
+impl Prepared {
+    /// Whether the lead goes on to enhancements: nothing rejects it before them.
+    pub fn needs_enhancements(&self, flow: &Flow, duplicate: Option<&DuplicateFound>) -> bool {
+        let rejected_duplicate =
+            duplicate.is_some() && flow.duplicates.as_ref().is_some_and(|d| d.policy == DuplicatePolicy::Reject);
+        !flow.enhancements.is_empty() && self.problems.is_empty() && !rejected_duplicate
+    }
 }
 
 /// A transfer to record: one lead to one destination, or to none when the lead stopped early.
@@ -203,7 +235,15 @@ pub fn prepare(intake: &Intake<'_>, submitted: Map<String, Value>, received_at: 
         })
     });
 
-    Prepared { lead_id: LeadId::generate(), received_at, submitted, fields, problems, duplicate_query }
+    Prepared {
+        lead_id: LeadId::generate(),
+        received_at,
+        submitted,
+        fields,
+        problems,
+        duplicate_query,
+        enhancements: Vec::new(),
+    }
 }
 
 /// Builds events one after another, each carrying the lead's snapshot at that moment.
@@ -367,6 +407,7 @@ pub fn decide(intake: &Intake<'_>, prepared: &Prepared, duplicate: Option<&Dupli
         event.status = Some(RegisterStatus::New);
         event.outcome = Some(Outcome::Success);
         event.data = json!({ "duplicate_of": duplicate.map(|d| &d.lead_id) });
+        append_enhancements(&mut timeline, &prepared.enhancements, now);
         accepted = run_filters(&mut timeline, now);
     }
 
@@ -388,6 +429,33 @@ pub fn decide(intake: &Intake<'_>, prepared: &Prepared, duplicate: Option<&Dupli
         assumed_duplicate: duplicate.cloned(),
         answer,
         deferred_completion,
+    }
+}
+
+/// Records each enhancement's outcome; data a service returned is appended to the lead
+/// (under `appended.<name>`) before the filters run. A failure never stops the lead.
+fn append_enhancements(timeline: &mut Timeline<'_>, outcomes: &[EnhancementOutcome], now: Millis) {
+    for outcome in outcomes {
+        let (event_type, result_outcome, reason) = match &outcome.result {
+            EnhancementResult::Success(data) => {
+                timeline.lead_mut().appended.insert(outcome.name.clone(), Value::Object(data.clone()));
+                (EventType::EnhancementSuccess, Outcome::Success, None)
+            }
+            EnhancementResult::Failure(reason) => {
+                (EventType::EnhancementFailure, Outcome::Failure, Some(reason.clone()))
+            }
+            EnhancementResult::Error(reason) => (EventType::EnhancementError, Outcome::Error, Some(reason.clone())),
+        };
+        let event = timeline.push(event_type, now);
+        event.outcome = Some(result_outcome);
+        event.reason = reason;
+        event.duration_ms = Some(outcome.duration_ms);
+        event.integration = Some("enhancement".to_owned());
+        let mut data = json!({ "enhancement": outcome.name });
+        if let (Value::Object(data), Value::Object(exchange)) = (&mut data, &outcome.exchange) {
+            data.extend(exchange.clone());
+        }
+        event.data = data;
     }
 }
 

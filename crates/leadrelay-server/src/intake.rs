@@ -195,13 +195,18 @@ pub(crate) async fn submit(
 
     let destinations = flow.destinations.iter().filter_map(|id| config.destinations.get(id)).collect();
     let intake = Intake { flow, source, destinations, rules: &config.rules };
-    let prepared = prepare(&intake, fields, received_at);
+    let mut prepared = prepare(&intake, fields, received_at);
     // The commit re-checks duplicates atomically, so asking first only pays when it saves
     // work that a duplicate would waste: the flow's enhancement calls.
     let mut duplicate = match &prepared.duplicate_query {
         Some(query) if !flow.enhancements.is_empty() => state.store.find_duplicate(query).await?,
         _ => None,
     };
+    if prepared.needs_enhancements(flow, duplicate.as_ref()) {
+        let snapshot = serde_json::json!({ "fields": prepared.fields });
+        let values = leadrelay_delivery::request::lead_fields(&snapshot);
+        prepared.enhancements = state.delivery.enhance(&flow.enhancements, prepared.lead_id.as_str(), &values).await;
+    }
     for _ in 0..MAX_DECISIONS {
         let mut decision = decide(&intake, &prepared, duplicate.as_ref(), now_millis());
         let http_status = match decision.answer.outcome {

@@ -614,3 +614,67 @@ async fn a_circuit_breaker_disables_a_failing_destination_and_holds_its_transfer
     assert_eq!(receiver.received().len(), 3);
     app.stop().await;
 }
+
+/// A flow whose enhancement calls `enhancer` and whose filter needs its answer.
+fn enhanced_config(enhancer: &Receiver, crm: &Receiver) -> Value {
+    let mut config = config(json!([webhook("crm", crm, json!({}))]));
+    config["flows"][0]["enhancements"] =
+        json!([{"name": "phone_check", "url": enhancer.url("/check"), "timeout_ms": 1000, "headers": {"X-Key": "e"}}]);
+    config["flows"][0]["filters"] = json!([{"name": "mobile", "rules": {"any": [{"field": "appended.phone_check.line", "op": "eq", "value": "mobile"},
+                                                       {"field": "appended.phone_check.line", "op": "blank"}]}}]);
+    config
+}
+
+#[tokio::test]
+async fn an_enhancement_appends_its_answer_before_the_filters() {
+    let enhancer = Receiver::start(vec![Reply::status(200).body(r#"{"carrier":"Verizon","line":"mobile"}"#)]).await;
+    let crm = Receiver::start(vec![Reply::status(200)]).await;
+    let app = spawn_delivering_app().await;
+    app.apply(&enhanced_config(&enhancer, &crm)).await;
+    let lead_id = submit(&app, "enhanced@example.com").await;
+    let types = app.timeline_until(&lead_id, "recipient.delivered").await;
+    assert_eq!(
+        types,
+        [
+            "source.submitted",
+            "source.accepted",
+            "enhancement.success",
+            "filter.passed",
+            "flow.completed",
+            "recipient.delivered"
+        ]
+    );
+    let call = &enhancer.received()[0];
+    assert_eq!(call.json()["email"], "enhanced@example.com");
+    assert_eq!(call.json()["lead_id"], lead_id.as_str());
+    assert_eq!(call.header("x-key"), Some("e"));
+    let lead = app.get_json(&format!("/api/v1/leads/{lead_id}")).await;
+    assert_eq!(lead["appended"]["phone_check"], json!({"carrier": "Verizon", "line": "mobile"}));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_broken_enhancement_never_stops_the_lead() {
+    let enhancer = Receiver::start(vec![Reply::status(503)]).await;
+    let crm = Receiver::start(vec![Reply::status(200)]).await;
+    let app = spawn_delivering_app().await;
+    app.apply(&enhanced_config(&enhancer, &crm)).await;
+    let lead_id = submit(&app, "unenhanced@example.com").await;
+    let types = app.timeline_until(&lead_id, "recipient.delivered").await;
+    assert_eq!(
+        types,
+        [
+            "source.submitted",
+            "source.accepted",
+            "enhancement.error",
+            "filter.passed",
+            "flow.completed",
+            "recipient.delivered"
+        ]
+    );
+    let error = app.timeline(&lead_id).await.into_iter().find(|e| e["type"] == "enhancement.error").unwrap();
+    assert_eq!(error["reason"], "HTTP 503 from the enhancement");
+    assert_eq!(error["outcome"], "error");
+    assert_eq!(error["data"]["enhancement"], "phone_check");
+    app.stop().await;
+}
