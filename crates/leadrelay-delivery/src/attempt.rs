@@ -205,9 +205,16 @@ fn describe_transport(error: &reqwest::Error, timeout: Duration) -> String {
     }
 }
 
-/// Signing secrets in force for a destination, as keys.
-pub fn signing_keys(destination: &Destination, previous: &[String]) -> Vec<Vec<u8>> {
-    destination.signing_secret.iter().chain(previous).filter_map(|secret| signing::secret_key(secret).ok()).collect()
+/// Signing secrets in force for a destination at `now`, as keys: its secret, and the ones it
+/// replaced whose overlap still runs.
+pub fn signing_keys(destination: &Destination, now: Millis) -> Vec<Vec<u8>> {
+    let previous = destination.previous_signing_secrets.iter().filter(|previous| previous.in_force(now));
+    destination
+        .signing_secret
+        .iter()
+        .chain(previous.map(|previous| &previous.secret))
+        .filter_map(|secret| signing::secret_key(secret).ok())
+        .collect()
 }
 
 /// What came back from a call: status, headers, and the body (at most [`READ_BODY_BYTES`]).
@@ -286,8 +293,6 @@ pub struct AttemptInput<'a> {
     pub transfer_id: &'a str,
     pub webhook_id: &'a str,
     pub attempt: u32,
-    /// Keys of secrets still in their rotation overlap, signed with besides the current one.
-    pub previous_keys: &'a [Vec<u8>],
     pub now: Millis,
 }
 
@@ -316,8 +321,7 @@ pub async fn attempt(clients: &HttpClients, input: AttemptInput<'_>) -> AttemptR
         Ok(request) => request,
         Err(error) => return blocked(error.to_string(), Value::Null),
     };
-    let mut keys: Vec<Vec<u8>> = signing_keys(destination, &[]);
-    keys.extend(input.previous_keys.iter().cloned());
+    let keys = signing_keys(destination, input.now);
     if !keys.is_empty() {
         let seconds = input.now.div_euclid(1000);
         request.headers.extend(signing::headers(&keys, input.webhook_id, seconds, &request.body));

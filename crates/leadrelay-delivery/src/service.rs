@@ -305,7 +305,6 @@ impl DeliveryService {
                 transfer_id: &claimed.transfer_id,
                 webhook_id: &claimed.transfer_id,
                 attempt: claimed.attempts + 1,
-                previous_keys: &[],
                 now,
             },
         )
@@ -388,7 +387,6 @@ impl DeliveryService {
                 transfer_id: &transfer_id,
                 webhook_id: &transfer_id,
                 attempt: 1,
-                previous_keys: &[],
                 now: now_millis(),
             },
         )

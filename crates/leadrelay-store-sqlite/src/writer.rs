@@ -458,8 +458,8 @@ impl Writer {
     async fn change_config(&mut self, change: ConfigChange) -> Result<Config, ConfigWriteError> {
         let mut transaction = self.connection.begin_with("BEGIN IMMEDIATE").await.map_err(unavailable)?;
         let current = read::load_config(&mut *transaction).await?;
-        let (next, writes) = current.change(change)?;
         let now = now_millis();
+        let (next, writes) = current.change(change, now)?;
         for write in writes {
             match write {
                 ObjectWrite::Put(object) => {

@@ -14,6 +14,7 @@ pub use objects::*;
 pub use validate::{parse_json_path, parse_status_range, validate_http_url};
 
 use crate::ids::slug_from_name;
+use crate::time::Millis;
 
 /// The kinds of configuration object that have their own REST collection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -178,6 +179,9 @@ impl ConfigObject {
     }
 }
 
+/// How long a replaced signing secret keeps signing beside the new one: a day.
+pub const SECRET_OVERLAP_MS: Millis = 86_400_000;
+
 /// A new Standard Webhooks secret: `whsec_` and 24 random bytes in base64.
 pub fn new_signing_secret() -> String {
     use base64::Engine;
@@ -276,13 +280,14 @@ impl Config {
 
     /// Applies a change to a copy of this configuration and validates the result as a whole.
     /// Returns the new configuration and the objects whose stored form changed.
-    pub fn change(&self, change: ConfigChange) -> Result<(Config, Vec<ObjectWrite>), ChangeError> {
+    /// Applies a change at `now` (which dates the overlap of a replaced signing secret).
+    pub fn change(&self, change: ConfigChange, now: Millis) -> Result<(Config, Vec<ObjectWrite>), ChangeError> {
         let mut next = self.clone();
         let mut writes = Vec::new();
         match change {
             ConfigChange::Put { mut object, mode } => {
                 object.fill_defaults();
-                self.give_signing_secret(&mut object);
+                self.give_signing_secret(&mut object, now);
                 let exists = self.contains(object.kind(), object.id());
                 match (mode, exists) {
                     (WriteMode::Create, true) => {
@@ -317,7 +322,7 @@ impl Config {
                 let mut seen = std::collections::HashSet::new();
                 for mut object in objects {
                     object.fill_defaults();
-                    self.give_signing_secret(&mut object);
+                    self.give_signing_secret(&mut object, now);
                     if !seen.insert((object.kind(), object.id().to_owned())) {
                         return Err(ConfigError::one(format!(
                             "{} {:?} appears twice in the document",
@@ -338,14 +343,28 @@ impl Config {
     }
 
     /// Every webhook is signed: a destination written without a signing secret keeps the one
-    /// it has, or gets a new one.
-    fn give_signing_secret(&self, object: &mut ConfigObject) {
+    /// it has, or gets a new one. A secret that changes stays in force beside the new one for
+    /// [`SECRET_OVERLAP_MS`], so that receivers can switch without dropping a message.
+    fn give_signing_secret(&self, object: &mut ConfigObject, now: Millis) {
         let ConfigObject::Destination(destination) = object else { return };
-        if destination.signing_secret.is_some() {
-            return;
+        let stored = self.destinations.get(&destination.id);
+        let stored_secret = stored.and_then(|stored| stored.signing_secret.clone());
+        if destination.signing_secret.is_none() {
+            destination.signing_secret = Some(stored_secret.clone().unwrap_or_else(new_signing_secret));
         }
-        let kept = self.destinations.get(&destination.id).and_then(|stored| stored.signing_secret.clone());
-        destination.signing_secret = Some(kept.unwrap_or_else(new_signing_secret));
+        if destination.previous_signing_secrets.is_empty() {
+            if let Some(stored) = stored {
+                destination.previous_signing_secrets = stored.previous_signing_secrets.clone();
+            }
+        }
+        if let Some(old) = stored_secret.filter(|old| Some(old) != destination.signing_secret.as_ref()) {
+            destination
+                .previous_signing_secrets
+                .push(PreviousSecret { secret: old, until: crate::time::format_millis(now + SECRET_OVERLAP_MS) });
+        }
+        destination
+            .previous_signing_secrets
+            .retain(|previous| previous.in_force(now) && Some(&previous.secret) != destination.signing_secret.as_ref());
     }
 
     /// Names an object that refers to the given one, if any.

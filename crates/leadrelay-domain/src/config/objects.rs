@@ -335,6 +335,10 @@ pub struct Destination {
     pub price: Option<f64>,
     #[serde(default)]
     pub signing_secret: Option<String>,
+    /// Secrets replaced within the last day: webhooks are signed with them too, so receivers
+    /// can switch secrets without dropping a message. Kept by leadrelay when the secret changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_signing_secrets: Vec<PreviousSecret>,
     #[serde(default = "default_true")]
     pub enabled: bool,
     /// An outbound proxy URL, for CRMs that allow-list a fixed egress address.
@@ -351,6 +355,21 @@ pub struct Destination {
     /// are held until a person enables it again. Off when absent.
     #[serde(default)]
     pub circuit_breaker: Option<CircuitBreaker>,
+}
+
+/// A replaced signing secret, still used until `until` (an ISO 8601 time).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviousSecret {
+    pub secret: String,
+    pub until: String,
+}
+
+impl PreviousSecret {
+    /// Whether the overlap still runs at `now`.
+    pub fn in_force(&self, now: crate::time::Millis) -> bool {
+        chrono::DateTime::parse_from_rfc3339(&self.until).is_ok_and(|until| until.timestamp_millis() > now)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

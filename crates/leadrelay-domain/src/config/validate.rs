@@ -287,6 +287,14 @@ fn validate_destination(destination: &Destination, problems: &mut Vec<String>) {
                 .push(format!("{at}.signing_secret: must be \"whsec_\" followed by base64 of 16 to 64 random bytes"));
         }
     }
+    for (index, previous) in destination.previous_signing_secrets.iter().enumerate() {
+        if !previous.secret.starts_with("whsec_") {
+            problems.push(format!("{at}.previous_signing_secrets[{index}].secret: must start with \"whsec_\""));
+        }
+        if chrono::DateTime::parse_from_rfc3339(&previous.until).is_err() {
+            problems.push(format!("{at}.previous_signing_secrets[{index}].until: must be an ISO 8601 time"));
+        }
+    }
     if let Some(proxy) = &destination.proxy {
         let valid = url::Url::parse(proxy).is_ok_and(|url| matches!(url.scheme(), "http" | "https" | "socks5"));
         if !valid {

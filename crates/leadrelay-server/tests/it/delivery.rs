@@ -678,3 +678,29 @@ async fn a_broken_enhancement_never_stops_the_lead() {
     assert_eq!(error["data"]["enhancement"], "phone_check");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_rotated_secret_signs_beside_the_new_one_during_the_overlap() {
+    let receiver = Receiver::start(vec![Reply::status(200)]).await;
+    let app = spawn_delivering_app().await;
+    let mut destination = webhook("crm", &receiver, json!({"signing_secret": SECRET}));
+    app.apply(&config(json!([destination.clone()]))).await;
+    let new_secret = "whsec_dGhpcyBpcyB0aGUgbmV3IHNlY3JldCBieXRlcw==";
+    destination["signing_secret"] = json!(new_secret);
+    assert_eq!(app.put_admin("/api/v1/destinations/crm", &destination).await.status(), StatusCode::OK);
+    let stored = app.get_json("/api/v1/destinations/crm").await;
+    assert_eq!(stored["previous_signing_secrets"][0]["secret"], SECRET);
+
+    let lead_id = submit(&app, "rotated@example.com").await;
+    app.timeline_until(&lead_id, "recipient.delivered").await;
+    let request = &receiver.received()[0];
+    assert_eq!(request.header("webhook-signature").unwrap().split(' ').count(), 2);
+    // Receivers holding either secret verify the message.
+    verify_signature(SECRET, request);
+    verify_signature(new_secret, request);
+    // Applying the exported configuration again changes nothing.
+    let exported = app.get_json("/api/v1/config").await;
+    let again = app.post_admin("/api/v1/config", &exported).await;
+    assert_eq!(again.json::<Value>().await.unwrap()["changed"], 0);
+    app.stop().await;
+}
