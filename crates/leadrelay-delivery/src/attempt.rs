@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use leadrelay_domain::config::{Destination, HttpMethod};
+use leadrelay_domain::config::{Destination, DestinationKind, HttpMethod};
 use leadrelay_domain::time::{format_millis, Millis};
 use serde_json::{json, Map, Value};
 
@@ -156,9 +156,21 @@ fn recorded_request(request: &OutboundRequest, secrets: &[String]) -> Value {
         })
         .collect();
     let (body, truncated) = recorded_body(&request.body, RECORDED_BODY_BYTES);
+    // GA4's api_secret travels in the query string: never in the log.
+    let mut url = request.url.clone();
+    if url.query_pairs().any(|(name, _)| name == "api_secret") {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(name, value)| {
+                let shown = if name == "api_secret" { "***".to_owned() } else { value.into_owned() };
+                (name.into_owned(), shown)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
     json!({
         "method": method_name(request.method),
-        "url": request.url.as_str(),
+        "url": url.as_str(),
         "headers": headers,
         "body": body,
         "body_truncated": truncated,
@@ -321,7 +333,9 @@ pub async fn attempt(clients: &HttpClients, input: AttemptInput<'_>) -> AttemptR
         Ok(request) => request,
         Err(error) => return blocked(error.to_string(), Value::Null),
     };
-    let keys = signing_keys(destination, input.now);
+    // Webhooks are signed; GA4 is Google's protocol, authenticated by its api_secret.
+    let keys =
+        if destination.kind == DestinationKind::Webhook { signing_keys(destination, input.now) } else { Vec::new() };
     if !keys.is_empty() {
         let seconds = input.now.div_euclid(1000);
         request.headers.extend(signing::headers(&keys, input.webhook_id, seconds, &request.body));

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use leadrelay_domain::config::{Destination, RetryPolicy};
+use leadrelay_domain::config::{Destination, DestinationKind, RetryPolicy};
 use leadrelay_domain::event::{EventType, NewEvent, Outcome, RegisterStatus};
 use leadrelay_domain::ids::{LeadId, TransferId};
 use leadrelay_domain::time::{format_millis, Millis};
@@ -39,7 +39,13 @@ pub fn retry_delay(
     })
 }
 
-fn event_about(claimed: &ClaimedTransfer, event_type: EventType, at: Millis, attempt: u32) -> NewEvent {
+fn event_about(
+    claimed: &ClaimedTransfer,
+    integration: &str,
+    event_type: EventType,
+    at: Millis,
+    attempt: u32,
+) -> NewEvent {
     let mut event = NewEvent::about(
         event_type,
         at,
@@ -49,9 +55,18 @@ fn event_about(claimed: &ClaimedTransfer, event_type: EventType, at: Millis, att
     );
     event.destination_id = Some(claimed.destination_id.clone());
     event.transfer_id = Some(TransferId::from_stored(claimed.transfer_id.clone()));
-    event.integration = Some("webhook".to_owned());
+    event.integration = Some(integration.to_owned());
     event.attempt = Some(i64::from(attempt));
     event
+}
+
+/// The `integration` of a destination's events: its kind.
+fn integration_of(destination: &Destination) -> &'static str {
+    match destination.kind {
+        DestinationKind::Webhook => "webhook",
+        DestinationKind::Ga4 => "ga4",
+        DestinationKind::Email => "email",
+    }
 }
 
 fn name_of(destination: &Destination) -> &str {
@@ -74,9 +89,10 @@ pub fn plan(
     let attempt = claimed.attempts + 1;
     let in_round = attempt.saturating_sub(claimed.retry_base);
     let name = name_of(destination);
+    let integration = integration_of(destination);
     let mut events = Vec::new();
     if in_round > 1 {
-        let mut retried = event_about(claimed, EventType::RetryAttempted, now, attempt);
+        let mut retried = event_about(claimed, integration, EventType::RetryAttempted, now, attempt);
         retried.status = Some(RegisterStatus::New);
         retried.data = json!({ "attempt": attempt });
         events.push(retried);
@@ -88,7 +104,7 @@ pub fn plan(
         "response": report.response,
         "captured": report.captured,
     });
-    let mut outcome = event_about(claimed, EventType::RecipientDelivered, now, attempt);
+    let mut outcome = event_about(claimed, integration, EventType::RecipientDelivered, now, attempt);
     outcome.duration_ms = Some(report.duration_ms);
     outcome.response_code = report.response_code.map(i64::from);
     outcome.data = data;
@@ -136,7 +152,7 @@ pub fn plan(
             match retry_delay(&destination.retry, in_round, retry_after, random) {
                 Some(delay) => {
                     let due_at = now + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2);
-                    let mut scheduled = event_about(claimed, EventType::RetryScheduled, now, attempt + 1);
+                    let mut scheduled = event_about(claimed, integration, EventType::RetryScheduled, now, attempt + 1);
                     scheduled.status = Some(RegisterStatus::New);
                     scheduled.reason = Some(description.clone());
                     scheduled.data = json!({
@@ -203,7 +219,9 @@ fn abandon(
     } else {
         format!("Abandoned after {in_round} attempts: {last_error}")
     };
-    let mut abandoned = event_about(claimed, EventType::DeliveryAbandoned, now, attempt);
+    // The same integration as the attempt's own event, just before it.
+    let integration = events.last().and_then(|event| event.integration.clone()).unwrap_or_default();
+    let mut abandoned = event_about(claimed, &integration, EventType::DeliveryAbandoned, now, attempt);
     abandoned.status = Some(RegisterStatus::Error);
     abandoned.outcome = Some(Outcome::Error);
     abandoned.reason = Some(reason.clone());

@@ -4,7 +4,7 @@
 
 use base64::Engine;
 use indexmap::IndexMap;
-use leadrelay_domain::config::{Auth, BodyFormat, Destination, DestinationKind, HttpMethod};
+use leadrelay_domain::config::{Auth, BodyFormat, Destination, DestinationKind, HttpMethod, GA4_COLLECT_URL};
 use serde_json::{json, Map, Value};
 
 /// Why a request could not be built; a configuration problem, so never retried.
@@ -148,12 +148,10 @@ pub fn build_request(
     snapshot: &Value,
     context: &DeliveryContext<'_>,
 ) -> Result<OutboundRequest, BuildError> {
-    if destination.kind != DestinationKind::Webhook {
-        return Err(BuildError::Kind(match destination.kind {
-            DestinationKind::Ga4 => "ga4",
-            DestinationKind::Email => "email",
-            DestinationKind::Webhook => "webhook",
-        }));
+    match destination.kind {
+        DestinationKind::Webhook => {}
+        DestinationKind::Ga4 => return ga4_request(destination, snapshot),
+        DestinationKind::Email => return Err(BuildError::Kind("email")),
     }
     let raw_url = destination.url.as_deref().ok_or(BuildError::NoUrl)?;
     let mut url = url::Url::parse(raw_url)
@@ -239,6 +237,46 @@ pub fn build_request(
     }
     headers.insert("User-Agent".to_owned(), concat!("leadrelay/", env!("CARGO_PKG_VERSION")).to_owned());
     Ok(OutboundRequest { method, url, headers: headers.into_iter().collect(), body })
+}
+
+/// A GA4 Measurement Protocol event for a lead: `generate_lead` (or the configured name) with
+/// the lead's id, source and flow, and the destination's price as its value.
+fn ga4_request(destination: &Destination, snapshot: &Value) -> Result<OutboundRequest, BuildError> {
+    let settings = destination.ga4.as_ref().ok_or(BuildError::NoUrl)?;
+    let raw_url = destination.url.as_deref().unwrap_or(GA4_COLLECT_URL);
+    let mut url = url::Url::parse(raw_url)
+        .map_err(|error| BuildError::BadUrl { url: raw_url.to_owned(), reason: error.to_string() })?;
+    url.query_pairs_mut()
+        .append_pair("measurement_id", &settings.measurement_id)
+        .append_pair("api_secret", &settings.api_secret);
+    let fields = lead_fields(snapshot);
+    let lead_id = snapshot.get("id").and_then(Value::as_str).unwrap_or_default();
+    let client_id = settings
+        .client_id_field
+        .as_ref()
+        .and_then(|name| fields.get(name))
+        .map(text_of)
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| lead_id.to_owned());
+    let mut params = json!({
+        "lead_id": lead_id,
+        "source_id": snapshot.get("source_id"),
+        "flow_id": snapshot.get("flow_id"),
+    });
+    if let Some(price) = destination.price {
+        params["value"] = json!(price);
+        params["currency"] = json!("USD");
+    }
+    let body = json!({"client_id": client_id, "events": [{"name": settings.event_name, "params": params}]});
+    Ok(OutboundRequest {
+        method: HttpMethod::POST,
+        url,
+        headers: vec![
+            ("Content-Type".to_owned(), "application/json".to_owned()),
+            ("User-Agent".to_owned(), concat!("leadrelay/", env!("CARGO_PKG_VERSION")).to_owned()),
+        ],
+        body: body.to_string().into_bytes(),
+    })
 }
 
 /// Header names whose values are secrets: shown as `***` wherever a request is recorded.

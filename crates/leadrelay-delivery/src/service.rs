@@ -401,7 +401,7 @@ impl DeliveryService {
         for destination in config.destinations.values() {
             // A disabled destination's transfers are held, not claimed; they flow again when
             // it is enabled.
-            if !destination.enabled || destination.kind != DestinationKind::Webhook {
+            if !destination.enabled || destination.kind == DestinationKind::Email {
                 continue;
             }
             let busy = self.in_flight().get(&destination.id).copied().unwrap_or(0);

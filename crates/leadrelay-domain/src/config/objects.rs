@@ -351,11 +351,36 @@ pub struct Destination {
     /// Most deliveries in flight to this destination at once (per node).
     #[serde(default = "default_concurrency")]
     pub concurrency: u32,
+    /// Google Analytics 4 settings, for `kind: ga4`.
+    #[serde(default)]
+    pub ga4: Option<Ga4Settings>,
     /// Disables the destination after this many technical failures in a row; its transfers
     /// are held until a person enables it again. Off when absent.
     #[serde(default)]
     pub circuit_breaker: Option<CircuitBreaker>,
 }
+
+/// A GA4 Measurement Protocol stream. The destination's `url` defaults to Google's collect
+/// endpoint; set it to send elsewhere (a proxy, or a test receiver).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ga4Settings {
+    pub measurement_id: String,
+    pub api_secret: String,
+    /// The event sent for a lead.
+    #[serde(default = "default_ga4_event")]
+    pub event_name: String,
+    /// The lead field holding the visitor's GA client id (`_ga` cookie); the lead id otherwise.
+    #[serde(default)]
+    pub client_id_field: Option<String>,
+}
+
+fn default_ga4_event() -> String {
+    "generate_lead".to_owned()
+}
+
+/// Google's Measurement Protocol endpoint.
+pub const GA4_COLLECT_URL: &str = "https://www.google-analytics.com/mp/collect";
 
 /// A replaced signing secret, still used until `until` (an ISO 8601 time).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -200,6 +200,20 @@ fn validate_destination(destination: &Destination, problems: &mut Vec<String>) {
     if let Err(problem) = validate_slug(&destination.id) {
         problems.push(format!("{at}.id: {problem}"));
     }
+    if destination.kind == DestinationKind::Ga4 {
+        match &destination.ga4 {
+            None => problems.push(format!("{at}.ga4: a ga4 destination needs measurement_id and api_secret")),
+            Some(ga4) if ga4.measurement_id.trim().is_empty() || ga4.api_secret.trim().is_empty() => {
+                problems.push(format!("{at}.ga4: measurement_id and api_secret must not be empty"))
+            }
+            Some(ga4) if ga4.event_name.is_empty() || ga4.event_name.len() > 40 => {
+                problems.push(format!("{at}.ga4.event_name: must be 1 to 40 characters"))
+            }
+            Some(_) => {}
+        }
+    } else if destination.ga4.is_some() {
+        problems.push(format!("{at}.ga4: only for kind ga4"));
+    }
     match (&destination.kind, &destination.url) {
         (DestinationKind::Webhook, None) => problems.push(format!("{at}.url: a webhook destination needs a url")),
         (_, Some(url)) => {

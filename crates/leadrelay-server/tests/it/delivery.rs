@@ -704,3 +704,34 @@ async fn a_rotated_secret_signs_beside_the_new_one_during_the_overlap() {
     assert_eq!(again.json::<Value>().await.unwrap()["changed"], 0);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_ga4_destination_sends_a_measurement_protocol_event() {
+    let collector = Receiver::start(vec![Reply::status(204)]).await;
+    let app = spawn_delivering_app().await;
+    let ga4 = json!({
+        "id": "analytics", "kind": "ga4", "url": collector.url("/mp/collect"), "price": 25.0,
+        "ga4": {"measurement_id": "G-TEST123", "api_secret": "s3cret", "client_id_field": "ga_client_id"}
+    });
+    app.apply(&config(json!([ga4]))).await;
+    let (_, answer) =
+        app.submit("web", &json!({"email": "ga@example.com", "state": "TX", "ga_client_id": "123.456"})).await;
+    let lead_id = answer["lead_id"].as_str().unwrap();
+    app.timeline_until(lead_id, "recipient.delivered").await;
+    let request = &collector.received()[0];
+    assert_eq!(request.uri.to_string(), "/mp/collect?measurement_id=G-TEST123&api_secret=s3cret");
+    assert_eq!(
+        request.json(),
+        json!({"client_id": "123.456", "events": [{"name": "generate_lead", "params": {
+            "lead_id": lead_id, "source_id": "web", "flow_id": "leads", "value": 25.0, "currency": "USD"}}]})
+    );
+    let delivered = app.timeline(lead_id).await.into_iter().find(|e| e["type"] == "recipient.delivered").unwrap();
+    assert_eq!(delivered["integration"], "ga4");
+    assert!(delivered["data"]["request"]["url"].as_str().unwrap().ends_with("api_secret=***"));
+    assert_eq!(delivered["price"], 25.0);
+    let refused = app
+        .post_admin("/api/v1/destinations", &json!({"id": "ga-bad", "kind": "ga4", "url": collector.url("/")}))
+        .await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    app.stop().await;
+}
