@@ -735,3 +735,18 @@ async fn a_ga4_destination_sends_a_measurement_protocol_event() {
     assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_destination_with_a_proxy_sends_through_it() {
+    // The receiver plays the egress proxy: it gets the request in absolute form.
+    let proxy = Receiver::start(vec![Reply::status(200)]).await;
+    let app = spawn_delivering_app().await;
+    let destination = json!({"id": "crm", "url": "http://crm.test/leads", "proxy": proxy.address});
+    app.apply(&config(json!([destination]))).await;
+    let lead_id = submit(&app, "proxied@example.com").await;
+    app.timeline_until(&lead_id, "recipient.delivered").await;
+    let request = &proxy.received()[0];
+    assert_eq!(request.uri.to_string(), "http://crm.test/leads");
+    assert_eq!(request.json()["email"], "proxied@example.com");
+    app.stop().await;
+}
