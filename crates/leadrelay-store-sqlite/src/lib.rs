@@ -173,8 +173,7 @@ impl Store for SqliteStore {
 
     async fn claim_deliveries(&self, claim: &DeliveryClaim) -> StoreResult<Vec<ClaimedTransfer>> {
         let claim = claim.clone();
-        let rows = self.write(|reply| WriteCommand::Claim { claim, reply }).await??;
-        read::with_snapshots(&self.readers, rows).await
+        self.write(|reply| WriteCommand::Claim { claim, reply }).await?
     }
 
     async fn held_transfers(&self, transfer_ids: &[String]) -> StoreResult<Vec<ClaimedTransfer>> {

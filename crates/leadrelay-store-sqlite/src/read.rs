@@ -455,6 +455,20 @@ pub(crate) async fn with_snapshots(pool: &SqlitePool, rows: Vec<ClaimRow>) -> St
     if rows.is_empty() {
         return Ok(Vec::new());
     }
+    let mut connection = pool.acquire().await.map_err(unavailable)?;
+    snapshots_on(&mut connection, rows).await
+}
+
+/// Completes claimed rows with their leads' current snapshots, on one connection (the
+/// writer's, inside a claim: its page cache stays warm, where a reader's is reset by every
+/// commit).
+pub(crate) async fn snapshots_on(
+    connection: &mut sqlx::SqliteConnection,
+    rows: Vec<ClaimRow>,
+) -> StoreResult<Vec<ClaimedTransfer>> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut snapshots: std::collections::HashMap<String, (i64, String, Vec<u8>)> = std::collections::HashMap::new();
     for chunk in rows.chunks(500) {
         let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
@@ -465,7 +479,7 @@ pub(crate) async fn with_snapshots(pool: &SqlitePool, rows: Vec<ClaimRow>) -> St
             separated.push_bind(row.lead_id.as_str());
         }
         builder.push(")");
-        for found in builder.build().fetch_all(pool).await.map_err(unavailable)? {
+        for found in builder.build().fetch_all(&mut *connection).await.map_err(unavailable)? {
             let lead_id: String = found.try_get(0).map_err(corrupt)?;
             snapshots.insert(
                 lead_id,

@@ -10,8 +10,8 @@ use leadrelay_domain::config::{Config, ConfigChange, ObjectWrite};
 use leadrelay_domain::pipeline::{DuplicateFound, DuplicateQuery};
 use leadrelay_domain::time::now_millis;
 use leadrelay_store::{
-    plan_resend, CommitOutcome, ConfigWriteError, DeliveryClaim, DeliveryRecord, JobRecord, NewToken, ResendOutcome,
-    ResendRequest, StoreError, StoreResult, StoredAnswer, Submission, TransferState,
+    plan_resend, ClaimedTransfer, CommitOutcome, ConfigWriteError, DeliveryClaim, DeliveryRecord, JobRecord, NewToken,
+    ResendOutcome, ResendRequest, StoreError, StoreResult, StoredAnswer, Submission, TransferState,
 };
 use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
@@ -27,7 +27,7 @@ const MAX_BOUND_VALUES: usize = 30_000;
 pub(crate) enum WriteCommand {
     Submit { submission: Box<Submission>, reply: oneshot::Sender<StoreResult<CommitOutcome>> },
     Deliveries { records: Vec<DeliveryRecord>, reply: oneshot::Sender<StoreResult<()>> },
-    Claim { claim: DeliveryClaim, reply: oneshot::Sender<StoreResult<Vec<ClaimRow>>> },
+    Claim { claim: DeliveryClaim, reply: oneshot::Sender<StoreResult<Vec<ClaimedTransfer>>> },
     Release { owner: String, now: i64, reply: oneshot::Sender<StoreResult<u64>> },
     Resend { request: ResendRequest, reply: ResendReply },
     SaveJob { job: Box<JobRecord>, reply: oneshot::Sender<StoreResult<()>> },
@@ -53,7 +53,7 @@ pub(crate) struct Writer {
 
 type Reply = oneshot::Sender<StoreResult<CommitOutcome>>;
 type DeliveryReply = oneshot::Sender<StoreResult<()>>;
-type ClaimReply = oneshot::Sender<StoreResult<Vec<ClaimRow>>>;
+type ClaimReply = oneshot::Sender<StoreResult<Vec<ClaimedTransfer>>>;
 type ResendReply = oneshot::Sender<StoreResult<Vec<(String, ResendOutcome)>>>;
 
 /// A transfer as a claim returns it from the writer; the lead's snapshot is read after commit.
@@ -89,7 +89,7 @@ impl Batch {
 #[derive(Default)]
 struct BatchAnswer {
     outcomes: Vec<CommitOutcome>,
-    claimed: Vec<Vec<ClaimRow>>,
+    claimed: Vec<Vec<ClaimedTransfer>>,
     resent: Vec<Vec<(String, ResendOutcome)>>,
 }
 
@@ -238,7 +238,8 @@ impl Writer {
         let claims: Vec<&DeliveryClaim> = batch.claims.iter().map(|(claim, _)| claim).collect();
         let resends: Vec<&ResendRequest> = batch.resends.iter().map(|(request, _)| request).collect();
         let refs = BatchRefs { submissions: &submissions, records: &records, claims: &claims, resends: &resends };
-        match self.commit_batch(refs).await {
+        let result = self.commit_batch(refs).await;
+        match result {
             Ok(answer) => {
                 for ((_, reply), outcome) in batch.submissions.into_iter().zip(answer.outcomes) {
                     let _ = reply.send(Ok(outcome));
@@ -414,7 +415,8 @@ impl Writer {
         count_caps(&mut transaction, records).await?;
         let mut claimed = Vec::with_capacity(claims.len());
         for claim in claims {
-            claimed.push(claim_transfers(&mut transaction, claim).await?);
+            let rows = claim_transfers(&mut transaction, claim).await?;
+            claimed.push(read::snapshots_on(&mut transaction, rows).await?);
         }
         transaction.commit().await.map_err(unavailable)?;
         Ok(BatchAnswer { outcomes, claimed, resent })
