@@ -301,7 +301,9 @@ pub async fn send(
 /// The inputs of one attempt.
 pub struct AttemptInput<'a> {
     pub destination: &'a Destination,
-    pub snapshot: &'a Value,
+    /// The lead as the request is built from it; dropped once the request is built, so that
+    /// thousands of slow calls in flight hold only their requests.
+    pub snapshot: Value,
     pub transfer_id: &'a str,
     pub webhook_id: &'a str,
     pub attempt: u32,
@@ -329,7 +331,9 @@ pub async fn attempt(clients: &HttpClients, input: AttemptInput<'_>) -> AttemptR
         captured: Map::new(),
         price: None,
     };
-    let mut request = match build_request(destination, input.snapshot, &context) {
+    let built = build_request(destination, &input.snapshot, &context);
+    drop(input.snapshot);
+    let mut request = match built {
         Ok(request) => request,
         Err(error) => return blocked(error.to_string(), Value::Null),
     };

@@ -186,12 +186,22 @@ impl DeliveryService {
     ) -> (DeliveryRecord, Option<CapReservation>) {
         let now = now_millis();
         let snapshot: Value = serde_json::from_str(&claimed.snapshot).unwrap_or(Value::Null);
+        self.attempt_parsed(claimed, destination, snapshot, now).await
+    }
+
+    async fn attempt_parsed(
+        &self,
+        claimed: &ClaimedTransfer,
+        destination: &Destination,
+        snapshot: Value,
+        now: Millis,
+    ) -> (DeliveryRecord, Option<CapReservation>) {
         let caps = applicable_caps(destination, &snapshot, now);
         let reservation = match self.reserve(&caps).await {
             Ok(reservation) => reservation,
             Err(reason) => return (skipped(claimed, &self.owner, reason, now), None),
         };
-        let report = self.attempt_snapshot(claimed, destination, &snapshot, now).await;
+        let report = self.attempt_snapshot(claimed, destination, snapshot, now).await;
         let mut record = plan(claimed, destination, &report, &self.owner, now_millis(), rand::random::<f64>());
         if report.verdict == AttemptVerdict::Judged(Verdict::Delivered) {
             record.cap_counts = caps.into_iter().map(|cap| cap.key).collect();
@@ -301,7 +311,7 @@ impl DeliveryService {
         &self,
         claimed: &ClaimedTransfer,
         destination: &Destination,
-        snapshot: &Value,
+        snapshot: Value,
         now: Millis,
     ) -> AttemptReport {
         attempt(
@@ -384,7 +394,7 @@ impl DeliveryService {
     }
 
     /// Sends a sample lead to a destination now, writing nothing: what `…/test` answers.
-    pub async fn test_destination(&self, destination: &Destination, snapshot: &Value) -> AttemptReport {
+    pub async fn test_destination(&self, destination: &Destination, snapshot: Value) -> AttemptReport {
         let transfer_id = format!("trf_test_{}", ulid::Ulid::new().to_string().to_lowercase());
         attempt(
             &self.clients,
@@ -441,8 +451,12 @@ impl DeliveryService {
                 let service = self.clone();
                 let destination = destination.clone();
                 let finished = finished.clone();
+                let mut transfer = transfer;
                 tasks.spawn(async move {
-                    let (record, reservation) = service.attempt_claimed(&transfer, &destination).await;
+                    // The snapshot text is parsed once and not held while the call is in flight.
+                    let snapshot = serde_json::from_str(&std::mem::take(&mut transfer.snapshot)).unwrap_or(Value::Null);
+                    let (record, reservation) =
+                        service.attempt_parsed(&transfer, &destination, snapshot, now_millis()).await;
                     // The recorder writes it; if it is gone (shutdown), the lease is released.
                     let _ = finished.send((destination.id.clone(), record, reservation)).await;
                 });

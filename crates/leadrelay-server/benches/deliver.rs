@@ -76,6 +76,45 @@ fn config(receiver: &str, destinations: usize, concurrency: usize) -> Value {
     })
 }
 
+/// Starts this benchmark again as a slow receiver (answering after 1 s) in a child process;
+/// counts the requests it reports, one line each on its standard output.
+async fn receiver_process() -> (String, Arc<AtomicUsize>, std::process::Child) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().expect("this binary"))
+        .env("DELIVER_SLOW_RECEIVER", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("receiver process");
+    let stdout = child.stdout.take().expect("stdout");
+    let (address_sender, address) = tokio::sync::oneshot::channel();
+    let count = Arc::new(AtomicUsize::new(0));
+    let counter = count.clone();
+    std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        let _ = address_sender.send(first);
+        for _ in lines {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    (address.await.expect("receiver address"), count, child)
+}
+
+/// The child process of [`receiver_process`]: prints its address, then a line per request.
+fn run_slow_receiver() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let app = axum::Router::new().fallback(|| async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            println!("answered");
+            "{\"accepted\":true}"
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        println!("http://{}", listener.local_addr().expect("address"));
+        axum::serve(listener, app).await.expect("serve");
+    });
+}
+
 /// Opens a fresh store with the configuration and `leads` leads queued for delivery.
 async fn queued_store(dir: &std::path::Path, name: &str, config: Value, leads: usize) -> Arc<dyn Store> {
     let url = format!("sqlite://{}", dir.join(name).display());
@@ -190,14 +229,18 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
 }
 
 fn main() {
+    if std::env::var_os("DELIVER_SLOW_RECEIVER").is_some() {
+        return run_slow_receiver();
+    }
     let count = env_number("DELIVER_COUNT", 50_000);
     let concurrency = env_number("DELIVER_CONCURRENCY", 256);
     let slow_count = env_number("SLOW_COUNT", 10_000);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
         let dir = tempfile::tempdir().expect("temporary directory");
-        // The slow phase runs first, so that its peak is not the fast phase's.
-        let (slow, slow_received) = receiver(Duration::from_secs(1)).await;
+        // The slow phase runs first, so that its peak is not the fast phase's; its receiver is
+        // a child process, so that the peak is the delivering process's own.
+        let (slow, slow_received, mut child) = receiver_process().await;
         let destinations = slow_count.div_ceil(1000);
         let store =
             queued_store(dir.path(), "slow.db", config(&slow, destinations, 1000), slow_count / destinations).await;
@@ -206,12 +249,14 @@ fn main() {
         let elapsed = deliver_all(&store, expected, &slow_received).await;
         println!(
             "slow receiver (1 s): {expected} deliveries, {destinations} destinations of 1000 in flight each: \
-             done in {:.1} s; peak RSS {:.0} MiB (RSS before delivering: {before:.0} MiB; the receiver runs in the \
-             same process)",
+             done in {:.1} s; peak RSS {:.0} MiB (RSS before delivering: {before:.0} MiB; the receiver is another \
+             process)",
             elapsed.as_secs_f64(),
             memory_mib("VmHWM:")
         );
         store.close().await;
+        let _ = child.kill();
+        let _ = child.wait();
 
         let (fast, fast_count) = receiver(Duration::ZERO).await;
         let store = queued_store(dir.path(), "fast.db", config(&fast, 1, concurrency), count).await;

@@ -117,7 +117,7 @@ pub(crate) async fn test_destination(
         .flat_map(|flow| flow.fields.iter())
         .collect();
     let snapshot = sample_snapshot(&fields, &defined);
-    let report = state.delivery.test_destination(destination, &snapshot).await;
+    let report = state.delivery.test_destination(destination, snapshot).await;
     let (outcome, reason) = match &report.verdict {
         AttemptVerdict::Judged(Verdict::Delivered) => ("success", None),
         AttemptVerdict::Judged(Verdict::Refused { reason }) => ("failure", Some(reason.clone())),
