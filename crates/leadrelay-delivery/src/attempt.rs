@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 
 use crate::guard::{check_url, EgressPolicy, GuardedResolver, Lookup, Refusal, SystemLookup};
 use crate::judge::{capture, judge, parse_retry_after, revenue, Verdict};
-use crate::request::{build_request, secret_headers, DeliveryContext, OutboundRequest};
+use crate::request::{build_request, redacted_url, secret_headers, DeliveryContext, OutboundRequest};
 use crate::signing;
 
 /// How much of a request or response body an attempt's event keeps.
@@ -156,21 +156,9 @@ fn recorded_request(request: &OutboundRequest, secrets: &[String]) -> Value {
         })
         .collect();
     let (body, truncated) = recorded_body(&request.body, RECORDED_BODY_BYTES);
-    // GA4's api_secret travels in the query string: never in the log.
-    let mut url = request.url.clone();
-    if url.query_pairs().any(|(name, _)| name == "api_secret") {
-        let pairs: Vec<(String, String)> = url
-            .query_pairs()
-            .map(|(name, value)| {
-                let shown = if name == "api_secret" { "***".to_owned() } else { value.into_owned() };
-                (name.into_owned(), shown)
-            })
-            .collect();
-        url.query_pairs_mut().clear().extend_pairs(pairs);
-    }
     json!({
         "method": method_name(request.method),
-        "url": url.as_str(),
+        "url": redacted_url(&request.url),
         "headers": headers,
         "body": body,
         "body_truncated": truncated,
@@ -257,7 +245,13 @@ pub async fn send(
 ) -> Result<Answer, SendFailure> {
     check_url(clients.policy(), &request.url).map_err(|refusal| SendFailure::Blocked(refusal.to_string()))?;
     let client = clients.client(proxy).map_err(SendFailure::Blocked)?;
-    if proxy.is_some() {
+    if let Some(proxy) = proxy {
+        // The proxy is reached like any destination: the HTTP client connects to an address
+        // literal without asking the resolver, so the guard checks it here.
+        let proxy_url =
+            url::Url::parse(proxy).map_err(|error| SendFailure::Blocked(format!("invalid proxy: {error}")))?;
+        check_url(clients.policy(), &proxy_url)
+            .map_err(|refusal| SendFailure::Blocked(format!("proxy refused: {refusal}")))?;
         clients
             .check_proxied_target(&request.url)
             .await

@@ -9,7 +9,7 @@ use leadrelay_domain::pipeline::{EnhancementOutcome, EnhancementResult};
 use serde_json::{json, Map, Value};
 
 use crate::attempt::{send, Answer, HttpClients, SendFailure, RECORDED_BODY_BYTES};
-use crate::request::OutboundRequest;
+use crate::request::{redacted_url, OutboundRequest};
 
 fn text_of(value: &Value) -> String {
     match value {
@@ -99,7 +99,8 @@ pub async fn call_enhancement(
         Ok(request) => request,
         Err(reason) => return outcome(EnhancementResult::Error(reason), Value::Null),
     };
-    let recorded_request = json!({"method": format!("{:?}", request.method), "url": request.url.as_str()});
+    // Header values are not recorded (they carry API keys); secret query values are masked.
+    let recorded_request = json!({"method": format!("{:?}", request.method), "url": redacted_url(&request.url)});
     let timeout = Duration::from_millis(enhancement.timeout_ms.max(1));
     match send(clients, None, &request, timeout).await {
         Ok(answer) => {

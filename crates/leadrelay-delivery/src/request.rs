@@ -280,12 +280,39 @@ fn ga4_request(destination: &Destination, snapshot: &Value) -> Result<OutboundRe
 }
 
 /// Header names whose values are secrets: shown as `***` wherever a request is recorded.
+/// The configured `headers` count too: they usually carry API keys, and events are kept for good.
 pub fn secret_headers(destination: &Destination) -> Vec<String> {
     let mut names = vec!["authorization".to_owned(), "proxy-authorization".to_owned()];
     if let Some(Auth::Header { name, .. }) = &destination.auth {
         names.push(name.to_ascii_lowercase());
     }
+    names.extend(destination.headers.keys().map(|name| name.to_ascii_lowercase()));
     names
+}
+
+/// Whether a query parameter's name says it carries a secret.
+fn secret_parameter(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["key", "token", "secret", "pass", "auth", "sig", "credential"].iter().any(|word| name.contains(word))
+}
+
+/// A URL as it may be recorded: no user or password, and `***` for query values whose names
+/// say they are secrets (`api_key`, `token`, `api_secret`, …).
+pub fn redacted_url(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    if shown.query_pairs().any(|(name, _)| secret_parameter(&name)) {
+        let pairs: Vec<(String, String)> = shown
+            .query_pairs()
+            .map(|(name, value)| {
+                let value = if secret_parameter(&name) { "***".to_owned() } else { value.into_owned() };
+                (name.into_owned(), value)
+            })
+            .collect();
+        shown.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    shown.to_string()
 }
 
 #[cfg(test)]
@@ -360,6 +387,14 @@ mod tests {
         let error = build_request(&destination(json!({"body_template": "{{ lead.email }}"})), &snapshot(), &context())
             .unwrap_err();
         assert!(matches!(error, BuildError::TemplateJson(_)), "{error}");
+    }
+
+    #[test]
+    fn recorded_urls_hide_credentials_and_secret_parameters() {
+        let url = url::Url::parse("https://user:pw@crm.test/in?api_key=k1&campaign=7&token=t&api_secret=s").unwrap();
+        assert_eq!(redacted_url(&url), "https://crm.test/in?api_key=***&campaign=7&token=***&api_secret=***");
+        let plain = url::Url::parse("https://crm.test/in?campaign=7").unwrap();
+        assert_eq!(redacted_url(&plain), "https://crm.test/in?campaign=7");
     }
 
     #[test]

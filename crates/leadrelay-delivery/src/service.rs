@@ -106,6 +106,38 @@ impl Drop for CapReservation {
     }
 }
 
+/// Why a delivery may not go ahead under its destination's caps.
+enum CapRefusal {
+    /// A cap is reached: the transfer is skipped.
+    Reached(String),
+    /// The counts could not be read: the transfer waits and is tried again.
+    Unknown(String),
+}
+
+/// How long a transfer waits when its caps could not be checked.
+const CAP_CHECK_RETRY_MS: i64 = 5_000;
+
+/// A transfer whose caps could not be checked: nothing is attempted or recorded as an event;
+/// it is due again shortly, its attempts unchanged.
+fn postponed(claimed: &ClaimedTransfer, owner: &str, reason: String, now: Millis) -> DeliveryRecord {
+    tracing::warn!(transfer_id = %claimed.transfer_id, %reason, "delivery postponed");
+    DeliveryRecord {
+        events: Vec::new(),
+        update: Some(TransferUpdate {
+            transfer_id: claimed.transfer_id.clone(),
+            owner: Some(owner.to_owned()),
+            status: RegisterStatus::New,
+            description: format!("Waiting: {reason}"),
+            state: TransferState::Pending { due_at: now + CAP_CHECK_RETRY_MS },
+            attempts: claimed.attempts,
+            updated_at: now,
+            retry_base: None,
+        }),
+        attempt: None,
+        cap_counts: Vec::new(),
+    }
+}
+
 /// A transfer a cap stops: `recipient.skipped`, and the transfer ends as skipped.
 fn skipped(claimed: &ClaimedTransfer, owner: &str, reason: String, now: Millis) -> DeliveryRecord {
     let mut event = NewEvent::about(
@@ -179,14 +211,24 @@ impl DeliveryService {
     /// Delivers a claimed transfer once (unless a cap stops it) and plans what it means;
     /// writes nothing. The caps stay reserved until the returned guard is dropped, which the
     /// caller does once the record is written.
-    pub async fn attempt_claimed(
+    /// Realtime deliveries hold their transfers under this name, apart from the dispatcher's
+    /// claims, so that the dispatcher giving back its leases at shutdown never frees a
+    /// transfer a request handler is still delivering.
+    pub fn realtime_owner(&self) -> String {
+        format!("{}:realtime", self.owner)
+    }
+
+    /// Delivers a realtime transfer once (unless a cap stops it) and plans what it means;
+    /// writes nothing. The caps stay reserved until the returned guard is dropped, which the
+    /// caller does once the record is written.
+    pub async fn attempt_realtime(
         &self,
         claimed: &ClaimedTransfer,
         destination: &Destination,
     ) -> (DeliveryRecord, Option<CapReservation>) {
         let now = now_millis();
         let snapshot: Value = serde_json::from_str(&claimed.snapshot).unwrap_or(Value::Null);
-        self.attempt_parsed(claimed, destination, snapshot, now).await
+        self.attempt_parsed(claimed, destination, snapshot, now, &self.realtime_owner()).await
     }
 
     async fn attempt_parsed(
@@ -195,14 +237,16 @@ impl DeliveryService {
         destination: &Destination,
         snapshot: Value,
         now: Millis,
+        owner: &str,
     ) -> (DeliveryRecord, Option<CapReservation>) {
         let caps = applicable_caps(destination, &snapshot, now);
         let reservation = match self.reserve(&caps).await {
             Ok(reservation) => reservation,
-            Err(reason) => return (skipped(claimed, &self.owner, reason, now), None),
+            Err(CapRefusal::Reached(reason)) => return (skipped(claimed, owner, reason, now), None),
+            Err(CapRefusal::Unknown(reason)) => return (postponed(claimed, owner, reason, now), None),
         };
         let report = self.attempt_snapshot(claimed, destination, snapshot, now).await;
-        let mut record = plan(claimed, destination, &report, &self.owner, now_millis(), rand::random::<f64>());
+        let mut record = plan(claimed, destination, &report, owner, now_millis(), rand::random::<f64>());
         if report.verdict == AttemptVerdict::Judged(Verdict::Delivered) {
             record.cap_counts = caps.into_iter().map(|cap| cap.key).collect();
         }
@@ -282,14 +326,14 @@ impl DeliveryService {
 
     /// Reserves one delivery in each cap window, or says which cap is reached (the lowest).
     /// Reservations count deliveries in flight, so concurrent deliveries cannot overshoot.
-    async fn reserve(&self, caps: &[ApplicableCap]) -> Result<Option<CapReservation>, String> {
+    async fn reserve(&self, caps: &[ApplicableCap]) -> Result<Option<CapReservation>, CapRefusal> {
         if caps.is_empty() {
             return Ok(None);
         }
         let keys: Vec<CapWindowKey> = caps.iter().map(|cap| cap.key.clone()).collect();
         let stored = match self.store.cap_usage(&keys).await {
             Ok(stored) => stored,
-            Err(error) => return Err(format!("caps could not be checked: {error}")),
+            Err(error) => return Err(CapRefusal::Unknown(format!("caps could not be checked: {error}"))),
         };
         let mut reserved = self.reserved.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let reached = caps
@@ -299,7 +343,7 @@ impl DeliveryService {
             .filter(|(cap, used)| *used >= cap.max)
             .min_by_key(|(cap, _)| cap.max);
         if let Some((cap, used)) = reached {
-            return Err(cap.reached(used.min(cap.max)));
+            return Err(CapRefusal::Reached(cap.reached(used.min(cap.max))));
         }
         for key in &keys {
             *reserved.entry(key.clone()).or_default() += 1;
@@ -348,7 +392,7 @@ impl DeliveryService {
         };
         let attempts = claimed.iter().filter_map(|transfer| {
             let destination = config.destinations.get(&transfer.destination_id)?;
-            Some(async move { (transfer, self.attempt_claimed(transfer, destination).await) })
+            Some(async move { (transfer, self.attempt_realtime(transfer, destination).await) })
         });
         let mut records = Vec::new();
         let mut answers = Vec::new();
@@ -456,7 +500,7 @@ impl DeliveryService {
                     // The snapshot text is parsed once and not held while the call is in flight.
                     let snapshot = serde_json::from_str(&std::mem::take(&mut transfer.snapshot)).unwrap_or(Value::Null);
                     let (record, reservation) =
-                        service.attempt_parsed(&transfer, &destination, snapshot, now_millis()).await;
+                        service.attempt_parsed(&transfer, &destination, snapshot, now_millis(), &service.owner).await;
                     // The recorder writes it; if it is gone (shutdown), the lease is released.
                     let _ = finished.send((destination.id.clone(), record, reservation)).await;
                 });
@@ -516,6 +560,10 @@ impl DeliveryService {
                 }
             };
             if step.started > 0 {
+                // Busy: look for more at once, but stop claiming as soon as shutdown begins.
+                if futures::FutureExt::now_or_never(&mut shutdown).is_some() {
+                    break;
+                }
                 continue;
             }
             let wait = match step.next_due {

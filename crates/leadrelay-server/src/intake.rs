@@ -238,7 +238,7 @@ pub(crate) async fn submit(
                 .max()
                 .unwrap_or(0);
             submission.realtime_lease =
-                Some(Lease { owner: state.delivery.owner().to_owned(), until: now_millis() + lease });
+                Some(Lease { owner: state.delivery.realtime_owner(), until: now_millis() + lease });
         }
         match state.store.commit_submission(submission).await? {
             CommitOutcome::Committed if realtime.is_empty() => {
@@ -251,7 +251,12 @@ pub(crate) async fn submit(
                 if queued {
                     state.delivery.wake();
                 }
-                answer_now.deliveries = state.delivery.deliver_realtime(&config, &realtime, completion).await;
+                // In a task of its own: a submitter that hangs up must not cancel the recording
+                // of a delivery already made.
+                let delivery = state.delivery.clone();
+                let live = config.clone();
+                let task = tokio::spawn(async move { delivery.deliver_realtime(&live, &realtime, completion).await });
+                answer_now.deliveries = task.await.unwrap_or_default();
                 let body = serde_json::to_string(&answer_now).map_err(|error| ApiError::Internal(error.to_string()))?;
                 return Ok(answer_response(&StoredAnswer { http_status: answer.http_status, body_json: body }, false));
             }

@@ -358,10 +358,16 @@ impl Writer {
         // Resends read the transfers' state in this transaction, then write like deliveries.
         let mut resent = Vec::with_capacity(resends.len());
         let mut resend_records = Vec::new();
+        // A transfer asked for twice in one batch is queued once.
+        let mut queued_now = std::collections::HashSet::new();
         for request in resends {
             let rows = read::resend_rows(&mut transaction, &request.transfer_ids).await?;
             let mut answers = Vec::with_capacity(request.transfer_ids.len());
             for transfer_id in &request.transfer_ids {
+                if !queued_now.insert(transfer_id.as_str()) {
+                    answers.push((transfer_id.clone(), ResendOutcome::AlreadyQueued));
+                    continue;
+                }
                 match plan_resend(rows.get(transfer_id), &request.actor, request.now) {
                     Ok(record) => {
                         resend_records.push(record);

@@ -310,9 +310,9 @@ fn validate_destination(destination: &Destination, problems: &mut Vec<String>) {
         }
     }
     if let Some(proxy) = &destination.proxy {
-        let valid = url::Url::parse(proxy).is_ok_and(|url| matches!(url.scheme(), "http" | "https" | "socks5"));
+        let valid = url::Url::parse(proxy).is_ok_and(|url| matches!(url.scheme(), "http" | "https"));
         if !valid {
-            problems.push(format!("{at}.proxy: must be an http, https or socks5 URL"));
+            problems.push(format!("{at}.proxy: must be an http or https URL"));
         }
     }
 }

@@ -97,7 +97,8 @@ async fn a_background_delivery_sends_the_fields_signed_and_records_the_answer() 
     assert_eq!(delivered["integration"], "webhook");
     assert_eq!(delivered["data"]["captured"], json!({"buyer_id": "B-1", "price": "7.25"}));
     assert_eq!(delivered["data"]["response"]["body"], r#"{"id":"B-1","price":"7.25"}"#);
-    assert_eq!(delivered["data"]["request"]["headers"]["X-Api-Key"], "k1");
+    // Configured header values usually carry API keys: the log never shows them.
+    assert_eq!(delivered["data"]["request"]["headers"]["X-Api-Key"], "***");
     assert_eq!(delivered["lead"]["fields"]["email"]["value"], "ann@example.com");
     app.stop().await;
 }
@@ -364,14 +365,16 @@ async fn loopback_destinations_are_refused_by_default_and_never_called() {
     let by_name = webhook("by-name", &receiver, json!({}));
     let mut by_name = by_name;
     by_name["url"] = json!(receiver.url("/leads").replace("127.0.0.1", "crm.test"));
-    app.apply(&config(json!([webhook("by-address", &receiver, json!({})), by_name]))).await;
+    // A proxy is an outbound address too: one on loopback is refused like a destination.
+    let proxied = json!({"id": "by-proxy", "url": "http://crm.example.com/leads", "proxy": receiver.address});
+    app.apply(&config(json!([webhook("by-address", &receiver, json!({})), by_name, proxied]))).await;
     let lead_id = submit(&app, "ssrf@example.com").await;
     let types = app.timeline_until(&lead_id, "delivery.abandoned").await;
     // Both transfers are abandoned at once: a refused address is not retried.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let timeline = loop {
         let timeline = app.timeline(&lead_id).await;
-        if timeline.iter().filter(|e| e["type"] == "delivery.abandoned").count() == 2 {
+        if timeline.iter().filter(|e| e["type"] == "delivery.abandoned").count() == 3 {
             break timeline;
         }
         assert!(tokio::time::Instant::now() < deadline, "{types:?}");
@@ -384,8 +387,9 @@ async fn loopback_destinations_are_refused_by_default_and_never_called() {
         reasons.iter().any(|r| r.contains("crm.test resolves only to addresses that are not allowed")),
         "{reasons:?}"
     );
+    assert!(reasons.iter().any(|r| r.starts_with("proxy refused: 127.0.0.1 is a loopback address")), "{reasons:?}");
     assert!(receiver.received().is_empty());
-    assert_eq!(app.get_json("/api/v1/not-integrated").await["items"].as_array().unwrap().len(), 2);
+    assert_eq!(app.get_json("/api/v1/not-integrated").await["items"].as_array().unwrap().len(), 3);
     app.stop().await;
 }
 
