@@ -485,6 +485,25 @@ impl Writer {
                     .map_err(unavailable)?;
                 }
                 ObjectWrite::Delete { kind, id } => {
+                    // Transfers are never dropped: a destination with transfers still waiting
+                    // for it stays until they are delivered, abandoned or resent elsewhere.
+                    if kind == leadrelay_domain::config::ConfigKind::Destination {
+                        let waiting: i64 = sqlx::query_scalar(
+                            "SELECT COUNT(*) FROM transfers WHERE state = 'pending' AND destination_id = ?",
+                        )
+                        .bind(&id)
+                        .fetch_one(&mut *transaction)
+                        .await
+                        .map_err(unavailable)?;
+                        if waiting > 0 {
+                            return Err(ConfigWriteError::Change(leadrelay_domain::config::ChangeError::InUse(
+                                format!(
+                                "destination {id:?} has {waiting} transfers waiting for delivery; delete it once they \
+                                 are delivered or abandoned"
+                            ),
+                            )));
+                        }
+                    }
                     sqlx::query("DELETE FROM config_objects WHERE kind = ? AND id = ?")
                         .bind(kind.as_str())
                         .bind(&id)

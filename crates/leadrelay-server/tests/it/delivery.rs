@@ -754,3 +754,20 @@ async fn a_destination_with_a_proxy_sends_through_it() {
     assert_eq!(request.json()["email"], "proxied@example.com");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_destination_with_transfers_waiting_cannot_be_deleted() {
+    let receiver = Receiver::start(vec![Reply::status(200)]).await;
+    let app = spawn_delivering_app().await;
+    app.apply(&config(json!([webhook("crm", &receiver, json!({"enabled": false}))]))).await;
+    submit(&app, "waiting@example.com").await;
+    let mut flow = app.get_json("/api/v1/flows/leads").await;
+    flow["destinations"] = json!([]);
+    assert_eq!(app.put_admin("/api/v1/flows/leads", &flow).await.status(), StatusCode::OK);
+    let refused = app.delete_admin("/api/v1/destinations/crm").await;
+    let status = refused.status();
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("1 transfers waiting"), "{body}");
+    app.stop().await;
+}
