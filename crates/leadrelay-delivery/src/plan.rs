@@ -39,13 +39,8 @@ pub fn retry_delay(
     })
 }
 
-fn event_about(
-    claimed: &ClaimedTransfer,
-    integration: &str,
-    event_type: EventType,
-    at: Millis,
-    attempt: u32,
-) -> NewEvent {
+/// An event about a claimed transfer: its lead, flow, source, destination and transfer.
+pub(crate) fn transfer_event(claimed: &ClaimedTransfer, event_type: EventType, at: Millis) -> NewEvent {
     let mut event = NewEvent::about(
         event_type,
         at,
@@ -55,6 +50,18 @@ fn event_about(
     );
     event.destination_id = Some(claimed.destination_id.clone());
     event.transfer_id = Some(TransferId::from_stored(claimed.transfer_id.clone()));
+    event
+}
+
+/// An event about an attempt: a transfer event with its integration and attempt number.
+fn event_about(
+    claimed: &ClaimedTransfer,
+    integration: &str,
+    event_type: EventType,
+    at: Millis,
+    attempt: u32,
+) -> NewEvent {
+    let mut event = transfer_event(claimed, event_type, at);
     event.integration = Some(integration.to_owned());
     event.attempt = Some(i64::from(attempt));
     event

@@ -11,7 +11,6 @@ use std::time::Duration;
 use leadrelay_domain::caps::{applicable_caps, ApplicableCap, CapWindowKey};
 use leadrelay_domain::config::{Config, ConfigChange, ConfigObject, Destination, DestinationKind, WriteMode};
 use leadrelay_domain::event::{EventType, NewEvent, Outcome, RegisterStatus};
-use leadrelay_domain::ids::{LeadId, TransferId};
 use leadrelay_domain::time::{now_millis, Millis};
 use leadrelay_store::{
     ClaimedTransfer, ConfigHandle, DeliveryClaim, DeliveryRecord, LoggedEvent, Store, StoreResult, TransferState,
@@ -23,7 +22,7 @@ use tokio::task::JoinSet;
 
 use crate::attempt::{attempt, AttemptInput, AttemptReport, AttemptVerdict, HttpClients};
 use crate::judge::Verdict;
-use crate::plan::{plan, realtime_answer};
+use crate::plan::{plan, realtime_answer, transfer_event};
 
 /// How long a claim holds beyond the destination's timeout before another node may take
 /// the transfer over.
@@ -140,15 +139,7 @@ fn postponed(claimed: &ClaimedTransfer, owner: &str, reason: String, now: Millis
 
 /// A transfer a cap stops: `recipient.skipped`, and the transfer ends as skipped.
 fn skipped(claimed: &ClaimedTransfer, owner: &str, reason: String, now: Millis) -> DeliveryRecord {
-    let mut event = NewEvent::about(
-        EventType::RecipientSkipped,
-        now,
-        &LeadId::from_stored(claimed.lead_id.clone()),
-        &claimed.flow_id,
-        &claimed.source_id,
-    );
-    event.destination_id = Some(claimed.destination_id.clone());
-    event.transfer_id = Some(TransferId::from_stored(claimed.transfer_id.clone()));
+    let mut event = transfer_event(claimed, EventType::RecipientSkipped, now);
     event.status = Some(RegisterStatus::Skip);
     event.outcome = Some(Outcome::Failure);
     event.reason = Some(reason.clone());
@@ -296,15 +287,7 @@ impl DeliveryService {
         }
         let reason = format!("Disabled after {count} failures in a row (last: {reason})");
         tracing::error!(destination_id = %destination.id, %reason, "circuit breaker tripped: destination disabled, its transfers are held");
-        let mut event = NewEvent::about(
-            EventType::DestinationDisabled,
-            now_millis(),
-            &LeadId::from_stored(claimed.lead_id.clone()),
-            &claimed.flow_id,
-            &claimed.source_id,
-        );
-        event.destination_id = Some(destination.id.clone());
-        event.transfer_id = Some(TransferId::from_stored(claimed.transfer_id.clone()));
+        let mut event = transfer_event(claimed, EventType::DestinationDisabled, now_millis());
         event.reason = Some(reason);
         event.data = serde_json::json!({"circuit_breaker": {"failures": breaker.failures}});
         record.events.push(LoggedEvent::new(event, claimed.snapshot_id, &claimed.snapshot_digest));
@@ -520,15 +503,10 @@ impl DeliveryService {
                 records.push(record);
                 done.push((destination_id, reservation));
             }
-            if let Err(error) = self.store.record_deliveries(records.clone()).await {
-                // One bad record must not cost the others their outcome: write each alone.
-                tracing::warn!(%error, count = records.len(), "recording deliveries failed; recording one by one");
-                for record in records {
-                    if let Err(error) = self.store.record_deliveries(vec![record]).await {
-                        // The lease runs out and the transfer is delivered again: at least once.
-                        tracing::error!(%error, "recording a delivery failed");
-                    }
-                }
+            // The store writes the good records of a batch even when one of them fails; a record
+            // not written is delivered again when its lease runs out (at least once).
+            if let Err(error) = self.store.record_deliveries(records).await {
+                tracing::error!(%error, "recording deliveries failed");
             }
             let mut in_flight = self.in_flight();
             for (destination_id, reservation) in done {

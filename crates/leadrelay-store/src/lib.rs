@@ -98,7 +98,8 @@ pub trait Store: Send + Sync + 'static {
     async fn next_due(&self, destination_id: &str) -> StoreResult<Option<leadrelay_domain::time::Millis>>;
 
     /// Writes the events and the transfer states of delivery steps; each record is all or
-    /// nothing, and concurrent calls are group-committed.
+    /// nothing, one bad record does not keep the others out, and concurrent calls are
+    /// group-committed. Fails when any record could not be written.
     async fn record_deliveries(&self, records: Vec<DeliveryRecord>) -> StoreResult<()>;
 
     /// Successful deliveries counted in each cap window.

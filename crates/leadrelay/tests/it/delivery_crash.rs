@@ -64,6 +64,11 @@ impl SlowReceiver {
     }
 }
 
+/// An admin GET, answered with JSON.
+async fn get_json(client: &reqwest::Client, server: &Server, path: &str) -> Value {
+    client.get(server.url(path)).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_queued_delivery_arrives_after_a_sigkill() {
     let receiver = SlowReceiver::start().await;
@@ -108,15 +113,7 @@ destinations:
     // Every transfer ends delivered in the register.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let page: Value = client
-            .get(server.url("/api/v1/register?status=success&limit=1000"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page = get_json(&client, &server, "/api/v1/register?status=success&limit=1000").await;
         let delivered = page["items"].as_array().unwrap().len();
         if delivered == LEADS {
             break;
@@ -126,15 +123,7 @@ destinations:
     }
     // And every lead's timeline says so.
     for lead_id in &leads {
-        let page: Value = client
-            .get(server.url(&format!("/api/v1/leads/{lead_id}/events")))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page = get_json(&client, &server, &format!("/api/v1/leads/{lead_id}/events")).await;
         let types: Vec<&str> = page["items"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
         assert!(types.contains(&"recipient.delivered"), "{lead_id}: {types:?}");
     }
