@@ -130,6 +130,8 @@ pub struct SubmitAnswer {
 #[derive(Clone, Debug)]
 pub struct Decision {
     pub lead: LeadRecord,
+    /// `lead.snapshot()`, shared with the last event that saw the lead as it ends.
+    pub snapshot: Arc<Value>,
     pub events: Vec<NewEvent>,
     pub transfers: Vec<NewTransfer>,
     /// Keys to remember for later duplicate checks (only for accepted, original leads).
@@ -330,7 +332,7 @@ impl Timeline<'_> {
     fn complete(
         mut self,
         received_at: Millis,
-    ) -> (LeadRecord, Vec<NewEvent>, Vec<NewTransfer>, SubmitAnswer, Option<NewEvent>) {
+    ) -> (LeadRecord, Arc<Value>, Vec<NewEvent>, Vec<NewTransfer>, SubmitAnswer, Option<NewEvent>) {
         let outcome = self.lead.outcome.unwrap_or(Outcome::Success);
         if self.lead.outcome != Some(outcome) {
             self.lead_mut().outcome = Some(outcome);
@@ -352,7 +354,8 @@ impl Timeline<'_> {
         event.price = price;
         let answer = SubmitAnswer { outcome, lead_id: self.lead.id.clone(), reason, price, deliveries: Vec::new() };
         let deferred = if self.transfers.iter().any(|transfer| transfer.realtime) { self.events.pop() } else { None };
-        (self.lead, self.events, self.transfers, answer, deferred)
+        let snapshot = self.snapshot();
+        (self.lead, snapshot, self.events, self.transfers, answer, deferred)
     }
 }
 
@@ -419,9 +422,10 @@ pub fn decide(intake: &Intake<'_>, prepared: &Prepared, duplicate: Option<&Dupli
         (Some(query), true) => query.keys.clone(),
         _ => Vec::new(),
     };
-    let (lead, events, transfers, answer, deferred_completion) = timeline.complete(prepared.received_at);
+    let (lead, snapshot, events, transfers, answer, deferred_completion) = timeline.complete(prepared.received_at);
     Decision {
         lead,
+        snapshot,
         events,
         transfers,
         duplicate_keys,

@@ -103,13 +103,12 @@ impl Submission {
             let content = content_digest(&data_json, &snapshots[snapshot].digest);
             events.push(EncodedEvent { event, data_json, snapshot, content });
         }
-        // The last event carries the lead as it ends up; a decision always has events, but a
-        // lead without any still gets its own snapshot.
-        let current = decision.lead.snapshot();
+        // The last event usually carries the lead as it ends up; when it does not (the
+        // completion held back for realtime deliveries), the lead gets a snapshot of its own.
         let lead_snapshot = match previous {
-            Some(last) if *last == current => snapshots.len() - 1,
+            Some(last) if Arc::ptr_eq(&last, &decision.snapshot) => snapshots.len() - 1,
             _ => {
-                snapshots.push(EncodedSnapshot::new(current.to_string()));
+                snapshots.push(EncodedSnapshot::new(decision.snapshot.to_string()));
                 snapshots.len() - 1
             }
         };

@@ -61,12 +61,16 @@ pub(super) fn parse(trimmed: &str) -> Parsed {
 }
 
 fn describe(trimmed: &str, phone: &PhoneNumber, extension: Option<String>) -> Parsed {
-    let valid = phone.is_valid();
+    // Finding a number's region tries the metadata of every region sharing its country code
+    // (two dozen for +1), so it is done once per lookup here: `is_valid` and `country().id()`
+    // would each repeat it. A number is valid exactly when its region is known and its type is.
+    let metadata = phone.metadata(&DATABASE);
+    let number_type = if metadata.is_some() { phone.number_type(&DATABASE) } else { Type::Unknown };
+    let valid = number_type != Type::Unknown;
     let e164 = phone.format().mode(Mode::E164).to_string();
     let country_code = phone.code().value();
-    let region = phone.country().id().map(|id| id.as_ref().to_owned());
+    let region = metadata.and_then(|meta| meta.id().parse::<country::Id>().ok()).map(|id| id.as_ref().to_owned());
     let national = phone.national().to_string();
-    let number_type = phone.number_type(&DATABASE);
     // North American numbers are NPA-NXX-XXXX; other plans have no such fixed split.
     let nanp_parts = (country_code == 1 && national.len() == 10).then(|| {
         let (area, rest) = national.split_at(3);
