@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod batch;
 mod delivery;
 mod live;
 mod query;

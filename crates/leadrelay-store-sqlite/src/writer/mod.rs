@@ -2,11 +2,14 @@
 //! submissions waiting at once into one transaction (group commit) and links their events
 //! into the hash chain in order.
 
-use leadrelay_domain::chain::{link, ChainHeader, Hash, GENESIS};
+use leadrelay_domain::chain::{Hash, GENESIS};
 use leadrelay_domain::config::{Config, ConfigChange, ObjectWrite};
 use leadrelay_domain::time::now_millis;
+use leadrelay_store::batch::{
+    admit, event_rows, idempotency_lookups, link_events, number_snapshots, plan_resends, ChainHead,
+};
 use leadrelay_store::{
-    plan_resend, ClaimedTransfer, CommitOutcome, ConfigWriteError, DeliveryClaim, DeliveryRecord, JobRecord, NewToken,
+    ClaimedTransfer, CommitOutcome, ConfigWriteError, DeliveryClaim, DeliveryRecord, JobRecord, NewToken,
     ResendOutcome, ResendRequest, StoreError, StoreResult, Submission,
 };
 use sqlx::{Connection, Row, SqliteConnection};
@@ -19,8 +22,8 @@ mod submission;
 
 use delivery::{claim_transfers, count_caps, insert_attempts, save_job, update_transfers};
 use submission::{
-    earliest_duplicate, insert_duplicate_keys, insert_events, insert_idempotency, insert_leads, insert_snapshots,
-    insert_transfers, load_answers, load_duplicate_keys, number_snapshots,
+    insert_duplicate_keys, insert_events, insert_idempotency, insert_leads, insert_snapshots, insert_transfers,
+    load_answers, load_duplicate_keys,
 };
 
 /// The longest a commit waits for more writes to join it, and only under load.
@@ -42,17 +45,9 @@ pub(crate) enum WriteCommand {
     Shutdown { reply: oneshot::Sender<()> },
 }
 
-/// The end of the chain as of the last commit, and the last snapshot id handed out.
-#[derive(Clone, Copy)]
-struct Head {
-    seq: i64,
-    hash: Hash,
-    snapshot_id: i64,
-}
-
 pub(crate) struct Writer {
     connection: SqliteConnection,
-    head: Head,
+    head: ChainHead,
     max_batch: usize,
 }
 
@@ -105,14 +100,6 @@ struct BatchRefs<'a> {
     records: &'a [&'a DeliveryRecord],
     claims: &'a [&'a DeliveryClaim],
     resends: &'a [&'a ResendRequest],
-}
-
-/// One event row to insert, from a submission or a delivery record.
-struct EventRow<'a> {
-    event: &'a leadrelay_domain::event::NewEvent,
-    data_json: &'a str,
-    snapshot_id: i64,
-    content: &'a Hash,
 }
 
 impl Writer {
@@ -343,85 +330,20 @@ impl Writer {
             tracing::warn!("the event log was written by another process; continuing from its end");
             self.head = on_disk;
         }
-        let mut outcomes = Vec::with_capacity(batch.len());
-        let mut accepted: Vec<&Submission> = Vec::with_capacity(batch.len());
-        // What the database already holds for this batch's keys, read in one query per flow;
-        // the submissions accepted earlier in the batch are added as they are decided.
+        // What the database already holds for this batch's keys, read in one query per flow.
         let mut keys = load_duplicate_keys(&mut transaction, batch).await?;
-        let mut answers = load_answers(&mut transaction, batch).await?;
-
-        for submission in batch {
-            if let Some(record) = &submission.idempotency {
-                if let Some(answer) = answers.get(&(record.source_id.clone(), record.key.clone())) {
-                    outcomes.push(CommitOutcome::Replay(answer.clone()));
-                    continue;
-                }
-            }
-            if let Some((query, assumed)) = &submission.duplicate_check {
-                let actual = earliest_duplicate(&keys, query);
-                let same = actual.as_ref().map(|found| &found.lead_id) == assumed.as_ref().map(|found| &found.lead_id);
-                if !same {
-                    outcomes.push(CommitOutcome::DuplicateChanged(actual));
-                    continue;
-                }
-            }
-            let lead = &submission.lead.record;
-            for key in &submission.duplicate_keys {
-                keys.entry((lead.flow_id.clone(), key.digest.clone()))
-                    .or_default()
-                    .push((lead.id.as_str().to_owned(), lead.created_at));
-            }
-            if let Some(record) = &submission.idempotency {
-                answers.insert((record.source_id.clone(), record.key.clone()), record.answer.clone());
-            }
-            outcomes.push(CommitOutcome::Committed);
-            accepted.push(submission);
-        }
+        let mut answers = load_answers(&mut transaction, &idempotency_lookups(batch)).await?;
+        let (outcomes, accepted) = admit(batch, &mut keys, &mut answers);
 
         // Resends read the transfers' state in this transaction, then write like deliveries.
-        let mut resent = Vec::with_capacity(resends.len());
-        let mut resend_records = Vec::new();
-        // A transfer asked for twice in one batch is queued once.
-        let mut queued_now = std::collections::HashSet::new();
-        for request in resends {
-            let rows = read::resend_rows(&mut transaction, &request.transfer_ids).await?;
-            let mut answers = Vec::with_capacity(request.transfer_ids.len());
-            for transfer_id in &request.transfer_ids {
-                if !queued_now.insert(transfer_id.as_str()) {
-                    answers.push((transfer_id.clone(), ResendOutcome::AlreadyQueued));
-                    continue;
-                }
-                match plan_resend(rows.get(transfer_id), &request.actor, request.now) {
-                    Ok(record) => {
-                        resend_records.push(record);
-                        answers.push((transfer_id.clone(), ResendOutcome::Queued));
-                    }
-                    Err(outcome) => answers.push((transfer_id.clone(), outcome)),
-                }
-            }
-            resent.push(answers);
-        }
+        let resend_ids: Vec<String> = resends.iter().flat_map(|request| request.transfer_ids.iter().cloned()).collect();
+        let resend_rows = read::resend_rows(&mut transaction, &resend_ids).await?;
+        let (resent, resend_records) = plan_resends(resends, &resend_rows);
         let records: Vec<&DeliveryRecord> = records.iter().copied().chain(resend_records.iter()).collect();
         let records = records.as_slice();
 
         let snapshot_bases = number_snapshots(&mut self.head, &accepted);
-        let mut rows: Vec<EventRow<'_>> = Vec::new();
-        for (submission, base) in accepted.iter().zip(&snapshot_bases) {
-            rows.extend(submission.events.iter().map(|encoded| EventRow {
-                event: &encoded.event,
-                data_json: &encoded.data_json,
-                snapshot_id: base + encoded.snapshot as i64,
-                content: &encoded.content,
-            }));
-        }
-        for record in records {
-            rows.extend(record.events.iter().map(|logged| EventRow {
-                event: &logged.event,
-                data_json: &logged.data_json,
-                snapshot_id: logged.snapshot_id,
-                content: &logged.content,
-            }));
-        }
+        let rows = event_rows(&accepted, &snapshot_bases, records);
         let hashes = link_events(&mut self.head, &rows);
         if !accepted.is_empty() {
             insert_snapshots(&mut transaction, &accepted, &snapshot_bases).await?;
@@ -450,39 +372,6 @@ impl Writer {
         transaction.commit().await.map_err(unavailable)?;
         Ok(BatchAnswer { outcomes, claimed, resent })
     }
-}
-
-/// Gives every event of the batch its sequence number and hash, advancing the head.
-fn link_events(head: &mut Head, rows: &[EventRow<'_>]) -> Vec<(i64, Hash)> {
-    let mut hashes = Vec::with_capacity(rows.len());
-    for row in rows {
-        let event = row.event;
-        let seq = head.seq + 1;
-        let header = ChainHeader {
-            seq,
-            id: event.id.as_str(),
-            event_type: event.event_type.as_str(),
-            timestamp: event.timestamp,
-            lead_id: event.lead_id.as_str(),
-            flow_id: &event.flow_id,
-            source_id: &event.source_id,
-            destination_id: event.destination_id.as_deref(),
-            transfer_id: event.transfer_id.as_ref().map(|id| id.as_str()),
-            status: event.status.map(|status| status.as_str()),
-            outcome: event.outcome.map(|outcome| outcome.as_str()),
-            reason: event.reason.as_deref(),
-            duration_ms: event.duration_ms,
-            integration: event.integration.as_deref(),
-            response_code: event.response_code,
-            price: event.price,
-            attempt: event.attempt,
-        };
-        let hash = link(&head.hash, &header, row.content);
-        head.seq = seq;
-        head.hash = hash;
-        hashes.push((seq, hash));
-    }
-    hashes
 }
 
 impl Writer {
@@ -564,7 +453,7 @@ impl Writer {
     }
 }
 
-async fn load_head(connection: &mut SqliteConnection) -> StoreResult<Head> {
+async fn load_head(connection: &mut SqliteConnection) -> StoreResult<ChainHead> {
     let row = sqlx::query("SELECT seq, hash FROM chain_head WHERE id = 1")
         .fetch_optional(&mut *connection)
         .await
@@ -573,11 +462,11 @@ async fn load_head(connection: &mut SqliteConnection) -> StoreResult<Head> {
         .fetch_one(&mut *connection)
         .await
         .map_err(unavailable)?;
-    let Some(row) = row else { return Ok(Head { seq: 0, hash: GENESIS, snapshot_id }) };
+    let Some(row) = row else { return Ok(ChainHead { seq: 0, hash: GENESIS, snapshot_id }) };
     let seq: i64 = row.try_get("seq").map_err(unavailable)?;
     let hash: Vec<u8> = row.try_get("hash").map_err(unavailable)?;
     let hash: Hash = hash.try_into().map_err(|_| StoreError::Corrupt("chain head hash is not 32 bytes".into()))?;
-    Ok(Head { seq, hash, snapshot_id })
+    Ok(ChainHead { seq, hash, snapshot_id })
 }
 
 /// Rows per statement for a table with `columns` bound values per row.

@@ -1,34 +1,22 @@
 //! The rows of a submission: its duplicate keys and idempotency answers read for a batch, and
 //! its snapshots, lead, events, transfers, keys and answer written with multi-row statements.
 
-use std::collections::HashMap;
-
 use leadrelay_domain::chain::Hash;
-use leadrelay_domain::config::DuplicateMatch;
-use leadrelay_domain::pipeline::{DuplicateFound, DuplicateQuery};
 use leadrelay_domain::time::now_millis;
-use leadrelay_store::{StoreResult, StoredAnswer, Submission};
+use leadrelay_store::batch::{duplicate_lookups, AnswerIndex, EventRow, KeyIndex};
+use leadrelay_store::{StoreResult, Submission};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
-use super::{rows_per_statement, EventRow, Head, MAX_BOUND_VALUES};
+use super::{rows_per_statement, MAX_BOUND_VALUES};
 use crate::{read, unavailable};
-
-/// Earlier leads by `(flow_id, digest)`: each lead's id and creation time.
-pub(super) type KeyIndex = HashMap<(String, String), Vec<(String, i64)>>;
 
 /// Reads the stored duplicate keys that this batch's duplicate queries could match.
 pub(super) async fn load_duplicate_keys(
     connection: &mut SqliteConnection,
     batch: &[&Submission],
 ) -> StoreResult<KeyIndex> {
-    let mut by_flow: HashMap<&str, (Vec<&str>, i64)> = HashMap::new();
-    for (query, _) in batch.iter().filter_map(|submission| submission.duplicate_check.as_ref()) {
-        let entry = by_flow.entry(query.flow_id.as_str()).or_insert((Vec::new(), query.since));
-        entry.0.extend(query.keys.iter().map(|key| key.digest.as_str()));
-        entry.1 = entry.1.min(query.since);
-    }
     let mut index = KeyIndex::new();
-    for (flow_id, (digests, since)) in by_flow {
+    for (flow_id, (digests, since)) in duplicate_lookups(batch) {
         for chunk in digests.chunks(MAX_BOUND_VALUES - 2) {
             for (digest, lead_id, created_at) in read::duplicate_keys(&mut *connection, flow_id, chunk, since).await? {
                 index.entry((flow_id.to_owned(), digest)).or_default().push((lead_id, created_at));
@@ -39,61 +27,12 @@ pub(super) async fn load_duplicate_keys(
 }
 
 /// Reads the stored answers of this batch's idempotency keys.
-pub(super) async fn load_answers(
-    connection: &mut SqliteConnection,
-    batch: &[&Submission],
-) -> StoreResult<HashMap<(String, String), StoredAnswer>> {
-    let keys: Vec<(&str, &str)> = batch
-        .iter()
-        .filter_map(|submission| submission.idempotency.as_ref())
-        .map(|record| (record.source_id.as_str(), record.key.as_str()))
-        .collect();
-    let mut answers = HashMap::new();
+pub(super) async fn load_answers(connection: &mut SqliteConnection, keys: &[(&str, &str)]) -> StoreResult<AnswerIndex> {
+    let mut answers = AnswerIndex::new();
     for chunk in keys.chunks(MAX_BOUND_VALUES / 2) {
         answers.extend(read::idempotent_answers(&mut *connection, chunk).await?);
     }
     Ok(answers)
-}
-
-/// The earliest lead in the window that matches the query (any key, or all of them), the same
-/// answer as [`read::find_duplicate`] gives from the database alone.
-pub(super) fn earliest_duplicate(index: &KeyIndex, query: &DuplicateQuery) -> Option<DuplicateFound> {
-    let mut matches: HashMap<&str, (usize, i64)> = HashMap::new();
-    for key in &query.keys {
-        let Some(leads) = index.get(&(query.flow_id.clone(), key.digest.clone())) else { continue };
-        let mut counted = std::collections::HashSet::new();
-        for (lead_id, created_at) in leads.iter().filter(|(_, created_at)| *created_at >= query.since) {
-            let entry = matches.entry(lead_id.as_str()).or_insert((0, *created_at));
-            if counted.insert(lead_id.as_str()) {
-                entry.0 += 1;
-            }
-            entry.1 = entry.1.min(*created_at);
-        }
-    }
-    let needed = match query.match_mode {
-        DuplicateMatch::Any => 1,
-        DuplicateMatch::All => query.keys.len(),
-    };
-    matches
-        .into_iter()
-        .filter(|(_, (count, _))| *count >= needed)
-        .min_by(|(a_id, (_, a_time)), (b_id, (_, b_time))| (a_time, a_id).cmp(&(b_time, b_id)))
-        .map(|(lead_id, (_, created_at))| DuplicateFound {
-            lead_id: leadrelay_domain::ids::LeadId::from_stored(lead_id.to_owned()),
-            created_at,
-        })
-}
-
-/// Hands out snapshot ids: the id of a submission's first snapshot, for each submission.
-pub(super) fn number_snapshots(head: &mut Head, accepted: &[&Submission]) -> Vec<i64> {
-    accepted
-        .iter()
-        .map(|submission| {
-            let base = head.snapshot_id + 1;
-            head.snapshot_id += submission.snapshots.len() as i64;
-            base
-        })
-        .collect()
 }
 
 pub(super) async fn insert_snapshots(
