@@ -8,6 +8,7 @@ mod delivery;
 mod live;
 mod query;
 mod records;
+pub mod verify;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
