@@ -25,7 +25,9 @@ use sqlx::ConnectOptions;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::writer::{WriteCommand, Writer};
+use leadrelay_store::group_commit::{self, WriteCommand};
+
+use crate::writer::Writer;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -93,17 +95,15 @@ impl SqliteStore {
             .execute(&mut write_connection)
             .await
             .map_err(unavailable)?;
-        let writer = Writer::start(write_connection, options.max_batch).await?;
-        let (writes, receiver) = mpsc::channel(options.max_batch * 4);
-        let writer_task = tokio::spawn(writer.run(receiver));
+        let writer = Writer::start(write_connection).await?;
+        let (writes, receiver) = mpsc::channel(options.max_batch.max(1) * 4);
+        let writer_task = tokio::spawn(group_commit::run(writer, receiver, options.max_batch));
         let checkpoint_task = tokio::spawn(checkpoint_loop(readers.clone(), options.checkpoint_interval));
         Ok(Arc::new(Self { readers, writes, tasks: std::sync::Mutex::new(vec![writer_task, checkpoint_task]) }))
     }
 
     async fn write<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> WriteCommand) -> StoreResult<T> {
-        let (reply, answer) = oneshot::channel();
-        self.writes.send(make(reply)).await.map_err(|_| unavailable("the writer has stopped"))?;
-        answer.await.map_err(|_| unavailable("the writer stopped before answering"))
+        group_commit::send(&self.writes, make).await
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod batch;
 mod delivery;
+pub mod group_commit;
 mod live;
 mod query;
 mod records;

@@ -1,0 +1,277 @@
+//! The single writer of a node, the same on every engine: one task takes every write waiting
+//! at once into one transaction (group commit), keeps the order of writes that cannot share
+//! one, and, when a batch fails, retries each write on its own so that one bad write never
+//! fails the others. An engine supplies the transactions ([`BatchWriter`]).
+
+use async_trait::async_trait;
+use leadrelay_domain::config::{Config, ConfigChange};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    ClaimedTransfer, CommitOutcome, ConfigWriteError, DeliveryClaim, DeliveryRecord, JobRecord, NewToken,
+    ResendOutcome, ResendRequest, StoreError, StoreResult, Submission,
+};
+
+/// The longest a commit waits for more writes to join it, and only under load.
+const COMMIT_DELAY: std::time::Duration = std::time::Duration::from_micros(1000);
+
+type Reply = oneshot::Sender<StoreResult<CommitOutcome>>;
+type DeliveryReply = oneshot::Sender<StoreResult<()>>;
+type ClaimReply = oneshot::Sender<StoreResult<Vec<ClaimedTransfer>>>;
+type ResendReply = oneshot::Sender<StoreResult<Vec<(String, ResendOutcome)>>>;
+
+/// A write sent to the writer task, with where its answer goes.
+pub enum WriteCommand {
+    Submit { submission: Box<Submission>, reply: Reply },
+    Deliveries { records: Vec<DeliveryRecord>, reply: DeliveryReply },
+    Claim { claim: DeliveryClaim, reply: ClaimReply },
+    Release { owner: String, now: i64, reply: oneshot::Sender<StoreResult<u64>> },
+    Resend { request: ResendRequest, reply: ResendReply },
+    SaveJob { job: Box<JobRecord>, reply: oneshot::Sender<StoreResult<()>> },
+    Config { change: ConfigChange, reply: oneshot::Sender<Result<Config, ConfigWriteError>> },
+    CreateToken { token: NewToken, replace: bool, reply: oneshot::Sender<StoreResult<()>> },
+    DeleteToken { token_id: String, reply: oneshot::Sender<StoreResult<bool>> },
+    Shutdown { reply: oneshot::Sender<()> },
+}
+
+/// The writes of one batch transaction, borrowed: submissions, delivery records, claims and
+/// resends.
+#[derive(Clone, Copy, Default)]
+pub struct BatchRefs<'a> {
+    pub submissions: &'a [&'a Submission],
+    pub records: &'a [&'a DeliveryRecord],
+    pub claims: &'a [&'a DeliveryClaim],
+    pub resends: &'a [&'a ResendRequest],
+}
+
+/// What one batch transaction answers: an outcome per submission, rows per claim, outcomes
+/// per resend request.
+#[derive(Default)]
+pub struct BatchAnswer {
+    pub outcomes: Vec<CommitOutcome>,
+    pub claimed: Vec<Vec<ClaimedTransfer>>,
+    pub resent: Vec<Vec<(String, ResendOutcome)>>,
+}
+
+/// An engine's write transactions.
+#[async_trait]
+pub trait BatchWriter: Send + Sized + 'static {
+    /// Commits a batch in one transaction; on any error nothing of it is written.
+    async fn commit_batch(&mut self, refs: BatchRefs<'_>) -> StoreResult<BatchAnswer>;
+    async fn change_config(&mut self, change: ConfigChange) -> Result<Config, ConfigWriteError>;
+    async fn create_token(&mut self, token: NewToken, replace: bool) -> StoreResult<()>;
+    async fn delete_token(&mut self, token_id: &str) -> StoreResult<bool>;
+    /// Gives up `owner`'s leases: its pending transfers are due at `now`.
+    async fn release(&mut self, owner: &str, now: i64) -> StoreResult<u64>;
+    async fn save_job(&mut self, job: &JobRecord) -> StoreResult<()>;
+    /// Ends the writer's connection once every write is done.
+    async fn close(self);
+}
+
+/// Sends a write to the writer task and waits for its answer.
+pub async fn send<T>(
+    writes: &mpsc::Sender<WriteCommand>,
+    make: impl FnOnce(oneshot::Sender<T>) -> WriteCommand,
+) -> StoreResult<T> {
+    let (reply, answer) = oneshot::channel();
+    writes.send(make(reply)).await.map_err(|_| StoreError::Unavailable("the writer has stopped".into()))?;
+    answer.await.map_err(|_| StoreError::Unavailable("the writer stopped before answering".into()))
+}
+
+/// Writes that share one transaction.
+#[derive(Default)]
+struct Batch {
+    submissions: Vec<(Box<Submission>, Reply)>,
+    deliveries: Vec<(Vec<DeliveryRecord>, DeliveryReply)>,
+    claims: Vec<(DeliveryClaim, ClaimReply)>,
+    resends: Vec<(ResendRequest, ResendReply)>,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.submissions.len() + self.deliveries.len() + self.claims.len() + self.resends.len()
+    }
+}
+
+/// The writer task: runs until every sender is gone or a shutdown is sent.
+pub async fn run<W: BatchWriter>(mut writer: W, mut commands: mpsc::Receiver<WriteCommand>, max_batch: usize) {
+    let max_batch = max_batch.max(1);
+    let mut pending: Vec<WriteCommand> = Vec::new();
+    let mut last_batch = 0usize;
+    loop {
+        if pending.is_empty() {
+            match commands.recv().await {
+                Some(command) => pending.push(command),
+                None => break,
+            }
+        }
+        // Everything that arrived while the last commit was syncing goes into this one.
+        while pending.len() < max_batch {
+            match commands.try_recv() {
+                Ok(command) => pending.push(command),
+                Err(_) => break,
+            }
+        }
+        // Under load, the writers answered by the last commit are about to send their next
+        // writes; a batch of a few stragglers would pay a whole sync for little. Wait a
+        // moment for as many as last time (PostgreSQL's commit_delay); when fewer come, the
+        // wait ends at the deadline and the next batch expects fewer. Idle servers never wait.
+        if last_batch >= 8 && pending.len() < last_batch / 2 {
+            let deadline = tokio::time::Instant::now() + COMMIT_DELAY;
+            while pending.len() < last_batch {
+                match tokio::time::timeout_at(deadline, commands.recv()).await {
+                    Ok(Some(command)) => pending.push(command),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+        last_batch = pending.len();
+        let shutdown = process(&mut writer, std::mem::take(&mut pending)).await;
+        if let Some(reply) = shutdown {
+            // Take no more writes, but finish every one already sent.
+            commands.close();
+            let mut rest = Vec::new();
+            while let Ok(command) = commands.try_recv() {
+                rest.push(command);
+            }
+            process(&mut writer, rest).await;
+            writer.close().await;
+            let _ = reply.send(());
+            return;
+        }
+    }
+    writer.close().await;
+}
+
+/// Carries out writes in the order they were sent, batchable writes group-committed between
+/// the others. Returns the reply of a shutdown if one was among them.
+async fn process<W: BatchWriter>(writer: &mut W, commands: Vec<WriteCommand>) -> Option<oneshot::Sender<()>> {
+    let mut shutdown = None;
+    let mut batch = Batch::default();
+    for command in commands {
+        match command {
+            WriteCommand::Submit { submission, reply } => batch.submissions.push((submission, reply)),
+            WriteCommand::Deliveries { records, reply } => batch.deliveries.push((records, reply)),
+            WriteCommand::Claim { claim, reply } => batch.claims.push((claim, reply)),
+            WriteCommand::Resend { request, reply } => batch.resends.push((request, reply)),
+            WriteCommand::Shutdown { reply } => shutdown = Some(reply),
+            other => {
+                // Keep the order of writes: commit the batch received before it.
+                commit(writer, std::mem::take(&mut batch)).await;
+                handle_other(writer, other).await;
+            }
+        }
+    }
+    commit(writer, batch).await;
+    shutdown
+}
+
+/// Handles a write that does not join a batch.
+async fn handle_other<W: BatchWriter>(writer: &mut W, command: WriteCommand) {
+    match command {
+        WriteCommand::Submit { .. }
+        | WriteCommand::Deliveries { .. }
+        | WriteCommand::Claim { .. }
+        | WriteCommand::Resend { .. }
+        | WriteCommand::Shutdown { .. } => {}
+        WriteCommand::SaveJob { job, reply } => {
+            let _ = reply.send(writer.save_job(&job).await);
+        }
+        WriteCommand::Release { owner, now, reply } => {
+            let _ = reply.send(writer.release(&owner, now).await);
+        }
+        WriteCommand::Config { change, reply } => {
+            let _ = reply.send(writer.change_config(change).await);
+        }
+        WriteCommand::CreateToken { token, replace, reply } => {
+            let _ = reply.send(writer.create_token(token, replace).await);
+        }
+        WriteCommand::DeleteToken { token_id, reply } => {
+            let _ = reply.send(writer.delete_token(&token_id).await);
+        }
+    }
+}
+
+async fn commit<W: BatchWriter>(writer: &mut W, batch: Batch) {
+    if batch.len() == 0 {
+        return;
+    }
+    let submissions: Vec<&Submission> = batch.submissions.iter().map(|(submission, _)| submission.as_ref()).collect();
+    let records: Vec<&DeliveryRecord> = batch.deliveries.iter().flat_map(|(records, _)| records.iter()).collect();
+    let claims: Vec<&DeliveryClaim> = batch.claims.iter().map(|(claim, _)| claim).collect();
+    let resends: Vec<&ResendRequest> = batch.resends.iter().map(|(request, _)| request).collect();
+    let refs = BatchRefs { submissions: &submissions, records: &records, claims: &claims, resends: &resends };
+    match writer.commit_batch(refs).await {
+        Ok(answer) => {
+            for ((_, reply), outcome) in batch.submissions.into_iter().zip(answer.outcomes) {
+                let _ = reply.send(Ok(outcome));
+            }
+            for (_, reply) in batch.deliveries {
+                let _ = reply.send(Ok(()));
+            }
+            for ((_, reply), rows) in batch.claims.into_iter().zip(answer.claimed) {
+                let _ = reply.send(Ok(rows));
+            }
+            for ((_, reply), resent) in batch.resends.into_iter().zip(answer.resent) {
+                let _ = reply.send(Ok(resent));
+            }
+        }
+        Err(error) if batch.len() > 1 || batch.deliveries.iter().any(|(records, _)| records.len() > 1) => {
+            // One bad write must not fail the others: retry each on its own.
+            tracing::warn!(%error, count = batch.len(), "group commit failed; committing one by one");
+            for (submission, reply) in batch.submissions {
+                let result = writer
+                    .commit_batch(BatchRefs { submissions: &[submission.as_ref()], ..BatchRefs::default() })
+                    .await;
+                let _ = reply.send(result.map(|mut answer| answer.outcomes.remove(0)));
+            }
+            for (records, reply) in batch.deliveries {
+                let _ = reply.send(commit_records(writer, &records).await);
+            }
+            for (claim, reply) in batch.claims {
+                let result = writer.commit_batch(BatchRefs { claims: &[&claim], ..BatchRefs::default() }).await;
+                let _ = reply.send(result.map(|mut answer| answer.claimed.remove(0)));
+            }
+            for (request, reply) in batch.resends {
+                let result = writer.commit_batch(BatchRefs { resends: &[&request], ..BatchRefs::default() }).await;
+                let _ = reply.send(result.map(|mut answer| answer.resent.remove(0)));
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, "commit failed");
+            let error = || StoreError::Unavailable(error.to_string());
+            for (_, reply) in batch.submissions {
+                let _ = reply.send(Err(error()));
+            }
+            for (_, reply) in batch.deliveries {
+                let _ = reply.send(Err(error()));
+            }
+            for (_, reply) in batch.claims {
+                let _ = reply.send(Err(error()));
+            }
+            for (_, reply) in batch.resends {
+                let _ = reply.send(Err(error()));
+            }
+        }
+    }
+}
+
+/// Commits delivery records together, or, when that fails, each on its own: one bad record
+/// must not cost the others their outcome. Fails when any record could not be written (its
+/// lease runs out and it is delivered again).
+async fn commit_records<W: BatchWriter>(writer: &mut W, records: &[DeliveryRecord]) -> StoreResult<()> {
+    let all: Vec<&DeliveryRecord> = records.iter().collect();
+    let together = writer.commit_batch(BatchRefs { records: &all, ..BatchRefs::default() }).await.map(|_| ());
+    if together.is_ok() || records.len() == 1 {
+        return together;
+    }
+    let mut outcome = Ok(());
+    for record in records {
+        let alone = writer.commit_batch(BatchRefs { records: &[record], ..BatchRefs::default() }).await;
+        if let Err(error) = alone {
+            tracing::error!(%error, "recording a delivery failed");
+            outcome = Err(error);
+        }
+    }
+    outcome
+}
