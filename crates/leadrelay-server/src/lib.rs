@@ -26,7 +26,7 @@ use axum::{Json, Router};
 use leadrelay_delivery::attempt::HttpClients;
 use leadrelay_delivery::guard::{EgressPolicy, Lookup, SystemLookup};
 use leadrelay_delivery::{DeliveryService, DeliverySettings};
-use leadrelay_store::{ConfigHandle, LiveConfig, Store};
+use leadrelay_store::{ConfigHandle, LiveConfig, Store, StoreSignal};
 use serde_json::json;
 use tokio::net::TcpListener;
 
@@ -159,6 +159,14 @@ pub async fn serve(
     };
     let dispatcher =
         state.settings.dispatch.then(|| tokio::spawn(state.delivery.clone().run(until_stopped(stopped.clone()))));
+    let watcher = match state.store.signals().await {
+        Ok(Some(signals)) => Some(tokio::spawn(follow_other_nodes(state.clone(), signals))),
+        Ok(None) => None,
+        Err(error) => {
+            tracing::error!(%error, "cannot hear other nodes; configuration changes they make apply here after a restart");
+            None
+        }
+    };
     if let Err(error) = jobs::resume(&state).await {
         tracing::error!(%error, "could not resume the jobs left running");
     }
@@ -168,5 +176,24 @@ pub async fn serve(
             tracing::error!(%error, "the delivery dispatcher ended abnormally");
         }
     }
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
     served
+}
+
+/// Acts on what other nodes on the same database do: their configuration changes are put in
+/// force here, and the transfers they queue wake this node's dispatcher.
+async fn follow_other_nodes(state: Arc<AppState>, mut signals: futures::stream::BoxStream<'static, StoreSignal>) {
+    use futures::StreamExt;
+    while let Some(signal) = signals.next().await {
+        match signal {
+            StoreSignal::ConfigChanged => {
+                if let Err(error) = state.configuration.reload().await {
+                    tracing::warn!(%error, "could not load the configuration another node changed");
+                }
+            }
+            StoreSignal::TransfersQueued => state.delivery.wake(),
+        }
+    }
 }

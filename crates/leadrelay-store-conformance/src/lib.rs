@@ -4,6 +4,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod postgres;
+
 use std::sync::Arc;
 
 use leadrelay_domain::compiled::CompiledRules;
@@ -15,7 +17,7 @@ use leadrelay_domain::time::now_millis;
 use leadrelay_store::{
     events_page, AttemptRow, ClaimedTransfer, CommitOutcome, ConfigWriteError, DeliveryClaim, DeliveryRecord,
     EventQuery, IdempotencyRecord, JobRecord, LoggedEvent, NewToken, RegisterQuery, ResendOutcome, ResendRequest, Role,
-    SortOrder, Store, StoredAnswer, Submission, TransferState, TransferUpdate,
+    SortOrder, Store, StoreSignal, StoredAnswer, Submission, TransferState, TransferUpdate,
 };
 use serde_json::{json, Value};
 
@@ -409,4 +411,67 @@ pub async fn jobs_keep_their_progress(store: Arc<dyn Store>) {
     assert_eq!(store.job("job_1").await.expect("job"), Some(job));
     assert!(store.running_jobs().await.expect("running").is_empty());
     assert_eq!(store.job("job_2").await.expect("job"), None);
+}
+
+/// Two stores on one database (two nodes): their concurrent commits link one valid chain,
+/// and the same lead sent to both at once is accepted once, the other commit told that its
+/// duplicate answer changed.
+pub async fn two_nodes_share_one_chain_and_one_duplicate_index(first: Arc<dyn Store>, second: Arc<dyn Store>) {
+    configured(&first).await;
+    let now = now_millis();
+    let mut commits = Vec::new();
+    let mut expected_events = 0;
+    for i in 0..100 {
+        let store = if i % 2 == 0 { first.clone() } else { second.clone() };
+        let submission =
+            submission(&store, json!({"email": format!("n{i}@example.com"), "state": "TX"}), now, None).await;
+        expected_events += submission.events.len();
+        commits.push(tokio::spawn(async move { store.commit_submission(submission).await }));
+    }
+    for outcome in futures::future::join_all(commits).await {
+        assert_eq!(outcome.expect("task").expect("commit"), CommitOutcome::Committed);
+    }
+
+    let same = json!({"email": "both@example.com", "state": "TX"});
+    let on_first = submission(&first, same.clone(), now, None).await;
+    let on_second = submission(&second, same, now, None).await;
+    let accepted_events = on_first.events.len();
+    assert_eq!(accepted_events, on_second.events.len());
+    let (a, b) = tokio::join!(first.commit_submission(on_first), second.commit_submission(on_second));
+    let outcomes = [a.expect("commit"), b.expect("commit")];
+    let committed = outcomes.iter().filter(|outcome| **outcome == CommitOutcome::Committed).count();
+    let changed = outcomes.iter().filter(|outcome| matches!(outcome, CommitOutcome::DuplicateChanged(Some(_)))).count();
+    assert_eq!((committed, changed), (1, 1), "one accepted, one sent back: {outcomes:?}");
+    expected_events += accepted_events;
+
+    for store in [&first, &second] {
+        let report = store.verify_chain().await.expect("verify");
+        assert_eq!(report.first_broken, None);
+        assert_eq!(report.events_checked as usize, expected_events);
+    }
+}
+
+/// On an engine that several nodes share, one node hears what another changes: configuration
+/// and queued transfers.
+pub async fn other_nodes_hear_changes(first: Arc<dyn Store>, second: Arc<dyn Store>) {
+    use futures::StreamExt;
+    let mut signals = second.signals().await.expect("listen").expect("a shared engine gives signals");
+    let mut next_signal = async |wanted: StoreSignal| {
+        let wait = async {
+            while let Some(signal) = signals.next().await {
+                if signal == wanted {
+                    return;
+                }
+            }
+            panic!("the signals ended before {wanted:?}");
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(30), wait)
+            .await
+            .unwrap_or_else(|_| panic!("no {wanted:?} signal"));
+    };
+    configured(&first).await;
+    next_signal(StoreSignal::ConfigChanged).await;
+    let lead = submission(&first, json!({"email": "heard@example.com", "state": "TX"}), now_millis(), None).await;
+    assert_eq!(first.commit_submission(lead).await.expect("commit"), CommitOutcome::Committed);
+    next_signal(StoreSignal::TransfersQueued).await;
 }

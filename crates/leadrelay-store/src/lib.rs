@@ -57,6 +57,15 @@ pub enum CommitOutcome {
     Replay(StoredAnswer),
 }
 
+/// A change another node made to a shared database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreSignal {
+    /// The configuration changed: load it again.
+    ConfigChanged,
+    /// Transfers were queued: look for due deliveries.
+    TransfersQueued,
+}
+
 /// The storage engine. Every write is durable (committed and synced) when its call returns `Ok`.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -174,6 +183,13 @@ pub trait Store: Send + Sync + 'static {
     async fn list_tokens(&self) -> StoreResult<Vec<TokenRecord>>;
 
     async fn delete_token(&self, token_id: &str) -> StoreResult<bool>;
+
+    /// What other nodes on the same database do that this node should know at once: a stream
+    /// of signals, or `None` for an engine that one process serves alone. A signal may be
+    /// repeated or, after a lost connection, stand for several; never for none.
+    async fn signals(&self) -> StoreResult<Option<BoxStream<'static, StoreSignal>>> {
+        Ok(None)
+    }
 
     /// Finishes pending writes and releases the database.
     async fn close(&self);

@@ -56,6 +56,16 @@ impl ConfigHandle {
         self.current.subscribe()
     }
 
+    /// Puts the stored configuration in force again, after another node or process changed it.
+    pub async fn reload(&self) -> StoreResult<()> {
+        let _serial = self.changes.lock().await;
+        let config = self.store.load_config().await?;
+        if self.current.borrow().config != config {
+            self.current.send_replace(Arc::new(LiveConfig::new(config)));
+        }
+        Ok(())
+    }
+
     /// Applies a change through the store and puts the result in force.
     pub async fn change(&self, change: ConfigChange) -> Result<Arc<LiveConfig>, ConfigWriteError> {
         let _serial = self.changes.lock().await;

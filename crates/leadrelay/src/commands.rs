@@ -14,6 +14,7 @@ use leadrelay_domain::time::now_millis;
 use leadrelay_domain::time::parse_query_time;
 use leadrelay_server::{hash_token, new_token_value, AppState, Settings};
 use leadrelay_store::{Cursor, EventLines, EventQuery, NewToken, Role, SortOrder, Store, EVENT_FIELDS, MAX_PAGE};
+use leadrelay_store_postgres::{PostgresOptions, PostgresStore};
 use leadrelay_store_sqlite::{SqliteOptions, SqliteStore};
 
 pub fn init_logging() {
@@ -24,6 +25,17 @@ pub fn init_logging() {
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(colours).with_writer(std::io::stderr).init();
 }
 
+/// The URL without its password, for messages and logs.
+pub fn redacted_database_url(database_url: &str) -> String {
+    match url::Url::parse(database_url) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("***"));
+            url.to_string()
+        }
+        _ => database_url.to_owned(),
+    }
+}
+
 /// Opens the engine the URL's scheme names.
 pub async fn open_store(database_url: &str) -> anyhow::Result<Arc<dyn Store>> {
     if database_url.starts_with("sqlite:") {
@@ -32,9 +44,16 @@ pub async fn open_store(database_url: &str) -> anyhow::Result<Arc<dyn Store>> {
             .with_context(|| format!("while opening {database_url}"))?;
         Ok(store)
     } else if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
-        bail!("the PostgreSQL engine is not part of this build yet; use a sqlite:// URL")
+        let store = PostgresStore::open(database_url, PostgresOptions::default())
+            .await
+            .with_context(|| format!("while opening {}", redacted_database_url(database_url)))?;
+        Ok(store)
     } else {
-        bail!("unknown database URL {database_url:?}: use sqlite://PATH (for example sqlite://leadrelay.db)")
+        bail!(
+            "unknown database URL {:?}: use sqlite://PATH (for example sqlite://leadrelay.db) or \
+             postgres://USER@HOST/DATABASE",
+            redacted_database_url(database_url)
+        )
     }
 }
 
@@ -114,7 +133,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("while binding {}", options.listen))?;
     let address = listener.local_addr().context("while reading the bound address")?;
-    tracing::info!(%address, database = %options.database_url, "listening");
+    tracing::info!(%address, database = %redacted_database_url(&options.database_url), "listening");
     // A plain line on standard output, so scripts (and tests) learn the bound port.
     println!("leadrelay listening on http://{address}");
     use std::io::Write as _;

@@ -54,3 +54,16 @@ async fn data_survives_closing_and_reopening_the_file() {
     assert_eq!(store.load_config().await.expect("config").flows.len(), 1);
     store.close().await;
 }
+
+/// Two stores on one file, as two processes would be: SQLite's lock and the writer's check
+/// of the chain head on disk keep one chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_one_chain_and_one_duplicate_index() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let url = format!("sqlite://{}", dir.path().join("shared.db").display());
+    let first: Arc<dyn Store> = SqliteStore::open(&url, SqliteOptions::default()).await.expect("open");
+    let second: Arc<dyn Store> = SqliteStore::open(&url, SqliteOptions::default()).await.expect("open");
+    leadrelay_store_conformance::two_nodes_share_one_chain_and_one_duplicate_index(first.clone(), second.clone()).await;
+    first.close().await;
+    second.close().await;
+}

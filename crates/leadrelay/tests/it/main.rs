@@ -3,4 +3,5 @@
 mod cli;
 mod crash;
 mod delivery_crash;
+mod multinode;
 mod process;

@@ -17,9 +17,14 @@ pub fn database_url(dir: &Path) -> String {
 
 /// Runs a command against the database in `dir` and returns its output.
 pub fn run(dir: &Path, args: &[&str]) -> Output {
+    run_on(&database_url(dir), dir, args)
+}
+
+/// Runs a command against the database at `url`, in `dir`.
+pub fn run_on(url: &str, dir: &Path, args: &[&str]) -> Output {
     Command::new(binary())
         .args(args)
-        .env("LEADRELAY_DATABASE_URL", database_url(dir))
+        .env("LEADRELAY_DATABASE_URL", url)
         .env("LEADRELAY_LOG", "warn")
         .current_dir(dir)
         .output()
@@ -63,10 +68,15 @@ impl Server {
 
     /// Starts `serve` with extra arguments.
     pub fn start_with(dir: &Path, extra: &[&str]) -> Server {
+        Self::start_on(&database_url(dir), dir, extra)
+    }
+
+    /// Starts `serve` on the database at `url`, in `dir`, with extra arguments.
+    pub fn start_on(url: &str, dir: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(binary())
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra)
-            .env("LEADRELAY_DATABASE_URL", database_url(dir))
+            .env("LEADRELAY_DATABASE_URL", url)
             .env("LEADRELAY_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("LEADRELAY_LOG", "warn")
             .current_dir(dir)
