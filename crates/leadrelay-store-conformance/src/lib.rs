@@ -475,3 +475,32 @@ pub async fn other_nodes_hear_changes(first: Arc<dyn Store>, second: Arc<dyn Sto
     assert_eq!(first.commit_submission(lead).await.expect("commit"), CommitOutcome::Committed);
     next_signal(StoreSignal::TransfersQueued).await;
 }
+
+/// After the database connection is cut (`cut` does it: a restarted server, a network cut),
+/// a write may fail, but the store reconnects: later writes succeed and nothing is lost.
+pub async fn writes_resume_after_the_connection_is_cut(
+    store: Arc<dyn Store>,
+    cut: impl std::future::Future<Output = ()>,
+) {
+    configured(&store).await;
+    let now = now_millis();
+    let before = submission(&store, json!({"email": "before@example.com", "state": "TX"}), now, None).await;
+    let mut expected_events = before.events.len();
+    assert_eq!(store.commit_submission(before).await.expect("commit"), CommitOutcome::Committed);
+    cut.await;
+    let mut committed = false;
+    for attempt in 0..3 {
+        let after =
+            submission(&store, json!({"email": format!("after{attempt}@example.com"), "state": "TX"}), now, None).await;
+        let events = after.events.len();
+        if let Ok(CommitOutcome::Committed) = store.commit_submission(after).await {
+            expected_events += events;
+            committed = true;
+            break;
+        }
+    }
+    assert!(committed, "no write succeeded after the connection was cut");
+    let report = store.verify_chain().await.expect("verify");
+    assert_eq!(report.first_broken, None);
+    assert_eq!(report.events_checked as usize, expected_events);
+}

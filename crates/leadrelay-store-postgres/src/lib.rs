@@ -103,10 +103,10 @@ impl PostgresStore {
             .max_connections(options.read_connections.max(1))
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(connect)
+            .connect_with(connect.clone())
             .await
             .map_err(unavailable)?;
-        let writer = Writer::new(write_connection);
+        let writer = Writer::new(write_connection, connect);
         let (writes, receiver) = mpsc::channel(options.max_batch.max(1) * 4);
         let writer_task = tokio::spawn(group_commit::run(writer, receiver, options.max_batch));
         Ok(Arc::new(Self { readers, writes, tasks: std::sync::Mutex::new(vec![writer_task]) }))

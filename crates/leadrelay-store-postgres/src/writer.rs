@@ -11,7 +11,8 @@ use leadrelay_store::batch::{
 };
 use leadrelay_store::group_commit::{BatchAnswer, BatchRefs, BatchWriter};
 use leadrelay_store::{ConfigWriteError, DeliveryRecord, JobRecord, NewToken, StoreError, StoreResult};
-use sqlx::{Connection, PgConnection, Row};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection, Row};
 
 use crate::rows::{
     claim_transfers, count_caps, insert_attempts, insert_duplicate_keys, insert_events, insert_idempotency,
@@ -24,11 +25,33 @@ const LOOKUP_CHUNK: usize = 20_000;
 
 pub(crate) struct Writer {
     connection: PgConnection,
+    options: PgConnectOptions,
+    /// Set when a write failed: the connection may be gone (a restarted server, a network
+    /// cut), and the next write checks it first.
+    suspect: bool,
 }
 
 impl Writer {
-    pub(crate) fn new(connection: PgConnection) -> Self {
-        Self { connection }
+    pub(crate) fn new(connection: PgConnection, options: PgConnectOptions) -> Self {
+        Self { connection, options, suspect: false }
+    }
+
+    /// Makes sure the connection works after a failed write, opening a new one if it does not.
+    async fn connected(&mut self) -> StoreResult<&mut PgConnection> {
+        if self.suspect {
+            if self.connection.ping().await.is_err() {
+                tracing::warn!("the writer's PostgreSQL connection is gone; reconnecting");
+                self.connection = self.options.connect().await.map_err(unavailable)?;
+            }
+            self.suspect = false;
+        }
+        Ok(&mut self.connection)
+    }
+
+    /// Runs a write, marking the connection suspect when it fails.
+    fn watch<T>(&mut self, result: StoreResult<T>) -> StoreResult<T> {
+        self.suspect |= result.is_err();
+        result
     }
 }
 
@@ -60,183 +83,203 @@ async fn lock_head(connection: &mut PgConnection) -> StoreResult<ChainHead> {
 #[async_trait]
 impl BatchWriter for Writer {
     async fn commit_batch(&mut self, refs: BatchRefs<'_>) -> StoreResult<BatchAnswer> {
-        let BatchRefs { submissions: batch, records, claims, resends } = refs;
-        let mut transaction = self.connection.begin().await.map_err(unavailable)?;
-        let writes_events = !batch.is_empty() || !records.is_empty() || !resends.is_empty();
-        // Claims alone need no chain: they take transfers with SKIP LOCKED beside other nodes.
-        let mut head = if writes_events { lock_head(&mut transaction).await? } else { ChainHead::EMPTY };
-        let start = head;
-
-        let mut keys = KeyIndex::new();
-        for (flow_id, (digests, since)) in duplicate_lookups(batch) {
-            for chunk in digests.chunks(LOOKUP_CHUNK) {
-                for (digest, lead_id, created_at) in
-                    read::duplicate_keys(&mut *transaction, flow_id, chunk, since).await?
-                {
-                    keys.entry((flow_id.to_owned(), digest)).or_default().push((lead_id, created_at));
-                }
-            }
-        }
-        let mut answers = AnswerIndex::new();
-        for chunk in idempotency_lookups(batch).chunks(LOOKUP_CHUNK) {
-            answers.extend(read::idempotent_answers(&mut *transaction, chunk).await?);
-        }
-        let (outcomes, accepted) = admit(batch, &mut keys, &mut answers);
-
-        let resend_ids: Vec<String> = resends.iter().flat_map(|request| request.transfer_ids.iter().cloned()).collect();
-        let resend_rows = read::resend_rows(&mut transaction, &resend_ids).await?;
-        let (resent, resend_records) = plan_resends(resends, &resend_rows);
-        let records: Vec<&DeliveryRecord> = records.iter().copied().chain(resend_records.iter()).collect();
-        let records = records.as_slice();
-
-        let snapshot_bases = number_snapshots(&mut head, &accepted);
-        let rows = event_rows(&accepted, &snapshot_bases, records);
-        let hashes = link_events(&mut head, &rows);
-        if !accepted.is_empty() {
-            insert_snapshots(&mut transaction, &accepted, &snapshot_bases).await?;
-            insert_leads(&mut transaction, &accepted, &snapshot_bases).await?;
-            insert_transfers(&mut transaction, &accepted).await?;
-            insert_duplicate_keys(&mut transaction, &accepted).await?;
-            insert_idempotency(&mut transaction, &accepted).await?;
-        }
-        if !rows.is_empty() {
-            insert_events(&mut transaction, &rows, &hashes).await?;
-        }
-        if head != start {
-            sqlx::query("UPDATE chain_head SET seq = $1, hash = $2, snapshot_id = $3 WHERE id = 1")
-                .bind(head.seq)
-                .bind(&head.hash[..])
-                .bind(head.snapshot_id)
-                .execute(&mut *transaction)
-                .await
-                .map_err(unavailable)?;
-        }
-        update_transfers(&mut transaction, records).await?;
-        insert_attempts(&mut transaction, records).await?;
-        count_caps(&mut transaction, records).await?;
-        // Other nodes look for due deliveries at once rather than at their next poll; the
-        // notification goes out when the transaction commits.
-        let queued = accepted.iter().any(|submission| submission.transfers.iter().any(|transfer| transfer.queued))
-            || !resend_records.is_empty();
-        if queued {
-            notify(&mut transaction, TRANSFERS_QUEUED).await?;
-        }
-        let mut claimed = Vec::with_capacity(claims.len());
-        for claim in claims {
-            let rows = claim_transfers(&mut transaction, claim).await?;
-            claimed.push(read::with_snapshots(&mut transaction, rows).await?);
-        }
-        transaction.commit().await.map_err(unavailable)?;
-        Ok(BatchAnswer { outcomes, claimed, resent })
+        let result = commit_batch(self.connected().await?, refs).await;
+        self.watch(result)
     }
 
     async fn change_config(&mut self, change: ConfigChange) -> Result<Config, ConfigWriteError> {
-        let mut transaction = self.connection.begin().await.map_err(unavailable)?;
-        // One change at a time across every node: each builds on the configuration as the last
-        // one left it.
-        sqlx::query("LOCK TABLE config_objects IN SHARE ROW EXCLUSIVE MODE")
-            .execute(&mut *transaction)
-            .await
-            .map_err(unavailable)?;
-        let current = read::load_config(&mut *transaction).await?;
-        let now = now_millis();
-        let (next, writes) = current.change(change, now)?;
-        for write in writes {
-            match write {
-                ObjectWrite::Put(object) => {
-                    sqlx::query(
-                        "INSERT INTO config_objects (kind, id, position, body, created_at, updated_at)
-                         VALUES ($1, $2, (SELECT COALESCE(MAX(position), 0) + 1 FROM config_objects), $3, $4, $4)
-                         ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
-                    )
-                    .bind(object.kind().as_str())
-                    .bind(object.id())
-                    .bind(object.to_json().to_string())
-                    .bind(now)
-                    .execute(&mut *transaction)
-                    .await
-                    .map_err(unavailable)?;
-                }
-                ObjectWrite::Delete { kind, id } => {
-                    // Transfers are never dropped: a destination with transfers still waiting
-                    // for it stays until they are delivered, abandoned or resent elsewhere.
-                    if kind == ConfigKind::Destination {
-                        let waiting: i64 = sqlx::query_scalar(
-                            "SELECT COUNT(*) FROM transfers WHERE state = 'pending' AND destination_id = $1",
-                        )
-                        .bind(&id)
-                        .fetch_one(&mut *transaction)
-                        .await
-                        .map_err(unavailable)?;
-                        if waiting > 0 {
-                            return Err(ConfigWriteError::Change(ChangeError::InUse(format!(
-                                "destination {id:?} has {waiting} transfers waiting for delivery; delete it once they \
-                                 are delivered or abandoned"
-                            ))));
-                        }
-                    }
-                    sqlx::query("DELETE FROM config_objects WHERE kind = $1 AND id = $2")
-                        .bind(kind.as_str())
-                        .bind(&id)
-                        .execute(&mut *transaction)
-                        .await
-                        .map_err(unavailable)?;
-                }
-            }
-        }
-        notify(&mut transaction, CONFIG_CHANGED).await?;
-        transaction.commit().await.map_err(unavailable)?;
-        Ok(next)
+        let result = change_config(self.connected().await?, change).await;
+        self.suspect |= matches!(result, Err(ConfigWriteError::Store(_)));
+        result
     }
 
     async fn create_token(&mut self, token: NewToken, replace: bool) -> StoreResult<()> {
-        let sql = if replace {
-            "INSERT INTO tokens (id, name, role, hash, created_at) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (hash) DO UPDATE SET role = excluded.role"
-        } else {
-            "INSERT INTO tokens (id, name, role, hash, created_at) VALUES ($1, $2, $3, $4, $5)"
-        };
-        sqlx::query(sql)
-            .bind(&token.id)
-            .bind(&token.name)
-            .bind(token.role.as_str())
-            .bind(&token.hash[..])
-            .bind(token.created_at)
-            .execute(&mut self.connection)
-            .await
-            .map_err(|error| match &error {
-                sqlx::Error::Database(db) if db.is_unique_violation() => {
-                    StoreError::Conflict("a token with that value already exists".to_owned())
-                }
-                _ => unavailable(error),
-            })?;
-        Ok(())
+        let result = create_token(self.connected().await?, token, replace).await;
+        self.watch(result)
     }
 
     async fn delete_token(&mut self, token_id: &str) -> StoreResult<bool> {
-        sqlx::query("DELETE FROM tokens WHERE id = $1")
+        let result = sqlx::query("DELETE FROM tokens WHERE id = $1")
             .bind(token_id)
-            .execute(&mut self.connection)
+            .execute(self.connected().await?)
             .await
             .map(|done| done.rows_affected() > 0)
-            .map_err(unavailable)
+            .map_err(unavailable);
+        self.watch(result)
     }
 
     async fn release(&mut self, owner: &str, now: i64) -> StoreResult<u64> {
-        sqlx::query("UPDATE transfers SET due_at = $1, lease_owner = NULL WHERE state = 'pending' AND lease_owner = $2")
-            .bind(now)
-            .bind(owner)
-            .execute(&mut self.connection)
-            .await
-            .map(|done| done.rows_affected())
-            .map_err(unavailable)
+        let result = sqlx::query(
+            "UPDATE transfers SET due_at = $1, lease_owner = NULL WHERE state = 'pending' AND lease_owner = $2",
+        )
+        .bind(now)
+        .bind(owner)
+        .execute(self.connected().await?)
+        .await
+        .map(|done| done.rows_affected())
+        .map_err(unavailable);
+        self.watch(result)
     }
 
     async fn save_job(&mut self, job: &JobRecord) -> StoreResult<()> {
-        save_job(&mut self.connection, job).await
+        let result = save_job(self.connected().await?, job).await;
+        self.watch(result)
     }
 
     async fn close(self) {
         let _ = self.connection.close().await;
     }
+}
+
+/// One batch in one transaction; on any error nothing of it is written.
+async fn commit_batch(connection: &mut PgConnection, refs: BatchRefs<'_>) -> StoreResult<BatchAnswer> {
+    let BatchRefs { submissions: batch, records, claims, resends } = refs;
+    let mut transaction = connection.begin().await.map_err(unavailable)?;
+    let writes_events = !batch.is_empty() || !records.is_empty() || !resends.is_empty();
+    // Claims alone need no chain: they take transfers with SKIP LOCKED beside other nodes.
+    let mut head = if writes_events { lock_head(&mut transaction).await? } else { ChainHead::EMPTY };
+    let start = head;
+
+    let mut keys = KeyIndex::new();
+    for (flow_id, (digests, since)) in duplicate_lookups(batch) {
+        for chunk in digests.chunks(LOOKUP_CHUNK) {
+            for (digest, lead_id, created_at) in read::duplicate_keys(&mut *transaction, flow_id, chunk, since).await? {
+                keys.entry((flow_id.to_owned(), digest)).or_default().push((lead_id, created_at));
+            }
+        }
+    }
+    let mut answers = AnswerIndex::new();
+    for chunk in idempotency_lookups(batch).chunks(LOOKUP_CHUNK) {
+        answers.extend(read::idempotent_answers(&mut *transaction, chunk).await?);
+    }
+    let (outcomes, accepted) = admit(batch, &mut keys, &mut answers);
+
+    let resend_ids: Vec<String> = resends.iter().flat_map(|request| request.transfer_ids.iter().cloned()).collect();
+    let resend_rows = read::resend_rows(&mut transaction, &resend_ids).await?;
+    let (resent, resend_records) = plan_resends(resends, &resend_rows);
+    let records: Vec<&DeliveryRecord> = records.iter().copied().chain(resend_records.iter()).collect();
+    let records = records.as_slice();
+
+    let snapshot_bases = number_snapshots(&mut head, &accepted);
+    let rows = event_rows(&accepted, &snapshot_bases, records);
+    let hashes = link_events(&mut head, &rows);
+    if !accepted.is_empty() {
+        insert_snapshots(&mut transaction, &accepted, &snapshot_bases).await?;
+        insert_leads(&mut transaction, &accepted, &snapshot_bases).await?;
+        insert_transfers(&mut transaction, &accepted).await?;
+        insert_duplicate_keys(&mut transaction, &accepted).await?;
+        insert_idempotency(&mut transaction, &accepted).await?;
+    }
+    if !rows.is_empty() {
+        insert_events(&mut transaction, &rows, &hashes).await?;
+    }
+    if head != start {
+        sqlx::query("UPDATE chain_head SET seq = $1, hash = $2, snapshot_id = $3 WHERE id = 1")
+            .bind(head.seq)
+            .bind(&head.hash[..])
+            .bind(head.snapshot_id)
+            .execute(&mut *transaction)
+            .await
+            .map_err(unavailable)?;
+    }
+    update_transfers(&mut transaction, records).await?;
+    insert_attempts(&mut transaction, records).await?;
+    count_caps(&mut transaction, records).await?;
+    // Other nodes look for due deliveries at once rather than at their next poll; the
+    // notification goes out when the transaction commits.
+    let queued = accepted.iter().any(|submission| submission.transfers.iter().any(|transfer| transfer.queued))
+        || !resend_records.is_empty();
+    if queued {
+        notify(&mut transaction, TRANSFERS_QUEUED).await?;
+    }
+    let mut claimed = Vec::with_capacity(claims.len());
+    for claim in claims {
+        let rows = claim_transfers(&mut transaction, claim).await?;
+        claimed.push(read::with_snapshots(&mut transaction, rows).await?);
+    }
+    transaction.commit().await.map_err(unavailable)?;
+    Ok(BatchAnswer { outcomes, claimed, resent })
+}
+
+async fn change_config(connection: &mut PgConnection, change: ConfigChange) -> Result<Config, ConfigWriteError> {
+    let mut transaction = connection.begin().await.map_err(unavailable)?;
+    // One change at a time across every node: each builds on the configuration as the last
+    // one left it.
+    sqlx::query("LOCK TABLE config_objects IN SHARE ROW EXCLUSIVE MODE")
+        .execute(&mut *transaction)
+        .await
+        .map_err(unavailable)?;
+    let current = read::load_config(&mut *transaction).await?;
+    let now = now_millis();
+    let (next, writes) = current.change(change, now)?;
+    for write in writes {
+        match write {
+            ObjectWrite::Put(object) => {
+                sqlx::query(
+                    "INSERT INTO config_objects (kind, id, position, body, created_at, updated_at)
+                         VALUES ($1, $2, (SELECT COALESCE(MAX(position), 0) + 1 FROM config_objects), $3, $4, $4)
+                         ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
+                )
+                .bind(object.kind().as_str())
+                .bind(object.id())
+                .bind(object.to_json().to_string())
+                .bind(now)
+                .execute(&mut *transaction)
+                .await
+                .map_err(unavailable)?;
+            }
+            ObjectWrite::Delete { kind, id } => {
+                // Transfers are never dropped: a destination with transfers still waiting
+                // for it stays until they are delivered, abandoned or resent elsewhere.
+                if kind == ConfigKind::Destination {
+                    let waiting: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM transfers WHERE state = 'pending' AND destination_id = $1",
+                    )
+                    .bind(&id)
+                    .fetch_one(&mut *transaction)
+                    .await
+                    .map_err(unavailable)?;
+                    if waiting > 0 {
+                        return Err(ConfigWriteError::Change(ChangeError::InUse(format!(
+                            "destination {id:?} has {waiting} transfers waiting for delivery; delete it once they \
+                                 are delivered or abandoned"
+                        ))));
+                    }
+                }
+                sqlx::query("DELETE FROM config_objects WHERE kind = $1 AND id = $2")
+                    .bind(kind.as_str())
+                    .bind(&id)
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(unavailable)?;
+            }
+        }
+    }
+    notify(&mut transaction, CONFIG_CHANGED).await?;
+    transaction.commit().await.map_err(unavailable)?;
+    Ok(next)
+}
+
+async fn create_token(connection: &mut PgConnection, token: NewToken, replace: bool) -> StoreResult<()> {
+    let sql = if replace {
+        "INSERT INTO tokens (id, name, role, hash, created_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (hash) DO UPDATE SET role = excluded.role"
+    } else {
+        "INSERT INTO tokens (id, name, role, hash, created_at) VALUES ($1, $2, $3, $4, $5)"
+    };
+    sqlx::query(sql)
+        .bind(&token.id)
+        .bind(&token.name)
+        .bind(token.role.as_str())
+        .bind(&token.hash[..])
+        .bind(token.created_at)
+        .execute(connection)
+        .await
+        .map_err(|error| match &error {
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                StoreError::Conflict("a token with that value already exists".to_owned())
+            }
+            _ => unavailable(error),
+        })?;
+    Ok(())
 }

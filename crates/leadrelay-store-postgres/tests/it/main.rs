@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use leadrelay_store::Store;
-use leadrelay_store_conformance::postgres::TestDatabase;
+use leadrelay_store_conformance::postgres::{server_url, TestDatabase};
 use leadrelay_store_postgres::{PostgresOptions, PostgresStore};
+use sqlx::{Connection, PgConnection};
 
 async fn open(database: &TestDatabase) -> Arc<dyn Store> {
     PostgresStore::open(&database.url, PostgresOptions::default()).await.expect("open")
@@ -59,6 +60,26 @@ async fn other_nodes_hear_changes() {
     leadrelay_store_conformance::other_nodes_hear_changes(first.clone(), second.clone()).await;
     first.close().await;
     second.close().await;
+    database.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_resume_after_the_connection_is_cut() {
+    let database = TestDatabase::create().await;
+    let store = open(&database).await;
+    let name = database.name.clone();
+    let cut = async move {
+        let mut admin = PgConnection::connect(&server_url()).await.expect("connect");
+        let cut: Vec<bool> =
+            sqlx::query_scalar("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+                .bind(&name)
+                .fetch_all(&mut admin)
+                .await
+                .expect("terminate");
+        assert!(!cut.is_empty(), "no connection to cut");
+    };
+    leadrelay_store_conformance::writes_resume_after_the_connection_is_cut(store.clone(), cut).await;
+    store.close().await;
     database.drop().await;
 }
 
