@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use leadrelay_domain::ids::JobId;
 use leadrelay_domain::time::now_millis;
-use leadrelay_store::{Cursor, JobRecord, RegisterQuery, ResendOutcome, ResendRequest, SortOrder, StoreResult};
+use leadrelay_store::{
+    Cursor, JobClaim, JobRecord, RegisterQuery, ResendOutcome, ResendRequest, SortOrder, StoreResult,
+};
 use serde_json::Value;
 
 use crate::params::{register_query, Params, RESEND_PARAMS};
@@ -14,6 +16,10 @@ use crate::{ApiResult, AppState};
 
 /// Transfers one step of a job resends.
 const BATCH: usize = 500;
+
+/// How long a node holds a running job without saving it; another node takes over a job
+/// whose node stopped saving (it died) once this has passed.
+pub const JOB_LEASE_MS: i64 = 60_000;
 
 /// A bulk resend's filter, parsed from the job's stored parameters.
 struct ResendFilter {
@@ -52,15 +58,19 @@ pub async fn start_resend(state: &Arc<AppState>, mut params: Value, actor: &str)
         error: None,
         created_at: now,
         updated_at: now,
+        owner: Some(state.delivery.owner().to_owned()),
+        lease_until: Some(now + JOB_LEASE_MS),
     };
     state.store.save_job(&job).await?;
     spawn(state.clone(), job.clone());
     Ok(job)
 }
 
-/// Resumes the jobs a stopped process left running.
+/// Resumes the running jobs no node holds: those a stopped process left, or those of a node
+/// that died (once their lease has run out).
 pub async fn resume(state: &Arc<AppState>) -> StoreResult<()> {
-    for job in state.store.running_jobs().await? {
+    let claim = JobClaim { owner: state.delivery.owner().to_owned(), now: now_millis(), lease_ms: JOB_LEASE_MS };
+    for job in state.store.claim_jobs(&claim).await? {
         tracing::info!(job_id = %job.id, "resuming job");
         spawn(state.clone(), job);
     }
@@ -124,6 +134,7 @@ async fn run_resend(state: &Arc<AppState>, mut job: JobRecord) -> StoreResult<()
         }
         job.cursor = page.next_cursor.as_ref().map(Cursor::encode);
         job.updated_at = now_millis();
+        job.lease_until = Some(job.updated_at + JOB_LEASE_MS);
         if job.cursor.is_none() {
             job.status = "completed".to_owned();
         }

@@ -167,9 +167,19 @@ pub async fn serve(
             None
         }
     };
-    if let Err(error) = jobs::resume(&state).await {
-        tracing::error!(%error, "could not resume the jobs left running");
-    }
+    // Jobs left running, now and whenever a node that ran one stops renewing its lease.
+    let resumer = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(std::time::Duration::from_millis(jobs::JOB_LEASE_MS as u64 / 2));
+            loop {
+                ticker.tick().await;
+                if let Err(error) = jobs::resume(&state).await {
+                    tracing::error!(%error, "could not resume the jobs left running");
+                }
+            }
+        })
+    };
     let served = axum::serve(listener, router(state)).with_graceful_shutdown(until_stopped(stopped)).await;
     if let Some(dispatcher) = dispatcher {
         if let Err(error) = dispatcher.await {
@@ -179,6 +189,7 @@ pub async fn serve(
     if let Some(watcher) = watcher {
         watcher.abort();
     }
+    resumer.abort();
     served
 }
 

@@ -16,8 +16,8 @@ use leadrelay_domain::pipeline::{decide, prepare, Intake};
 use leadrelay_domain::time::now_millis;
 use leadrelay_store::{
     events_page, AttemptRow, ClaimedTransfer, CommitOutcome, ConfigWriteError, DeliveryClaim, DeliveryRecord,
-    EventQuery, IdempotencyRecord, JobRecord, LoggedEvent, NewToken, RegisterQuery, ResendOutcome, ResendRequest, Role,
-    SortOrder, Store, StoreSignal, StoredAnswer, Submission, TransferState, TransferUpdate,
+    EventQuery, IdempotencyRecord, JobClaim, JobRecord, LoggedEvent, NewToken, RegisterQuery, ResendOutcome,
+    ResendRequest, Role, SortOrder, Store, StoreSignal, StoredAnswer, Submission, TransferState, TransferUpdate,
 };
 use serde_json::{json, Value};
 
@@ -384,8 +384,10 @@ pub async fn resends_queue_finished_transfers_again(store: Arc<dyn Store>) {
     assert_eq!(store.verify_chain().await.expect("verify").first_broken, None);
 }
 
-/// Jobs keep their progress; running ones are found again.
+/// Jobs keep their progress; a running job is held by one node at a time, and taken over by
+/// another once its lease has run out.
 pub async fn jobs_keep_their_progress(store: Arc<dyn Store>) {
+    let claim = |owner: &str, now: i64| JobClaim { owner: owner.into(), now, lease_ms: 60_000 };
     let mut job = JobRecord {
         id: "job_1".into(),
         kind: "resend".into(),
@@ -398,9 +400,21 @@ pub async fn jobs_keep_their_progress(store: Arc<dyn Store>) {
         error: None,
         created_at: 1,
         updated_at: 1,
+        owner: Some("node_a".into()),
+        lease_until: Some(60_001),
     };
     store.save_job(&job).await.expect("save");
-    assert_eq!(store.running_jobs().await.expect("running"), vec![job.clone()]);
+    assert!(store.claim_jobs(&claim("node_b", 1_000)).await.expect("claim").is_empty(), "node_a holds it");
+    let taken = store.claim_jobs(&claim("node_b", 70_000)).await.expect("claim");
+    assert_eq!(taken.len(), 1, "the lease ran out");
+    assert_eq!((taken[0].owner.as_deref(), taken[0].lease_until), (Some("node_b"), Some(130_000)));
+    assert!(store.claim_jobs(&claim("node_c", 70_000)).await.expect("claim").is_empty(), "node_b holds it now");
+    job.updated_at = 2;
+    assert!(
+        matches!(store.save_job(&job).await, Err(leadrelay_store::StoreError::Conflict(_))),
+        "node_a's save after the takeover is refused"
+    );
+    job = taken[0].clone();
     job.cursor = Some("next".into());
     job.matched = 500;
     job.queued = 498;
@@ -409,7 +423,7 @@ pub async fn jobs_keep_their_progress(store: Arc<dyn Store>) {
     job.updated_at = 2;
     store.save_job(&job).await.expect("save");
     assert_eq!(store.job("job_1").await.expect("job"), Some(job));
-    assert!(store.running_jobs().await.expect("running").is_empty());
+    assert!(store.claim_jobs(&claim("node_c", 500_000)).await.expect("claim").is_empty(), "completed");
     assert_eq!(store.job("job_2").await.expect("job"), None);
 }
 

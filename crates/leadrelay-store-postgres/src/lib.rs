@@ -27,8 +27,8 @@ use leadrelay_domain::time::Millis;
 use leadrelay_store::StoreSignal;
 use leadrelay_store::{
     ChainReport, ClaimedTransfer, CommitOutcome, ConfigWriteError, Cursor, DeliveryClaim, DeliveryRecord, EventLines,
-    EventQuery, JobRecord, LeadQuery, NewToken, Page, RegisterQuery, ResendOutcome, ResendRequest, Store, StoreError,
-    StoreResult, StoredAnswer, StoredEvent, StoredLead, Submission, TokenRecord, TransferRow,
+    EventQuery, JobClaim, JobRecord, LeadQuery, NewToken, Page, RegisterQuery, ResendOutcome, ResendRequest, Store,
+    StoreError, StoreResult, StoredAnswer, StoredEvent, StoredLead, Submission, TokenRecord, TransferRow,
 };
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::ConnectOptions;
@@ -196,8 +196,9 @@ impl Store for PostgresStore {
         read::job(&self.readers, job_id).await
     }
 
-    async fn running_jobs(&self) -> StoreResult<Vec<JobRecord>> {
-        read::running_jobs(&self.readers).await
+    async fn claim_jobs(&self, claim: &JobClaim) -> StoreResult<Vec<JobRecord>> {
+        let claim = claim.clone();
+        self.write(|reply| WriteCommand::ClaimJobs { claim, reply }).await?
     }
 
     async fn not_integrated_page(&self, query: &RegisterQuery) -> StoreResult<Page<TransferRow>> {

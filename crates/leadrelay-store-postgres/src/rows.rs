@@ -8,10 +8,12 @@ use leadrelay_domain::caps::CapWindowKey;
 use leadrelay_domain::chain::Hash;
 use leadrelay_domain::time::now_millis;
 use leadrelay_store::batch::EventRow;
-use leadrelay_store::{DeliveryClaim, DeliveryRecord, JobRecord, StoreResult, Submission, TransferState};
+use leadrelay_store::{
+    DeliveryClaim, DeliveryRecord, JobClaim, JobRecord, StoreError, StoreResult, Submission, TransferState,
+};
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 
-use crate::read::ClaimRow;
+use crate::read::{job_from_row, ClaimRow, JOB_COLUMNS};
 use crate::{corrupt, unavailable};
 
 /// PostgreSQL allows 65535 bound values in one statement; stay below.
@@ -308,12 +310,14 @@ pub(crate) async fn claim_transfers(
         .collect()
 }
 
+/// Saves a job, unless another node holds it.
 pub(crate) async fn save_job(connection: &mut PgConnection, job: &JobRecord) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO jobs (id, kind, status, params, cursor, matched, queued, skipped, error, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+    let saved = sqlx::query(
+        "INSERT INTO jobs (id, kind, status, params, cursor, matched, queued, skipped, error, created_at, updated_at, \
+         owner, lease_until) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
          ON CONFLICT (id) DO UPDATE SET status = excluded.status, cursor = excluded.cursor, matched = excluded.matched, \
-         queued = excluded.queued, skipped = excluded.skipped, error = excluded.error, updated_at = excluded.updated_at",
+         queued = excluded.queued, skipped = excluded.skipped, error = excluded.error, updated_at = excluded.updated_at, \
+         lease_until = excluded.lease_until WHERE jobs.owner IS NOT DISTINCT FROM excluded.owner",
     )
     .bind(&job.id)
     .bind(&job.kind)
@@ -326,8 +330,31 @@ pub(crate) async fn save_job(connection: &mut PgConnection, job: &JobRecord) -> 
     .bind(job.error.as_deref())
     .bind(job.created_at)
     .bind(job.updated_at)
+    .bind(job.owner.as_deref())
+    .bind(job.lease_until)
     .execute(&mut *connection)
     .await
     .map_err(unavailable)?;
+    if saved.rows_affected() == 0 {
+        return Err(StoreError::Conflict(format!("job {} is held by another node", job.id)));
+    }
     Ok(())
+}
+
+/// Leases the running jobs no node holds to the claiming node; jobs another node is claiming
+/// at this moment are skipped.
+pub(crate) async fn claim_jobs(connection: &mut PgConnection, claim: &JobClaim) -> StoreResult<Vec<JobRecord>> {
+    let rows = sqlx::query(&format!(
+        "UPDATE jobs SET owner = $1, lease_until = $2 WHERE id IN (SELECT id FROM jobs WHERE status = 'running' \
+         AND (lease_until IS NULL OR lease_until <= $3) FOR UPDATE SKIP LOCKED) RETURNING {JOB_COLUMNS}"
+    ))
+    .bind(&claim.owner)
+    .bind(claim.now + claim.lease_ms)
+    .bind(claim.now)
+    .fetch_all(&mut *connection)
+    .await
+    .map_err(unavailable)?;
+    let mut jobs = rows.iter().map(job_from_row).collect::<StoreResult<Vec<_>>>()?;
+    jobs.sort_by_key(|job| job.created_at);
+    Ok(jobs)
 }

@@ -10,12 +10,12 @@ use leadrelay_store::batch::{
     AnswerIndex, ChainHead, KeyIndex,
 };
 use leadrelay_store::group_commit::{BatchAnswer, BatchRefs, BatchWriter};
-use leadrelay_store::{ConfigWriteError, DeliveryRecord, JobRecord, NewToken, StoreError, StoreResult};
+use leadrelay_store::{ConfigWriteError, DeliveryRecord, JobClaim, JobRecord, NewToken, StoreError, StoreResult};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection, Row};
 
 use crate::rows::{
-    claim_transfers, count_caps, insert_attempts, insert_duplicate_keys, insert_events, insert_idempotency,
+    claim_jobs, claim_transfers, count_caps, insert_attempts, insert_duplicate_keys, insert_events, insert_idempotency,
     insert_leads, insert_snapshots, insert_transfers, save_job, update_transfers,
 };
 use crate::{corrupt, read, unavailable, CONFIG_CHANGED, SIGNAL_CHANNEL, TRANSFERS_QUEUED};
@@ -123,6 +123,11 @@ impl BatchWriter for Writer {
 
     async fn save_job(&mut self, job: &JobRecord) -> StoreResult<()> {
         let result = save_job(self.connected().await?, job).await;
+        self.watch(result)
+    }
+
+    async fn claim_jobs(&mut self, claim: &JobClaim) -> StoreResult<Vec<JobRecord>> {
+        let result = claim_jobs(self.connected().await?, claim).await;
         self.watch(result)
     }
 

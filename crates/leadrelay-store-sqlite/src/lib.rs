@@ -17,8 +17,8 @@ use leadrelay_domain::pipeline::{DuplicateFound, DuplicateQuery};
 use leadrelay_domain::time::Millis;
 use leadrelay_store::{
     ChainReport, ClaimedTransfer, CommitOutcome, ConfigWriteError, Cursor, DeliveryClaim, DeliveryRecord, EventLines,
-    EventQuery, JobRecord, LeadQuery, NewToken, Page, RegisterQuery, ResendOutcome, ResendRequest, Store, StoreError,
-    StoreResult, StoredAnswer, StoredEvent, StoredLead, Submission, TokenRecord, TransferRow,
+    EventQuery, JobClaim, JobRecord, LeadQuery, NewToken, Page, RegisterQuery, ResendOutcome, ResendRequest, Store,
+    StoreError, StoreResult, StoredAnswer, StoredEvent, StoredLead, Submission, TokenRecord, TransferRow,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::ConnectOptions;
@@ -88,10 +88,14 @@ impl SqliteStore {
             .await
             .map_err(unavailable)?;
 
-        // One process serves a SQLite file: leases left by a process that died are void, and
-        // its transfers are due again at once.
+        // One process serves a SQLite file: leases left by a process that died are void: its
+        // transfers are due again at once, and its running jobs resume here.
         sqlx::query("UPDATE transfers SET due_at = MIN(due_at, ?), lease_owner = NULL WHERE state = 'pending' AND lease_owner IS NOT NULL")
             .bind(leadrelay_domain::time::now_millis())
+            .execute(&mut write_connection)
+            .await
+            .map_err(unavailable)?;
+        sqlx::query("UPDATE jobs SET owner = NULL, lease_until = NULL WHERE status = 'running'")
             .execute(&mut write_connection)
             .await
             .map_err(unavailable)?;
@@ -215,8 +219,9 @@ impl Store for SqliteStore {
         read::job(&self.readers, job_id).await
     }
 
-    async fn running_jobs(&self) -> StoreResult<Vec<JobRecord>> {
-        read::running_jobs(&self.readers).await
+    async fn claim_jobs(&self, claim: &JobClaim) -> StoreResult<Vec<JobRecord>> {
+        let claim = claim.clone();
+        self.write(|reply| WriteCommand::ClaimJobs { claim, reply }).await?
     }
 
     async fn not_integrated_page(&self, query: &RegisterQuery) -> StoreResult<Page<TransferRow>> {

@@ -581,7 +581,7 @@ pub(crate) async fn resend_rows(
     Ok(rows)
 }
 
-fn job_from_row(row: &SqliteRow) -> StoreResult<JobRecord> {
+pub(crate) fn job_from_row(row: &SqliteRow) -> StoreResult<JobRecord> {
     let params: String = row.try_get("params").map_err(corrupt)?;
     let count = |name: &str| -> StoreResult<u64> {
         let value: i64 = row.try_get(name).map_err(corrupt)?;
@@ -599,10 +599,13 @@ fn job_from_row(row: &SqliteRow) -> StoreResult<JobRecord> {
         error: row.try_get("error").map_err(corrupt)?,
         created_at: row.try_get("created_at").map_err(corrupt)?,
         updated_at: row.try_get("updated_at").map_err(corrupt)?,
+        owner: row.try_get("owner").map_err(corrupt)?,
+        lease_until: row.try_get("lease_until").map_err(corrupt)?,
     })
 }
 
-const JOB_COLUMNS: &str = "id, kind, status, params, cursor, matched, queued, skipped, error, created_at, updated_at";
+pub(crate) const JOB_COLUMNS: &str =
+    "id, kind, status, params, cursor, matched, queued, skipped, error, created_at, updated_at, owner, lease_until";
 
 pub(crate) async fn job(pool: &SqlitePool, job_id: &str) -> StoreResult<Option<JobRecord>> {
     let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"))
@@ -611,14 +614,6 @@ pub(crate) async fn job(pool: &SqlitePool, job_id: &str) -> StoreResult<Option<J
         .await
         .map_err(unavailable)?;
     row.as_ref().map(job_from_row).transpose()
-}
-
-pub(crate) async fn running_jobs(pool: &SqlitePool) -> StoreResult<Vec<JobRecord>> {
-    let rows = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'running' ORDER BY created_at"))
-        .fetch_all(pool)
-        .await
-        .map_err(unavailable)?;
-    rows.iter().map(job_from_row).collect()
 }
 
 pub(crate) async fn cap_usage(

@@ -211,6 +211,15 @@ impl ResendOutcome {
     }
 }
 
+/// A node's claim on the running jobs no node holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobClaim {
+    pub owner: String,
+    pub now: Millis,
+    /// How long the lease holds; the running job renews it with every save.
+    pub lease_ms: i64,
+}
+
 /// A background job (a bulk resend) and its progress.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct JobRecord {
@@ -231,4 +240,9 @@ pub struct JobRecord {
     pub created_at: Millis,
     #[serde(serialize_with = "crate::records::serialize_millis")]
     pub updated_at: Millis,
+    /// The node running the job, until `lease_until`; a save from another node is refused.
+    #[serde(skip)]
+    pub owner: Option<String>,
+    #[serde(skip)]
+    pub lease_until: Option<Millis>,
 }

@@ -8,7 +8,7 @@ use leadrelay_domain::config::{Config, ConfigChange};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    ClaimedTransfer, CommitOutcome, ConfigWriteError, DeliveryClaim, DeliveryRecord, JobRecord, NewToken,
+    ClaimedTransfer, CommitOutcome, ConfigWriteError, DeliveryClaim, DeliveryRecord, JobClaim, JobRecord, NewToken,
     ResendOutcome, ResendRequest, StoreError, StoreResult, Submission,
 };
 
@@ -28,6 +28,7 @@ pub enum WriteCommand {
     Release { owner: String, now: i64, reply: oneshot::Sender<StoreResult<u64>> },
     Resend { request: ResendRequest, reply: ResendReply },
     SaveJob { job: Box<JobRecord>, reply: oneshot::Sender<StoreResult<()>> },
+    ClaimJobs { claim: JobClaim, reply: oneshot::Sender<StoreResult<Vec<JobRecord>>> },
     Config { change: ConfigChange, reply: oneshot::Sender<Result<Config, ConfigWriteError>> },
     CreateToken { token: NewToken, replace: bool, reply: oneshot::Sender<StoreResult<()>> },
     DeleteToken { token_id: String, reply: oneshot::Sender<StoreResult<bool>> },
@@ -63,7 +64,9 @@ pub trait BatchWriter: Send + Sized + 'static {
     async fn delete_token(&mut self, token_id: &str) -> StoreResult<bool>;
     /// Gives up `owner`'s leases: its pending transfers are due at `now`.
     async fn release(&mut self, owner: &str, now: i64) -> StoreResult<u64>;
+    /// Saves a job; refused (`Conflict`) when another node holds it.
     async fn save_job(&mut self, job: &JobRecord) -> StoreResult<()>;
+    async fn claim_jobs(&mut self, claim: &JobClaim) -> StoreResult<Vec<JobRecord>>;
     /// Ends the writer's connection once every write is done.
     async fn close(self);
 }
@@ -176,6 +179,9 @@ async fn handle_other<W: BatchWriter>(writer: &mut W, command: WriteCommand) {
         | WriteCommand::Shutdown { .. } => {}
         WriteCommand::SaveJob { job, reply } => {
             let _ = reply.send(writer.save_job(&job).await);
+        }
+        WriteCommand::ClaimJobs { claim, reply } => {
+            let _ = reply.send(writer.claim_jobs(&claim).await);
         }
         WriteCommand::Release { owner, now, reply } => {
             let _ = reply.send(writer.release(&owner, now).await);

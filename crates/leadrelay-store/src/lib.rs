@@ -129,8 +129,9 @@ pub trait Store: Send + Sync + 'static {
 
     async fn job(&self, job_id: &str) -> StoreResult<Option<JobRecord>>;
 
-    /// Jobs still running (to resume after a restart).
-    async fn running_jobs(&self) -> StoreResult<Vec<JobRecord>>;
+    /// Running jobs that no node holds (their node stopped or died): leased to the claiming
+    /// node, which runs them. A job runs on one node at a time.
+    async fn claim_jobs(&self, claim: &JobClaim) -> StoreResult<Vec<JobRecord>>;
 
     /// Abandoned transfers (the not-integrated collection), with the register's filters.
     async fn not_integrated_page(&self, query: &RegisterQuery) -> StoreResult<Page<TransferRow>>;

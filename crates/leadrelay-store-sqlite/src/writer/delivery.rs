@@ -4,10 +4,11 @@
 use std::collections::HashMap;
 
 use leadrelay_domain::caps::CapWindowKey;
-use leadrelay_store::{DeliveryClaim, DeliveryRecord, JobRecord, StoreResult, TransferState};
+use leadrelay_store::{DeliveryClaim, DeliveryRecord, JobClaim, JobRecord, StoreError, StoreResult, TransferState};
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::{rows_per_statement, ClaimRow};
+use crate::read::{job_from_row, JOB_COLUMNS};
 use crate::unavailable;
 
 /// Sets the states delivery steps reached; a step whose lease was taken over by another node
@@ -129,12 +130,14 @@ pub(super) async fn claim_transfers(
         .collect()
 }
 
+/// Saves a job, unless another node holds it.
 pub(super) async fn save_job(connection: &mut SqliteConnection, job: &JobRecord) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO jobs (id, kind, status, params, cursor, matched, queued, skipped, error, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+    let saved = sqlx::query(
+        "INSERT INTO jobs (id, kind, status, params, cursor, matched, queued, skipped, error, created_at, updated_at, \
+         owner, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
          ON CONFLICT (id) DO UPDATE SET status = excluded.status, cursor = excluded.cursor, matched = excluded.matched, \
-         queued = excluded.queued, skipped = excluded.skipped, error = excluded.error, updated_at = excluded.updated_at",
+         queued = excluded.queued, skipped = excluded.skipped, error = excluded.error, updated_at = excluded.updated_at, \
+         lease_until = excluded.lease_until WHERE jobs.owner IS excluded.owner",
     )
     .bind(&job.id)
     .bind(&job.kind)
@@ -147,8 +150,30 @@ pub(super) async fn save_job(connection: &mut SqliteConnection, job: &JobRecord)
     .bind(job.error.as_deref())
     .bind(job.created_at)
     .bind(job.updated_at)
+    .bind(job.owner.as_deref())
+    .bind(job.lease_until)
     .execute(&mut *connection)
     .await
     .map_err(unavailable)?;
+    if saved.rows_affected() == 0 {
+        return Err(StoreError::Conflict(format!("job {} is held by another node", job.id)));
+    }
     Ok(())
+}
+
+/// Leases the running jobs no node holds to the claiming node.
+pub(super) async fn claim_jobs(connection: &mut SqliteConnection, claim: &JobClaim) -> StoreResult<Vec<JobRecord>> {
+    let rows = sqlx::query(&format!(
+        "UPDATE jobs SET owner = ?, lease_until = ? WHERE status = 'running' \
+         AND (lease_until IS NULL OR lease_until <= ?) RETURNING {JOB_COLUMNS}"
+    ))
+    .bind(&claim.owner)
+    .bind(claim.now + claim.lease_ms)
+    .bind(claim.now)
+    .fetch_all(&mut *connection)
+    .await
+    .map_err(unavailable)?;
+    let mut jobs = rows.iter().map(job_from_row).collect::<StoreResult<Vec<_>>>()?;
+    jobs.sort_by_key(|job| job.created_at);
+    Ok(jobs)
 }

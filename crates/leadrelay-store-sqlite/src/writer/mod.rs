@@ -10,7 +10,7 @@ use leadrelay_store::batch::{
     admit, event_rows, idempotency_lookups, link_events, number_snapshots, plan_resends, ChainHead,
 };
 use leadrelay_store::group_commit::{BatchAnswer, BatchRefs, BatchWriter};
-use leadrelay_store::{ConfigWriteError, DeliveryRecord, JobRecord, NewToken, StoreError, StoreResult};
+use leadrelay_store::{ConfigWriteError, DeliveryRecord, JobClaim, JobRecord, NewToken, StoreError, StoreResult};
 use sqlx::{Connection, Row, SqliteConnection};
 
 use crate::{read, unavailable};
@@ -18,7 +18,7 @@ use crate::{read, unavailable};
 mod delivery;
 mod submission;
 
-use delivery::{claim_transfers, count_caps, insert_attempts, save_job, update_transfers};
+use delivery::{claim_jobs, claim_transfers, count_caps, insert_attempts, save_job, update_transfers};
 use submission::{
     insert_duplicate_keys, insert_events, insert_idempotency, insert_leads, insert_snapshots, insert_transfers,
     load_answers, load_duplicate_keys,
@@ -140,6 +140,10 @@ impl BatchWriter for Writer {
 
     async fn save_job(&mut self, job: &JobRecord) -> StoreResult<()> {
         save_job(&mut self.connection, job).await
+    }
+
+    async fn claim_jobs(&mut self, claim: &JobClaim) -> StoreResult<Vec<JobRecord>> {
+        claim_jobs(&mut self.connection, claim).await
     }
 
     async fn close(self) {
