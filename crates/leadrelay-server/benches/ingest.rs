@@ -4,13 +4,16 @@
 //!
 //! `cargo bench -p leadrelay-server --bench ingest` (`INGEST_REQUESTS`, `INGEST_CONCURRENCY`).
 
+mod common;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
+use common::{env_number, lead, load, serve};
 use leadrelay_domain::compiled::CompiledRules;
 use leadrelay_domain::config::{parse_value, ConfigChange};
 use leadrelay_domain::event::Outcome;
@@ -26,10 +29,6 @@ use serde_json::{json, Value};
 /// The same allocator as the `leadrelay` binary.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)
-}
 
 async fn open(dir: &std::path::Path, name: &str) -> Arc<dyn Store> {
     let url = format!("sqlite://{}", dir.join(name).display());
@@ -87,87 +86,6 @@ async fn baseline_handler(State(store): State<Arc<dyn Store>>, Json(body): Json<
         Ok(CommitOutcome::Committed) => (StatusCode::CREATED, Json(json!({"lead_id": id}))),
         _ => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({}))),
     }
-}
-
-struct Figures {
-    requests: usize,
-    elapsed: Duration,
-    latencies_us: Vec<u64>,
-}
-
-impl Figures {
-    fn rate(&self) -> f64 {
-        self.requests as f64 / self.elapsed.as_secs_f64()
-    }
-
-    fn percentile(&self, p: f64) -> f64 {
-        let index = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
-        self.latencies_us[index] as f64 / 1000.0
-    }
-}
-
-fn lead(i: usize) -> Value {
-    let states = ["TX", "CA", "FL", "NY", "OH"];
-    json!({
-        "email": format!("lead{i}@example.com"),
-        "phone": format!("+1 512 555 {:04}", i % 10_000),
-        "first_name": "Jo Smith",
-        "state": states[i % states.len()],
-    })
-}
-
-/// Sends `requests` POSTs from `concurrency` keep-alive clients; every answer must be 2xx.
-async fn load(url: String, requests: usize, concurrency: usize, offset: usize) -> Figures {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().expect("client");
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let client = client.clone();
-        let url = url.clone();
-        let next = next.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= requests {
-                    return latencies;
-                }
-                let body = lead(offset + i);
-                let sent = Instant::now();
-                let response = client.post(&url).json(&body).send().await.expect("request");
-                let status = response.status();
-                let _ = response.bytes().await.expect("answer");
-                assert!(status.is_success(), "answer {status}");
-                latencies.push(sent.elapsed().as_micros() as u64);
-            }
-        }));
-    }
-    let mut latencies_us = Vec::with_capacity(requests);
-    for task in tasks {
-        latencies_us.extend(task.await.expect("client task"));
-    }
-    let elapsed = start.elapsed();
-    latencies_us.sort_unstable();
-    Figures { requests, elapsed, latencies_us }
-}
-
-async fn serve(router: Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let address = format!("http://{}", listener.local_addr().expect("address"));
-    tokio::spawn(async move { axum::serve(listener, router).await.expect("serve") });
-    address
-}
-
-fn report(name: &str, figures: &Figures) {
-    println!(
-        "{name:<10} {:>8.0} leads/s   p50 {:>6.2} ms   p99 {:>6.2} ms   ({} requests in {:.2} s)",
-        figures.rate(),
-        figures.percentile(0.50),
-        figures.percentile(0.99),
-        figures.requests,
-        figures.elapsed.as_secs_f64()
-    );
 }
 
 fn intake<'a>(config: &'a leadrelay_domain::config::Config, rules: &'a CompiledRules) -> Intake<'a> {
@@ -256,16 +174,17 @@ fn main() {
 
         println!("durable ingest over HTTP: {requests} requests per round, {concurrency} concurrent clients, {rounds} rounds");
         // Warm both up, then alternate so that machine noise hits both alike.
-        load(format!("{baseline_url}/submit"), 2_000, concurrency, 10_000_000).await;
-        load(format!("{pipeline_url}/api/v1/sources/web/submit"), 2_000, concurrency, 10_000_000).await;
+        load(&[format!("{baseline_url}/submit")], 2_000, concurrency, 10_000_000).await;
+        load(&[format!("{pipeline_url}/api/v1/sources/web/submit")], 2_000, concurrency, 10_000_000).await;
         let mut ratios = Vec::new();
         let mut pipeline_rates = Vec::new();
         for round in 0..rounds {
-            let baseline = load(format!("{baseline_url}/submit"), requests, concurrency, round * requests).await;
+            let baseline = load(&[format!("{baseline_url}/submit")], requests, concurrency, round * requests).await;
             let pipeline =
-                load(format!("{pipeline_url}/api/v1/sources/web/submit"), requests, concurrency, round * requests).await;
-            report("baseline", &baseline);
-            report("pipeline", &pipeline);
+                load(&[format!("{pipeline_url}/api/v1/sources/web/submit")], requests, concurrency, round * requests)
+                    .await;
+            baseline.report("baseline");
+            pipeline.report("pipeline");
             ratios.push(pipeline.rate() / baseline.rate());
             pipeline_rates.push(pipeline.rate());
         }
