@@ -77,12 +77,19 @@ pub async fn resume(state: &Arc<AppState>) -> StoreResult<()> {
     Ok(())
 }
 
+/// Runs a job in a task of its own, unless this node runs it already (its lease ran out
+/// while a step was slow, and this node claimed it again).
 fn spawn(state: Arc<AppState>, job: JobRecord) {
+    let job_id = job.id.clone();
+    let started = state.running_jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(job_id.clone());
+    if !started {
+        return;
+    }
     tokio::spawn(async move {
-        let job_id = job.id.clone();
         if let Err(error) = run_resend(&state, job).await {
-            tracing::error!(%job_id, %error, "job stopped; it resumes at the next start");
+            tracing::error!(%job_id, %error, "job stopped; a node resumes it once its lease runs out");
         }
+        state.running_jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&job_id);
     });
 }
 

@@ -72,6 +72,8 @@ pub struct AppState {
     pub configuration: Arc<ConfigHandle>,
     pub delivery: Arc<DeliveryService>,
     pub settings: Settings,
+    /// The jobs this node is running, so that it never starts one twice.
+    running_jobs: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl AppState {
@@ -80,7 +82,7 @@ impl AppState {
         let configuration = ConfigHandle::load(store.clone()).await?;
         let clients = HttpClients::with_lookup(settings.egress.clone(), settings.lookup.clone());
         let delivery = DeliveryService::new(store.clone(), clients, configuration.clone(), settings.delivery.clone());
-        Ok(Arc::new(Self { store, configuration, delivery, settings }))
+        Ok(Arc::new(Self { store, configuration, delivery, settings, running_jobs: Default::default() }))
     }
 
     pub fn config(&self) -> Arc<LiveConfig> {

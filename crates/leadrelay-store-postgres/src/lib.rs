@@ -82,8 +82,18 @@ impl PostgresStore {
         let connect = PgConnectOptions::from_str(url)
             .map_err(|error| unavailable(format!("invalid PostgreSQL URL: {error}")))?
             .application_name("leadrelay")
-            // A 2xx means on disk: never let a session turn synchronous commits off.
-            .options([("synchronous_commit", "on")])
+            .options([
+                // A 2xx means on disk: never let a session turn synchronous commits off.
+                ("synchronous_commit", "on"),
+                // The writer's re-checks rely on each statement seeing the latest commits.
+                ("default_transaction_isolation", "read\\ committed"),
+                // A node that hangs or vanishes inside a transaction must not hold the chain
+                // head (and every other node's writes) for long: the server ends the session.
+                ("idle_in_transaction_session_timeout", "60000"),
+                ("tcp_keepalives_idle", "30"),
+                ("tcp_keepalives_interval", "10"),
+                ("tcp_keepalives_count", "3"),
+            ])
             .disable_statement_logging();
         let mut write_connection =
             connect.connect().await.map_err(|error| unavailable(format!("connecting to PostgreSQL: {error}")))?;
@@ -269,22 +279,36 @@ impl Store for PostgresStore {
     async fn signals(&self) -> StoreResult<Option<BoxStream<'static, StoreSignal>>> {
         let mut listener = PgListener::connect_with(&self.readers).await.map_err(unavailable)?;
         listener.listen(SIGNAL_CHANNEL).await.map_err(unavailable)?;
-        let signals = listener.into_stream().flat_map(|notification| {
-            let signals: &[StoreSignal] = match notification {
-                Ok(notification) => match notification.payload() {
-                    CONFIG_CHANGED => &[StoreSignal::ConfigChanged],
-                    TRANSFERS_QUEUED => &[StoreSignal::TransfersQueued],
-                    _ => &[],
-                },
-                // The listener reconnects by itself, but what was sent meanwhile is lost:
-                // assume everything changed.
-                Err(error) => {
-                    tracing::warn!(%error, "lost the PostgreSQL notification connection; reconnecting");
-                    &[StoreSignal::ConfigChanged, StoreSignal::TransfersQueued]
+        // Never ends: a lost connection is opened again (pausing longer each time while the
+        // server is down), and since what was sent meanwhile is lost, it stands for every signal.
+        let start = (listener, Duration::ZERO);
+        let signals = futures::stream::unfold(start, |(mut listener, mut pause)| async move {
+            let everything: &[StoreSignal] = &[StoreSignal::ConfigChanged, StoreSignal::TransfersQueued];
+            let signals: &[StoreSignal] = loop {
+                match listener.try_recv().await {
+                    Ok(Some(notification)) => {
+                        pause = Duration::ZERO;
+                        match notification.payload() {
+                            CONFIG_CHANGED => break &[StoreSignal::ConfigChanged],
+                            TRANSFERS_QUEUED => break &[StoreSignal::TransfersQueued],
+                            _ => continue,
+                        }
+                    }
+                    Ok(None) => {
+                        tracing::warn!("lost the PostgreSQL notification connection; reconnecting");
+                        break everything;
+                    }
+                    Err(error) => {
+                        pause = (pause * 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+                        tracing::warn!(%error, "cannot hear other nodes' changes; trying again");
+                        tokio::time::sleep(pause).await;
+                        break everything;
+                    }
                 }
             };
-            futures::stream::iter(signals.to_vec())
-        });
+            Some((futures::stream::iter(signals.to_vec()), (listener, pause)))
+        })
+        .flatten();
         Ok(Some(signals.boxed()))
     }
 

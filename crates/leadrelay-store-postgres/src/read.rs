@@ -465,7 +465,9 @@ pub(crate) async fn transfer_rows(
     Ok(rows)
 }
 
-/// What resends need of transfers, with their leads' current snapshots.
+/// What resends need of transfers, with their leads' current snapshots. The transfers stay
+/// locked until the transaction ends, so that no node claims one between this read and the
+/// resend's write.
 pub(crate) async fn resend_rows(
     connection: &mut PgConnection,
     transfer_ids: &[String],
@@ -481,7 +483,7 @@ pub(crate) async fn resend_rows(
         for id in chunk {
             separated.push_bind(id.as_str());
         }
-        builder.push(")");
+        builder.push(") FOR UPDATE OF t");
         for row in builder.build().fetch_all(&mut *connection).await.map_err(unavailable)? {
             let digest: Vec<u8> = row.try_get(10).map_err(corrupt)?;
             let attempts: i64 = row.try_get(8).map_err(corrupt)?;

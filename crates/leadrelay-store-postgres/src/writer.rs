@@ -20,6 +20,9 @@ use crate::rows::{
 };
 use crate::{corrupt, read, unavailable, CONFIG_CHANGED, SIGNAL_CHANNEL, TRANSFERS_QUEUED};
 
+/// The longest a batch transaction may take before the writer gives its connection up.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Keys looked up per statement (PostgreSQL binds at most 65535 values).
 const LOOKUP_CHUNK: usize = 20_000;
 
@@ -83,8 +86,17 @@ async fn lock_head(connection: &mut PgConnection) -> StoreResult<ChainHead> {
 #[async_trait]
 impl BatchWriter for Writer {
     async fn commit_batch(&mut self, refs: BatchRefs<'_>) -> StoreResult<BatchAnswer> {
-        let result = commit_batch(self.connected().await?, refs).await;
-        self.watch(result)
+        let connection = self.connected().await?;
+        match tokio::time::timeout(WRITE_TIMEOUT, commit_batch(connection, refs)).await {
+            Ok(result) => self.watch(result),
+            Err(_) => {
+                // The connection hangs (a network cut the keepalives have not noticed yet, a
+                // server stuck): give it up, so the next write does not wait behind it.
+                tracing::error!("a write to PostgreSQL took over {WRITE_TIMEOUT:?}; reconnecting");
+                self.connection = self.options.connect().await.map_err(unavailable)?;
+                Err(unavailable(format!("the write did not finish within {WRITE_TIMEOUT:?}")))
+            }
+        }
     }
 
     async fn change_config(&mut self, change: ConfigChange) -> Result<Config, ConfigWriteError> {
@@ -237,6 +249,12 @@ async fn change_config(connection: &mut PgConnection, change: ConfigChange) -> R
                 // Transfers are never dropped: a destination with transfers still waiting
                 // for it stays until they are delivered, abandoned or resent elsewhere.
                 if kind == ConfigKind::Destination {
+                    // Wait for the batches in flight on every node (they hold the chain head),
+                    // so that none queues a transfer after this count.
+                    sqlx::query("SELECT 1 FROM chain_head WHERE id = 1 FOR UPDATE")
+                        .execute(&mut *transaction)
+                        .await
+                        .map_err(unavailable)?;
                     let waiting: i64 = sqlx::query_scalar(
                         "SELECT COUNT(*) FROM transfers WHERE state = 'pending' AND destination_id = $1",
                     )
