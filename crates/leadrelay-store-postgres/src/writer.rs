@@ -88,7 +88,31 @@ impl BatchWriter for Writer {
     async fn commit_batch(&mut self, refs: BatchRefs<'_>) -> StoreResult<BatchAnswer> {
         let connection = self.connected().await?;
         match tokio::time::timeout(WRITE_TIMEOUT, commit_batch(connection, refs)).await {
-            Ok(result) => self.watch(result),
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(CommitFailure::Before(error))) => self.watch(Err(error)),
+            Ok(Err(CommitFailure::AtCommit { error, answer, first_event_id })) => {
+                // The server may have committed before the connection failed: a batch whose
+                // first event is stored was committed whole, and its writers must hear so
+                // rather than write it again.
+                self.suspect = true;
+                let Some(event_id) = first_event_id else { return Err(error) };
+                let stored: Result<bool, _> = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE id = $1)")
+                    .bind(&event_id)
+                    .fetch_one(self.connected().await?)
+                    .await;
+                match stored {
+                    Ok(true) => {
+                        tracing::warn!(%error, "the COMMIT's answer was lost, but the batch is stored");
+                        Ok(answer)
+                    }
+                    Ok(false) => Err(error),
+                    Err(check) => {
+                        self.suspect = true;
+                        tracing::error!(%error, %check, "the COMMIT's outcome is unknown");
+                        Err(error)
+                    }
+                }
+            }
             Err(_) => {
                 // The connection hangs (a network cut the keepalives have not noticed yet, a
                 // server stuck): give it up, so the next write does not wait behind it.
@@ -148,8 +172,21 @@ impl BatchWriter for Writer {
     }
 }
 
-/// One batch in one transaction; on any error nothing of it is written.
-async fn commit_batch(connection: &mut PgConnection, refs: BatchRefs<'_>) -> StoreResult<BatchAnswer> {
+/// Why a batch transaction failed: before its COMMIT (nothing is written), or at the COMMIT
+/// itself, when the connection may have dropped after the server committed.
+enum CommitFailure {
+    Before(StoreError),
+    AtCommit { error: StoreError, answer: BatchAnswer, first_event_id: Option<String> },
+}
+
+impl From<StoreError> for CommitFailure {
+    fn from(error: StoreError) -> Self {
+        Self::Before(error)
+    }
+}
+
+/// One batch in one transaction; on any error before the COMMIT nothing of it is written.
+async fn commit_batch(connection: &mut PgConnection, refs: BatchRefs<'_>) -> Result<BatchAnswer, CommitFailure> {
     let BatchRefs { submissions: batch, records, claims, resends } = refs;
     let mut transaction = connection.begin().await.map_err(unavailable)?;
     let writes_events = !batch.is_empty() || !records.is_empty() || !resends.is_empty();
@@ -214,8 +251,12 @@ async fn commit_batch(connection: &mut PgConnection, refs: BatchRefs<'_>) -> Sto
         let rows = claim_transfers(&mut transaction, claim).await?;
         claimed.push(read::with_snapshots(&mut transaction, rows).await?);
     }
-    transaction.commit().await.map_err(unavailable)?;
-    Ok(BatchAnswer { outcomes, claimed, resent })
+    let first_event_id = rows.first().map(|row| row.event.id.as_str().to_owned());
+    let answer = BatchAnswer { outcomes, claimed, resent };
+    match transaction.commit().await {
+        Ok(()) => Ok(answer),
+        Err(error) => Err(CommitFailure::AtCommit { error: unavailable(error), answer, first_event_id }),
+    }
 }
 
 async fn change_config(connection: &mut PgConnection, change: ConfigChange) -> Result<Config, ConfigWriteError> {
