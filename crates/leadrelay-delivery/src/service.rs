@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use leadrelay_domain::caps::{applicable_caps, ApplicableCap, CapWindowKey};
-use leadrelay_domain::config::{Config, ConfigChange, ConfigObject, Destination, DestinationKind, WriteMode};
+use leadrelay_domain::config::{Config, ConfigChange, Destination, DestinationKind};
 use leadrelay_domain::event::{EventType, NewEvent, Outcome, RegisterStatus};
 use leadrelay_domain::time::{now_millis, Millis};
 use leadrelay_store::{
@@ -294,14 +294,11 @@ impl DeliveryService {
         true
     }
 
-    /// Disables a destination whose circuit breaker tripped; a person enables it again.
+    /// Disables a destination whose circuit breaker tripped; a person enables it again. The
+    /// store disables the destination as it is stored, keeping any edit made since this node
+    /// last loaded it.
     async fn trip(&self, destination: &Destination) {
-        // The destination as it is now: a person may have edited it since this delivery began.
-        let current = self.config.current();
-        let Some(mut disabled) = current.destinations.get(&destination.id).cloned() else { return };
-        disabled.enabled = false;
-        let change =
-            ConfigChange::Put { object: ConfigObject::Destination(Box::new(disabled)), mode: WriteMode::Replace };
+        let change = ConfigChange::DisableDestination { id: destination.id.clone() };
         if let Err(error) = self.config.change(change).await {
             tracing::error!(destination_id = %destination.id, %error, "disabling a tripped destination failed");
         }

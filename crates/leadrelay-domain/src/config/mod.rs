@@ -203,9 +203,20 @@ pub enum WriteMode {
 /// A change to the configuration, applied to a copy and validated as a whole before it is kept.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ConfigChange {
-    Put { object: ConfigObject, mode: WriteMode },
-    Delete { kind: ConfigKind, id: String },
+    Put {
+        object: ConfigObject,
+        mode: WriteMode,
+    },
+    Delete {
+        kind: ConfigKind,
+        id: String,
+    },
     Apply(ConfigDocument),
+    /// Disables a destination as it is stored when the change is made (a circuit breaker's
+    /// trip), so that an edit another node made a moment before is kept.
+    DisableDestination {
+        id: String,
+    },
 }
 
 /// Why a change was refused.
@@ -310,6 +321,16 @@ impl Config {
                 }
                 next.remove(kind, &id);
                 writes.push(ObjectWrite::Delete { kind, id });
+            }
+            ConfigChange::DisableDestination { id } => {
+                let Some(destination) = self.destinations.get(&id) else {
+                    return Err(ChangeError::NotFound { kind: ConfigKind::Destination, id });
+                };
+                let mut disabled = destination.clone();
+                disabled.enabled = false;
+                let object = ConfigObject::Destination(Box::new(disabled));
+                writes.push(ObjectWrite::Put(object.clone()));
+                next.insert(object);
             }
             ConfigChange::Apply(document) => {
                 document.refuse_unbuilt_sections()?;
@@ -435,4 +456,35 @@ impl ConfigDocument {
 pub enum ObjectWrite {
     Put(ConfigObject),
     Delete { kind: ConfigKind, id: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn disabling_a_destination_keeps_what_is_stored() {
+        let document: ConfigDocument = parse_value(json!({
+            "destinations": [{"id": "crm", "url": "https://crm.example.com/leads"}]
+        }))
+        .expect("document");
+        let (stored, _) = Config::default().change(ConfigChange::Apply(document), 0).expect("apply");
+        // Another node edited the destination since this one loaded it.
+        let mut edited = stored.destinations["crm"].clone();
+        edited.headers.insert("x-team".into(), "blue".into());
+        let put = ConfigChange::Put { object: ConfigObject::Destination(Box::new(edited)), mode: WriteMode::Replace };
+        let (stored, _) = stored.change(put, 1).expect("edit");
+
+        let (next, writes) = stored.change(ConfigChange::DisableDestination { id: "crm".into() }, 2).expect("disable");
+        let crm = &next.destinations["crm"];
+        assert!(!crm.enabled);
+        assert_eq!(crm.headers.get("x-team").map(String::as_str), Some("blue"), "the edit is kept");
+        assert_eq!(writes.len(), 1);
+        assert!(matches!(
+            stored.change(ConfigChange::DisableDestination { id: "nope".into() }, 3),
+            Err(ChangeError::NotFound { .. })
+        ));
+    }
 }
