@@ -189,3 +189,48 @@ destinations:
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
     database.drop().await;
 }
+
+/// A configuration change made through one node is in force on the others at once: they hear
+/// it (`LISTEN`/`NOTIFY`) and load it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_made_on_one_node_is_in_force_on_the_others() {
+    let database = TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), crate::process::CONFIG);
+    let applied = run_on(&database.url, dir.path(), &["apply", path.to_str().unwrap()]);
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    let first = Server::start_on(&database.url, dir.path(), &[]);
+    let second = Server::start_on(&database.url, dir.path(), &[]);
+    let client = reqwest::Client::new();
+    let submit = |server: &Server| {
+        client
+            .post(server.url("/api/v1/sources/partner/submit"))
+            .json(&json!({"email": "jo@example.com", "state": "TX"}))
+            .send()
+    };
+    assert_eq!(submit(&second).await.unwrap().status(), 404, "no such source yet");
+
+    let created = client
+        .post(first.url("/api/v1/sources"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"id": "partner", "flow_id": "solar"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
+    // The second node never saw the request; it takes the new source once it has heard.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = submit(&second).await.unwrap().status();
+        if status == 201 {
+            break;
+        }
+        assert_eq!(status, 404);
+        assert!(tokio::time::Instant::now() < deadline, "the second node never took the new source");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for node in [first, second] {
+        assert!(node.terminate().success());
+    }
+    database.drop().await;
+}
