@@ -2,15 +2,16 @@
 //! the leads and the register, in PostgreSQL's SQL.
 
 use leadrelay_domain::config::{Config, ConfigKind, ConfigObject, DuplicateMatch};
-use leadrelay_domain::event::RegisterStatus;
+
 use leadrelay_domain::ids::LeadId;
 use leadrelay_domain::pipeline::{DuplicateFound, DuplicateQuery};
 use leadrelay_domain::time::Millis;
 use leadrelay_store::{
-    ClaimedTransfer, Cursor, EventQuery, JobRecord, LeadQuery, Page, RegisterQuery, ResendRow, Role, SortOrder,
-    StoreResult, StoredAnswer, StoredEvent, StoredLead, TokenRecord, TransferRow, MAX_PAGE,
+    ClaimedTransfer, Cursor, EventQuery, JobRecord, LeadQuery, Page, RegisterQuery, ResendRow, SortOrder, StoreResult,
+    StoredAnswer, StoredEvent, StoredLead, TokenRecord, TransferRow, MAX_PAGE,
 };
-use sqlx::postgres::PgRow;
+pub(crate) use leadrelay_store_sql::{event_from_row, job_from_row};
+use leadrelay_store_sql::{lead_from_row, token_from_row, transfer_from_row};
 use sqlx::{PgConnection, PgExecutor, PgPool, Postgres, QueryBuilder, Row};
 
 use crate::{corrupt, unavailable};
@@ -160,30 +161,6 @@ pub(crate) async fn idempotent_answer(
 /// that the query plan stays an index scan of `events`).
 const EVENT_COLUMNS: &str = "seq, id, type, ts, lead_id, flow_id, source_id, destination_id, transfer_id, status, outcome, reason, duration_ms, integration, response_code, price, attempt, data, (SELECT body FROM snapshots WHERE snapshots.id = events.snapshot_id) AS lead";
 
-pub(crate) fn event_from_row(row: &PgRow) -> StoreResult<StoredEvent> {
-    Ok(StoredEvent {
-        seq: row.try_get(0).map_err(corrupt)?,
-        id: row.try_get(1).map_err(corrupt)?,
-        event_type: row.try_get(2).map_err(corrupt)?,
-        timestamp: row.try_get(3).map_err(corrupt)?,
-        lead_id: row.try_get(4).map_err(corrupt)?,
-        flow_id: row.try_get(5).map_err(corrupt)?,
-        source_id: row.try_get(6).map_err(corrupt)?,
-        destination_id: row.try_get(7).map_err(corrupt)?,
-        transfer_id: row.try_get(8).map_err(corrupt)?,
-        status: row.try_get(9).map_err(corrupt)?,
-        outcome: row.try_get(10).map_err(corrupt)?,
-        reason: row.try_get(11).map_err(corrupt)?,
-        duration_ms: row.try_get(12).map_err(corrupt)?,
-        integration: row.try_get(13).map_err(corrupt)?,
-        response_code: row.try_get(14).map_err(corrupt)?,
-        price: row.try_get(15).map_err(corrupt)?,
-        attempt: row.try_get(16).map_err(corrupt)?,
-        data: row.try_get(17).map_err(corrupt)?,
-        lead: row.try_get(18).map_err(corrupt)?,
-    })
-}
-
 /// Appends `AND column = value` for each filter that is set.
 fn push_equals<'a>(builder: &mut QueryBuilder<'a, Postgres>, column: &str, value: Option<&'a str>) {
     if let Some(value) = value {
@@ -261,15 +238,6 @@ pub(crate) async fn event(pool: &PgPool, event_id: &str) -> StoreResult<Option<S
 const LEAD_COLUMNS: &str =
     "seq, id, created_at, (SELECT body FROM snapshots WHERE snapshots.id = leads.snapshot_id) AS snapshot";
 
-fn lead_from_row(row: &PgRow) -> StoreResult<StoredLead> {
-    Ok(StoredLead {
-        seq: row.try_get(0).map_err(corrupt)?,
-        id: row.try_get(1).map_err(corrupt)?,
-        created_at: row.try_get(2).map_err(corrupt)?,
-        snapshot: row.try_get(3).map_err(corrupt)?,
-    })
-}
-
 pub(crate) async fn lead(pool: &PgPool, lead_id: &str) -> StoreResult<Option<StoredLead>> {
     let row = sqlx::query(&format!("SELECT {LEAD_COLUMNS} FROM leads WHERE id = $1"))
         .bind(lead_id)
@@ -322,38 +290,8 @@ pub(crate) async fn register_page(
     push_equals(&mut builder, "flow_id", query.flow_id.as_deref());
     push_keyset(&mut builder, "created_at", query.start, query.end, query.cursor.as_ref(), query.sort, limit + 1);
     let rows = builder.build().fetch_all(pool).await.map_err(unavailable)?;
-    let items = rows
-        .iter()
-        .map(|row| {
-            let status: String = row.try_get(6).map_err(corrupt)?;
-            Ok(TransferRow {
-                seq: row.try_get(0).map_err(corrupt)?,
-                transfer_id: row.try_get(1).map_err(corrupt)?,
-                lead_id: row.try_get(2).map_err(corrupt)?,
-                flow_id: row.try_get(3).map_err(corrupt)?,
-                source_id: row.try_get(4).map_err(corrupt)?,
-                destination_id: row.try_get(5).map_err(corrupt)?,
-                status: RegisterStatus::parse(&status).ok_or_else(|| corrupt(format!("unknown status {status:?}")))?,
-                description: row.try_get(7).map_err(corrupt)?,
-                created_at: row.try_get(8).map_err(corrupt)?,
-                updated_at: row.try_get(9).map_err(corrupt)?,
-                attempts: row.try_get(10).map_err(corrupt)?,
-            })
-        })
-        .collect::<StoreResult<Vec<_>>>()?;
+    let items = rows.iter().map(transfer_from_row).collect::<StoreResult<Vec<_>>>()?;
     Ok(page_of(items, limit, TransferRow::cursor))
-}
-
-fn token_from_row(row: &PgRow) -> StoreResult<TokenRecord> {
-    let role: String = row.try_get("role").map_err(corrupt)?;
-    let hash: Vec<u8> = row.try_get("hash").map_err(corrupt)?;
-    Ok(TokenRecord {
-        id: row.try_get("id").map_err(corrupt)?,
-        name: row.try_get("name").map_err(corrupt)?,
-        role: Role::parse(&role).ok_or_else(|| corrupt(format!("unknown role {role:?}")))?,
-        hash: hash.try_into().map_err(|_| corrupt("token hash is not 32 bytes"))?,
-        created_at: row.try_get("created_at").map_err(corrupt)?,
-    })
 }
 
 pub(crate) async fn find_token(pool: &PgPool, hash: &[u8; 32]) -> StoreResult<Option<TokenRecord>> {
@@ -504,29 +442,6 @@ pub(crate) async fn resend_rows(
         }
     }
     Ok(rows)
-}
-
-pub(crate) fn job_from_row(row: &PgRow) -> StoreResult<JobRecord> {
-    let params: String = row.try_get("params").map_err(corrupt)?;
-    let count = |name: &str| -> StoreResult<u64> {
-        let value: i64 = row.try_get(name).map_err(corrupt)?;
-        Ok(u64::try_from(value).unwrap_or(0))
-    };
-    Ok(JobRecord {
-        id: row.try_get("id").map_err(corrupt)?,
-        kind: row.try_get("kind").map_err(corrupt)?,
-        status: row.try_get("status").map_err(corrupt)?,
-        params: serde_json::from_str(&params).map_err(corrupt)?,
-        cursor: row.try_get("cursor").map_err(corrupt)?,
-        matched: count("matched")?,
-        queued: count("queued")?,
-        skipped: count("skipped")?,
-        error: row.try_get("error").map_err(corrupt)?,
-        created_at: row.try_get("created_at").map_err(corrupt)?,
-        updated_at: row.try_get("updated_at").map_err(corrupt)?,
-        owner: row.try_get("owner").map_err(corrupt)?,
-        lease_until: row.try_get("lease_until").map_err(corrupt)?,
-    })
 }
 
 pub(crate) const JOB_COLUMNS: &str =

@@ -1,9 +1,8 @@
 //! `verify`: reads the log in order and hands each row to the shared [`ChainWalk`].
 
 use leadrelay_domain::chain::GENESIS;
-use leadrelay_store::verify::{ChainRow, ChainWalk};
+use leadrelay_store::verify::ChainWalk;
 use leadrelay_store::{ChainReport, StoreError, StoreResult};
-use sqlx::postgres::PgRow;
 use sqlx::{Connection, PgPool, Row};
 
 use crate::unavailable;
@@ -12,39 +11,6 @@ const CHUNK: i64 = 5000;
 
 fn corrupt(error: sqlx::Error) -> StoreError {
     StoreError::Corrupt(error.to_string())
-}
-
-fn chain_row(row: &PgRow) -> StoreResult<ChainRow> {
-    let body: Option<String> = row.try_get(18).map_err(corrupt)?;
-    let digest: Option<Vec<u8>> = row.try_get(22).map_err(corrupt)?;
-    let snapshot_erased: Option<bool> = row.try_get(23).map_err(corrupt)?;
-    Ok(ChainRow {
-        seq: row.try_get(0).map_err(corrupt)?,
-        id: row.try_get(1).map_err(corrupt)?,
-        event_type: row.try_get(2).map_err(corrupt)?,
-        timestamp: row.try_get(3).map_err(corrupt)?,
-        lead_id: row.try_get(4).map_err(corrupt)?,
-        flow_id: row.try_get(5).map_err(corrupt)?,
-        source_id: row.try_get(6).map_err(corrupt)?,
-        destination_id: row.try_get(7).map_err(corrupt)?,
-        transfer_id: row.try_get(8).map_err(corrupt)?,
-        status: row.try_get(9).map_err(corrupt)?,
-        outcome: row.try_get(10).map_err(corrupt)?,
-        reason: row.try_get(11).map_err(corrupt)?,
-        duration_ms: row.try_get(12).map_err(corrupt)?,
-        integration: row.try_get(13).map_err(corrupt)?,
-        response_code: row.try_get(14).map_err(corrupt)?,
-        price: row.try_get(15).map_err(corrupt)?,
-        attempt: row.try_get(16).map_err(corrupt)?,
-        data: row.try_get(17).map_err(corrupt)?,
-        content_digest: row.try_get(19).map_err(corrupt)?,
-        hash: row.try_get(20).map_err(corrupt)?,
-        erased: row.try_get(21).map_err(corrupt)?,
-        snapshot: match (body, digest) {
-            (Some(body), Some(digest)) => Some((body, digest, snapshot_erased.unwrap_or(false))),
-            _ => None,
-        },
-    })
 }
 
 pub(crate) async fn verify_chain(pool: &PgPool) -> StoreResult<ChainReport> {
@@ -80,7 +46,7 @@ pub(crate) async fn verify_chain(pool: &PgPool) -> StoreResult<ChainReport> {
         .map_err(unavailable)?;
         let count = rows.len();
         for row in rows {
-            let row = chain_row(&row)?;
+            let row = leadrelay_store_sql::chain_row(&row)?;
             let recorded = if row.erased() {
                 sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE lead_id = $1 AND type = 'lead.erased')")
                     .bind(&row.lead_id)
