@@ -150,10 +150,16 @@ pub(crate) async fn resend_one(
     Extension(caller): Extension<Caller>,
     Path(transfer_id): Path<String>,
 ) -> ApiResult<Json<Value>> {
+    resend_transfer(&state, &transfer_id, caller.name).await?;
+    Ok(Json(json!({"transfer_id": transfer_id, "outcome": "queued", "status": "new"})))
+}
+
+/// Queues one transfer again (for the API and the web UI alike); an error says why not.
+pub(crate) async fn resend_transfer(state: &AppState, transfer_id: &str, actor: String) -> ApiResult<()> {
     let config = state.config();
-    let request = ResendRequest { transfer_ids: vec![transfer_id.clone()], actor: caller.name, now: now_millis() };
+    let request = ResendRequest { transfer_ids: vec![transfer_id.to_owned()], actor, now: now_millis() };
     // The destination must still exist: check the transfer before queueing it.
-    let held = state.store.held_transfers(std::slice::from_ref(&transfer_id)).await?;
+    let held = state.store.held_transfers(&request.transfer_ids).await?;
     if let Some(transfer) = held.first() {
         if !config.destinations.contains_key(&transfer.destination_id) {
             return Err(ApiError::Conflict(format!(
@@ -166,7 +172,7 @@ pub(crate) async fn resend_one(
     match outcome {
         Some(ResendOutcome::Queued) => {
             state.delivery.wake();
-            Ok(Json(json!({"transfer_id": transfer_id, "outcome": "queued", "status": "new"})))
+            Ok(())
         }
         Some(ResendOutcome::NoDestination) => Err(ApiError::Conflict(format!(
             "transfer {transfer_id} went to no destination (the lead stopped before delivery): nothing to resend"

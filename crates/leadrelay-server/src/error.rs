@@ -41,6 +41,25 @@ impl ApiError {
         ApiError::NotFound { code, message: message.into() }
     }
 
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status_and_code().0
+    }
+
+    /// What a person may be shown: internal details are logged, not shown.
+    pub(crate) fn public_message(&self) -> String {
+        match self {
+            ApiError::Internal(detail) => {
+                tracing::error!(detail, "internal error");
+                "Something went wrong inside leadrelay; the details are in the server's log.".to_owned()
+            }
+            ApiError::Unavailable(detail) => {
+                tracing::error!(detail, "storage unavailable");
+                "The store did not answer; nothing was changed. Try again in a moment.".to_owned()
+            }
+            other => other.to_string(),
+        }
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
@@ -112,12 +131,12 @@ pub type ApiResult<T> = Result<T, ApiError>;
 /// router make themselves in plain text (a body over the limit, a bad path, a wrong method).
 pub async fn json_errors(response: axum::response::Response) -> axum::response::Response {
     let status = response.status();
-    let is_json = response
+    let answered = response
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.starts_with("application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        .is_some_and(|value| value.starts_with("application/json") || value.starts_with("text/html"));
+    if !(status.is_client_error() || status.is_server_error()) || answered {
         return response;
     }
     let (mut parts, body) = response.into_parts();

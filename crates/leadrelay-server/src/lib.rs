@@ -14,6 +14,7 @@ mod openapi;
 mod params;
 mod read_api;
 mod tokens_api;
+mod web;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -110,6 +111,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(intake::routes())
         .merge(admin)
+        .merge(web::routes())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)

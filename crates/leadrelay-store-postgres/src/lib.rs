@@ -27,8 +27,9 @@ use leadrelay_domain::time::Millis;
 use leadrelay_store::StoreSignal;
 use leadrelay_store::{
     ChainReport, ClaimedTransfer, CommitOutcome, ConfigWriteError, Cursor, DeliveryClaim, DeliveryRecord, EventLines,
-    EventQuery, JobClaim, JobRecord, LeadQuery, NewToken, Page, RegisterQuery, ResendOutcome, ResendRequest, Store,
-    StoreError, StoreResult, StoredAnswer, StoredEvent, StoredLead, Submission, TokenRecord, TransferRow,
+    EventQuery, JobClaim, JobRecord, LeadQuery, NewToken, OverviewQuery, OverviewRow, Page, RegisterQuery,
+    ResendOutcome, ResendRequest, Store, StoreError, StoreResult, StoredAnswer, StoredEvent, StoredLead, Submission,
+    TokenRecord, TransferRow,
 };
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::ConnectOptions;
@@ -249,6 +250,10 @@ impl Store for PostgresStore {
 
     async fn register_page(&self, query: &RegisterQuery) -> StoreResult<Page<TransferRow>> {
         read::register_page(&self.readers, query, false).await
+    }
+
+    async fn overview(&self, query: &OverviewQuery) -> StoreResult<Vec<OverviewRow>> {
+        read::overview(&self.readers, query).await
     }
 
     async fn verify_chain(&self) -> StoreResult<ChainReport> {

@@ -6,7 +6,10 @@
 
 use leadrelay_domain::event::RegisterStatus;
 use leadrelay_store::verify::ChainRow;
-use leadrelay_store::{JobRecord, Role, StoreError, StoreResult, StoredEvent, StoredLead, TokenRecord, TransferRow};
+use leadrelay_store::{
+    JobRecord, OverviewRow, Role, StoreError, StoreResult, StoredEvent, StoredLead, TokenRecord, TransferRow,
+    LATENCY_BOUNDS_MS,
+};
 use sqlx::{ColumnIndex, Database, Decode, Row, Type};
 
 /// A value the engine can decode from any row of its own.
@@ -164,6 +167,38 @@ pub fn chain_row(row) -> StoreResult<ChainRow> {
             (Some(body), Some(digest)) => Some((body, digest, snapshot_erased.unwrap_or(false))),
             _ => None,
         },
+    })
+}
+}
+
+/// The overview's one query over `transfers`, for both engines: `start` and `end` are the
+/// engine's placeholders for the window's bounds. Latency buckets are counted by comparing
+/// with every bound, so the query needs no engine-specific function.
+pub fn overview_sql(start: &str, end: &str) -> String {
+    let mut bucket = String::from("CASE WHEN status = 'success' AND destination_id IS NOT NULL THEN ");
+    for bound in LATENCY_BOUNDS_MS {
+        bucket.push_str(&format!("(CASE WHEN updated_at - created_at >= {bound} THEN 1 ELSE 0 END) + "));
+    }
+    bucket.push_str("0 ELSE -1 END");
+    format!(
+        "SELECT created_at / 86400000 AS day, status, source_id, destination_id, CAST({bucket} AS BIGINT) AS bucket, \
+         COUNT(*) AS n FROM transfers WHERE created_at >= {start} AND created_at < {end} GROUP BY 1, 2, 3, 4, 5"
+    )
+}
+
+decoders! {
+/// One group of the overview, from the columns of [`overview_sql`].
+pub fn overview_from_row(row) -> StoreResult<OverviewRow> {
+    let status: String = row.try_get(1).map_err(corrupt)?;
+    let bucket: i64 = row.try_get(4).map_err(corrupt)?;
+    let count: i64 = row.try_get(5).map_err(corrupt)?;
+    Ok(OverviewRow {
+        day: row.try_get(0).map_err(corrupt)?,
+        status: RegisterStatus::parse(&status).ok_or_else(|| corrupt(format!("unknown status {status:?}")))?,
+        source_id: row.try_get(2).map_err(corrupt)?,
+        destination_id: row.try_get(3).map_err(corrupt)?,
+        latency_bucket: usize::try_from(bucket).ok(),
+        count: u64::try_from(count).map_err(corrupt)?,
     })
 }
 }

@@ -17,8 +17,9 @@ use leadrelay_domain::pipeline::{DuplicateFound, DuplicateQuery};
 use leadrelay_domain::time::Millis;
 use leadrelay_store::{
     ChainReport, ClaimedTransfer, CommitOutcome, ConfigWriteError, Cursor, DeliveryClaim, DeliveryRecord, EventLines,
-    EventQuery, JobClaim, JobRecord, LeadQuery, NewToken, Page, RegisterQuery, ResendOutcome, ResendRequest, Store,
-    StoreError, StoreResult, StoredAnswer, StoredEvent, StoredLead, Submission, TokenRecord, TransferRow,
+    EventQuery, JobClaim, JobRecord, LeadQuery, NewToken, OverviewQuery, OverviewRow, Page, RegisterQuery,
+    ResendOutcome, ResendRequest, Store, StoreError, StoreResult, StoredAnswer, StoredEvent, StoredLead, Submission,
+    TokenRecord, TransferRow,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::ConnectOptions;
@@ -261,6 +262,10 @@ impl Store for SqliteStore {
 
     async fn register_page(&self, query: &RegisterQuery) -> StoreResult<Page<TransferRow>> {
         read::register_page(&self.readers, query, false).await
+    }
+
+    async fn overview(&self, query: &OverviewQuery) -> StoreResult<Vec<OverviewRow>> {
+        read::overview(&self.readers, query).await
     }
 
     async fn verify_chain(&self) -> StoreResult<ChainReport> {

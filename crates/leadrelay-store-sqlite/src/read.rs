@@ -7,11 +7,12 @@ use leadrelay_domain::ids::LeadId;
 use leadrelay_domain::pipeline::{DuplicateFound, DuplicateQuery};
 use leadrelay_domain::time::Millis;
 use leadrelay_store::{
-    ClaimedTransfer, Cursor, EventLines, EventQuery, JobRecord, LeadQuery, Page, RegisterQuery, ResendRow, SortOrder,
-    StoreError, StoreResult, StoredAnswer, StoredEvent, StoredLead, TokenRecord, TransferRow, MAX_PAGE,
+    ClaimedTransfer, Cursor, EventLines, EventQuery, JobRecord, LeadQuery, OverviewQuery, OverviewRow, Page,
+    RegisterQuery, ResendRow, SortOrder, StoreError, StoreResult, StoredAnswer, StoredEvent, StoredLead, TokenRecord,
+    TransferRow, MAX_PAGE,
 };
 pub(crate) use leadrelay_store_sql::{event_from_row, job_from_row};
-use leadrelay_store_sql::{lead_from_row, token_from_row, transfer_from_row};
+use leadrelay_store_sql::{lead_from_row, overview_from_row, overview_sql, token_from_row, transfer_from_row};
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteExecutor, SqlitePool};
 
 use crate::unavailable;
@@ -549,4 +550,14 @@ pub(crate) async fn cap_usage(
         counts.push(u64::try_from(count.unwrap_or(0)).unwrap_or(0));
     }
     Ok(counts)
+}
+
+pub(crate) async fn overview(pool: &SqlitePool, query: &OverviewQuery) -> StoreResult<Vec<OverviewRow>> {
+    let rows = sqlx::query(&overview_sql("?", "?"))
+        .bind(query.start)
+        .bind(query.end)
+        .fetch_all(pool)
+        .await
+        .map_err(unavailable)?;
+    rows.iter().map(overview_from_row).collect()
 }

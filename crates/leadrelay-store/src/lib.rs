@@ -169,6 +169,10 @@ pub trait Store: Send + Sync + 'static {
 
     async fn register_page(&self, query: &RegisterQuery) -> StoreResult<Page<TransferRow>>;
 
+    /// Transfers created in a window, counted per day, status, source, destination and (for
+    /// delivered ones) latency bucket.
+    async fn overview(&self, query: &OverviewQuery) -> StoreResult<Vec<OverviewRow>>;
+
     /// Walks the whole log in order, checking every link, content digest and sequence number.
     async fn verify_chain(&self) -> StoreResult<ChainReport>;
 

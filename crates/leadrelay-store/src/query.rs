@@ -105,6 +105,35 @@ pub struct RegisterQuery {
     pub cursor: Option<Cursor>,
 }
 
+/// The overview report's window: transfers created from `start` (inclusive) to `end`
+/// (exclusive), counted per UTC day.
+#[derive(Clone, Copy, Debug)]
+pub struct OverviewQuery {
+    pub start: Millis,
+    pub end: Millis,
+}
+
+/// Upper bounds (exclusive, in ms) of the delivery latency buckets the overview counts in;
+/// bucket `i` holds latencies below `LATENCY_BOUNDS_MS[i]` and at or above the bound before
+/// it, and the last bucket (`LATENCY_BOUNDS_MS.len()`) everything slower.
+pub const LATENCY_BOUNDS_MS: [i64; 11] =
+    [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 300_000, 1_800_000];
+
+/// One group of the overview: transfers of one UTC day, status, source and destination, and,
+/// for delivered transfers, one latency bucket (from arrival to delivery).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OverviewRow {
+    /// Days since 1970-01-01, UTC.
+    pub day: i64,
+    pub status: RegisterStatus,
+    pub source_id: String,
+    pub destination_id: Option<String>,
+    /// An index into the latency buckets (see [`LATENCY_BOUNDS_MS`]); `None` for transfers that
+    /// were not delivered.
+    pub latency_bucket: Option<usize>,
+    pub count: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,3 +8,4 @@ mod helpers;
 mod intake;
 mod pipeline;
 mod receiver;
+mod web;
