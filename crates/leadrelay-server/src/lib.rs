@@ -75,6 +75,8 @@ pub struct AppState {
     pub settings: Settings,
     /// The jobs this node is running, so that it never starts one twice.
     running_jobs: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The web overview's counts of past days.
+    overview: web::OverviewCache,
 }
 
 impl AppState {
@@ -83,7 +85,14 @@ impl AppState {
         let configuration = ConfigHandle::load(store.clone()).await?;
         let clients = HttpClients::with_lookup(settings.egress.clone(), settings.lookup.clone());
         let delivery = DeliveryService::new(store.clone(), clients, configuration.clone(), settings.delivery.clone());
-        Ok(Arc::new(Self { store, configuration, delivery, settings, running_jobs: Default::default() }))
+        Ok(Arc::new(Self {
+            store,
+            configuration,
+            delivery,
+            settings,
+            running_jobs: Default::default(),
+            overview: Default::default(),
+        }))
     }
 
     pub fn config(&self) -> Arc<LiveConfig> {
@@ -184,6 +193,7 @@ pub async fn serve(
             }
         })
     };
+    let warming = tokio::spawn(web::warm_overview(state.clone()));
     let served = axum::serve(listener, router(state)).with_graceful_shutdown(until_stopped(stopped)).await;
     if let Some(dispatcher) = dispatcher {
         if let Err(error) = dispatcher.await {
@@ -194,6 +204,7 @@ pub async fn serve(
         watcher.abort();
     }
     resumer.abort();
+    warming.abort();
     served
 }
 

@@ -16,8 +16,9 @@ use leadrelay_domain::pipeline::{decide, prepare, Intake};
 use leadrelay_domain::time::now_millis;
 use leadrelay_store::{
     events_page, AttemptRow, ClaimedTransfer, CommitOutcome, ConfigWriteError, DeliveryClaim, DeliveryRecord,
-    EventQuery, IdempotencyRecord, JobClaim, JobRecord, LoggedEvent, NewToken, RegisterQuery, ResendOutcome,
-    ResendRequest, Role, SortOrder, Store, StoreSignal, StoredAnswer, Submission, TransferState, TransferUpdate,
+    EventQuery, IdempotencyRecord, JobClaim, JobRecord, LoggedEvent, NewToken, OverviewQuery, OverviewRow,
+    RegisterQuery, ResendOutcome, ResendRequest, Role, SortOrder, Store, StoreSignal, StoredAnswer, Submission,
+    TransferState, TransferUpdate, LATENCY_BOUNDS_MS,
 };
 use serde_json::{json, Value};
 
@@ -382,6 +383,57 @@ pub async fn resends_queue_finished_transfers_again(store: Arc<dyn Store>) {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].transfer_id.as_deref(), Some(transfer_id.as_str()));
     assert_eq!(store.verify_chain().await.expect("verify").first_broken, None);
+}
+
+/// The overview counts transfers per UTC day, status, source and destination, and puts each
+/// delivered one in the bucket of its latency (arrival to delivery).
+pub async fn overview_counts_transfers_per_day_and_latency(store: Arc<dyn Store>) {
+    configured(&store).await;
+    let now = now_millis();
+    let today = now.div_euclid(DAY);
+    for (index, received_at) in [now - DAY, now, now].into_iter().enumerate() {
+        let lead =
+            submission(&store, json!({"email": format!("o{index}@example.com"), "state": "TX"}), received_at, None)
+                .await;
+        assert_eq!(store.commit_submission(lead).await.expect("commit"), CommitOutcome::Committed);
+    }
+    let claimed = store.claim_deliveries(&claim("node-a", now, 1)).await.expect("claim");
+    assert_eq!(claimed.len(), 1);
+    let latency = 1_500;
+    let delivered_at = store
+        .register_page(&RegisterQuery { limit: 10, ..Default::default() })
+        .await
+        .expect("register")
+        .items
+        .iter()
+        .find(|row| row.transfer_id == claimed[0].transfer_id)
+        .expect("the claimed row")
+        .created_at
+        + latency;
+    store.record_deliveries(vec![delivered(&claimed[0], "node-a", delivered_at)]).await.expect("record");
+    let delivered_day = (delivered_at - latency).div_euclid(DAY);
+
+    let query = OverviewQuery { start: (today - 1) * DAY, end: (today + 1) * DAY };
+    let mut rows = store.overview(&query).await.expect("overview");
+    rows.sort_by_key(|row| (row.day, row.status.as_str(), row.latency_bucket));
+    let bucket = LATENCY_BOUNDS_MS.iter().take_while(|bound| **bound <= latency).count();
+    let row = |day: i64, status: RegisterStatus, latency_bucket: Option<usize>, count: u64| OverviewRow {
+        day,
+        status,
+        source_id: "web".into(),
+        destination_id: Some("crm".into()),
+        latency_bucket,
+        count,
+    };
+    let total: u64 = rows.iter().map(|row| row.count).sum();
+    assert_eq!(total, 3, "{rows:?}");
+    assert!(rows.contains(&row(delivered_day, RegisterStatus::Success, Some(bucket), 1)), "{rows:?}");
+    assert_eq!(rows.iter().filter(|row| row.status == RegisterStatus::New).map(|row| row.count).sum::<u64>(), 2);
+    assert!(rows.iter().any(|row| row.day == today - 1), "yesterday's lead is counted on its day: {rows:?}");
+
+    let today_only =
+        store.overview(&OverviewQuery { start: today * DAY, end: (today + 1) * DAY }).await.expect("overview");
+    assert_eq!(today_only.iter().map(|row| row.count).sum::<u64>(), 2, "the window bounds hold");
 }
 
 /// Jobs keep their progress; a running job is held by one node at a time, and taken over by

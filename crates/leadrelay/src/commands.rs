@@ -93,7 +93,7 @@ fn read_document(file: &Path) -> anyhow::Result<ConfigDocument> {
     document.with_context(|| format!("{} is not a valid configuration", file.display()))
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {

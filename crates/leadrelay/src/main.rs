@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod commands;
+mod demo;
 
 /// glibc's allocator spends a large share of the request path in malloc and free under
 /// many threads; mimalloc does not.
@@ -84,6 +85,20 @@ enum Command {
         max_body_bytes: usize,
     },
     /// Apply a declarative configuration file (YAML or JSON) in one transaction.
+    /// A ready local playground: the server on a temporary SQLite file, a sample flow with two
+    /// sources and two destinations, a stand-in CRM and buyer on 127.0.0.1, and a steady stream
+    /// of sample leads. Prints the URL and a token to sign in with. Works offline.
+    Demo {
+        /// Where the web UI and the API listen (127.0.0.1:0 picks a free port).
+        #[arg(long, env = "LEADRELAY_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Sample leads per second.
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+        /// Keep the demo's database when it stops (it is removed by default).
+        #[arg(long)]
+        keep: bool,
+    },
     Apply {
         #[command(flatten)]
         store: StoreArgs,
@@ -169,6 +184,7 @@ fn main() -> std::process::ExitCode {
                 };
                 commands::serve(options).await
             }
+            Command::Demo { listen, rate, keep } => demo::demo(demo::DemoOptions { listen, rate, keep }).await,
             Command::Apply { store, file } => commands::apply(&store.database_url, &file).await,
             Command::Verify { store } => commands::verify(&store.database_url).await,
             Command::Events { store, filters, limit, sort, cursor } => {

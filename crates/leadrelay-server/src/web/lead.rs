@@ -15,7 +15,8 @@ use serde_json::Value;
 use super::register::event_json;
 use super::session::Session;
 use super::view::{
-    css_word, duration, json_block, json_value, outcome_badge, page_response, shell, time, WebError, WebResult,
+    css_word, duration, json_block, json_value, outcome_badge, page_response, precise_time, shell, time, WebError,
+    WebResult,
 };
 use crate::AppState;
 
@@ -154,9 +155,9 @@ pub(crate) async fn lead_page(
         items.push(html! {
             li.event data-type=(event.event_type) data-outcome=[event.outcome.as_deref()] {
                 div.line {
-                    span.time { (time(event.timestamp)) }
+                    span.time { (precise_time(event.timestamp)) }
                     span.delay title="Since the previous step" { "+" (duration(step)) }
-                    span.total title="Since the lead arrived" { (duration(event.timestamp - first)) }
+                    span.total title="Since the lead arrived" { "total " (duration(event.timestamp - first)) }
                     span class={"type type-" (css_word(&event.event_type))} { (event.event_type) }
                     span.destination { (event.destination_id.as_deref().unwrap_or("")) }
                     (outcome_badge(event.outcome.as_deref()))

@@ -19,6 +19,8 @@ use axum::Router;
 
 use crate::AppState;
 
+pub(crate) use overview::{warm as warm_overview, OverviewCache};
+
 const STYLE: &str = include_str!("assets/app.css");
 const SCRIPT: &str = include_str!("assets/app.js");
 

@@ -19,6 +19,95 @@ use crate::AppState;
 
 const DAY_MS: i64 = 86_400_000;
 
+/// How long a past day's counts are shown before they are counted again (in the background):
+/// late retries and resends still change the status of older transfers.
+const PAST_DAYS_FRESH_MS: i64 = 60_000;
+
+/// Past days' groups, counted once and refreshed in the background, so that the overview
+/// counts only today's transfers while a person waits. Today is always counted afresh.
+#[derive(Default)]
+pub(crate) struct OverviewCache {
+    days: std::sync::Mutex<BTreeMap<i64, CachedDay>>,
+    refreshing: std::sync::atomic::AtomicBool,
+}
+
+struct CachedDay {
+    rows: Vec<OverviewRow>,
+    counted_at: i64,
+}
+
+impl OverviewCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<i64, CachedDay>> {
+        self.days.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Counts the days `first..=last` in one query and keeps each day's groups.
+    async fn count(&self, state: &AppState, first: i64, last: i64) -> leadrelay_store::StoreResult<()> {
+        let counted_at = now_millis();
+        let rows = state.store.overview(&OverviewQuery { start: first * DAY_MS, end: (last + 1) * DAY_MS }).await?;
+        let mut by_day: BTreeMap<i64, Vec<OverviewRow>> = (first..=last).map(|day| (day, Vec::new())).collect();
+        for row in rows {
+            by_day.entry(row.day).or_default().push(row);
+        }
+        let mut days = self.lock();
+        for (day, rows) in by_day {
+            days.insert(day, CachedDay { rows, counted_at });
+        }
+        // Nothing older than the longest window is ever shown again.
+        let oldest = first.min(counted_at.div_euclid(DAY_MS) - 366);
+        days.retain(|day, _| *day >= oldest);
+        Ok(())
+    }
+
+    /// The groups of the days `first..=today`: past days from the cache (counted now when they
+    /// are missing, refreshed in the background when they are old), today counted now.
+    pub(crate) async fn rows(
+        &self,
+        state: &Arc<AppState>,
+        first: i64,
+        today: i64,
+    ) -> leadrelay_store::StoreResult<Vec<OverviewRow>> {
+        let now = now_millis();
+        let (missing, stale) = {
+            let days = self.lock();
+            let missing: Vec<i64> = (first..today).filter(|day| !days.contains_key(day)).collect();
+            let stale = (first..today)
+                .any(|day| days.get(&day).is_some_and(|cached| now - cached.counted_at > PAST_DAYS_FRESH_MS));
+            (missing, stale)
+        };
+        if let (Some(from), Some(to)) = (missing.first(), missing.last()) {
+            self.count(state, *from, *to).await?;
+        }
+        if stale && !self.refreshing.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            let state = state.clone();
+            tokio::spawn(async move {
+                if let Err(error) = state.overview.count(&state, first, today - 1).await {
+                    tracing::warn!(%error, "could not count the overview's past days again");
+                }
+                state.overview.refreshing.store(false, std::sync::atomic::Ordering::Release);
+            });
+        }
+        let mut rows =
+            state.store.overview(&OverviewQuery { start: today * DAY_MS, end: (today + 1) * DAY_MS }).await?;
+        let days = self.lock();
+        for (_, cached) in days.range(first..today) {
+            rows.extend(cached.rows.iter().cloned());
+        }
+        Ok(rows)
+    }
+}
+
+/// Counts the default window's past days when the server starts, so the first person to open
+/// the overview does not wait for them.
+pub(crate) async fn warm(state: Arc<AppState>) {
+    let today = now_millis().div_euclid(DAY_MS);
+    if let Err(error) = state.overview.count(&state, today - DEFAULT_DAYS + 1, today - 1).await {
+        tracing::warn!(%error, "could not count the overview's past days");
+    }
+}
+
+const DEFAULT_DAYS: i64 = 14;
+
 /// Counts per register status, in the order of [`RegisterStatus::ALL`].
 type Counts = [u64; 4];
 
@@ -146,7 +235,7 @@ pub(crate) async fn overview(
 ) -> WebResult<Response> {
     let params = Params::parse(raw.as_deref(), &["days"])?;
     let days = match params.text("days") {
-        None => 14,
+        None => DEFAULT_DAYS,
         Some(text) => text
             .parse::<i64>()
             .ok()
@@ -154,8 +243,7 @@ pub(crate) async fn overview(
             .ok_or_else(|| WebError::bad_request("days: must be a whole number from 1 to 366"))?,
     };
     let today = now_millis().div_euclid(DAY_MS);
-    let query = OverviewQuery { start: (today - days + 1) * DAY_MS, end: (today + 1) * DAY_MS };
-    let rows: Vec<OverviewRow> = state.store.overview(&query).await?;
+    let rows = state.overview.rows(&state, today - days + 1, today).await?;
 
     let mut per_day: Vec<(i64, Counts)> = (today - days + 1..=today).map(|day| (day, [0; 4])).collect();
     let mut per_source: BTreeMap<String, Counts> = BTreeMap::new();

@@ -100,6 +100,13 @@ pub(crate) fn time(millis: Millis) -> Markup {
     html! { time datetime=(exact) title=(exact) { (shown) } }
 }
 
+/// A time to the millisecond, for steps that follow each other closely.
+pub(crate) fn precise_time(millis: Millis) -> Markup {
+    let exact = leadrelay_domain::time::format_millis(millis);
+    let shown = exact.get(..23).map(|text| text.replace('T', " ")).unwrap_or_else(|| exact.clone());
+    html! { time datetime=(exact) title=(exact) { (shown) } }
+}
+
 /// A duration as people read it: `850 ms`, `12.4 s`, `3 min 5 s`, `2 h 10 min`, `3 d 4 h`.
 pub(crate) fn duration(millis: i64) -> String {
     let millis = millis.max(0);

@@ -1,6 +1,7 @@
 //! Integration tests of the HTTP API: a real server on 127.0.0.1, a real SQLite file per test.
 
 mod auth;
+mod browser;
 mod config;
 mod delivery;
 mod events;

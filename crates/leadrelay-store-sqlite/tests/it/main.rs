@@ -38,6 +38,7 @@ conformance!(
     released_leases_are_due_again,
     resends_queue_finished_transfers_again,
     jobs_keep_their_progress,
+    overview_counts_transfers_per_day_and_latency,
 );
 
 #[tokio::test]

@@ -3,5 +3,6 @@
 mod cli;
 mod crash;
 mod delivery_crash;
+mod demo;
 mod multinode;
 mod process;
