@@ -289,3 +289,45 @@ async fn the_overview_counts_transfers_by_status_source_and_destination() {
     assert_eq!(web.get("/overview?days=0").await.status(), StatusCode::BAD_REQUEST);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn resend_all_matching_runs_a_job_whose_page_shows_its_progress() {
+    let crm = crate::receiver::Receiver::start(vec![crate::receiver::Reply::status(422)]).await;
+    let app = crate::helpers::spawn_delivering_app().await;
+    let mut config = solar_config();
+    config["destinations"][0]["url"] = json!(crm.url("/leads"));
+    app.apply(&config).await;
+    let mut leads = Vec::new();
+    for index in 0..3 {
+        let (_, answer) = app.submit("web", &json!({"email": format!("r{index}@example.com"), "state": "TX"})).await;
+        leads.push(answer["lead_id"].as_str().unwrap().to_owned());
+    }
+    for lead in &leads {
+        app.timeline_until(lead, "recipient.failed").await;
+    }
+    let mut web = WebClient::new(&app);
+    web.sign_in(ADMIN_TOKEN).await;
+    let csrf = web.csrf().await;
+    let register = web.page("/?status=error").await;
+    assert!(register.contains("Resend all matching"));
+
+    let started = web.post("/register/resend", &[("csrf", &csrf), ("status", "error"), ("source_id", "web")]).await;
+    assert_eq!(started.status(), StatusCode::SEE_OTHER);
+    let job_page = started.headers()[LOCATION].to_str().unwrap().to_owned();
+    assert!(job_page.starts_with("/jobs/job_"), "{job_page}");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let html = web.page(&job_page).await;
+        if html.contains("data-status=\"completed\"") {
+            assert!(html.contains("<dd id=\"matched\">3</dd>") && html.contains("<dd id=\"queued\">3</dd>"), "{html}");
+            assert!(html.contains("&quot;status&quot;: &quot;error&quot;"), "the page shows the filter");
+            break;
+        }
+        assert!(html.contains("data-refresh"), "a running job's page updates itself");
+        assert!(tokio::time::Instant::now() < deadline, "the job did not finish: {html}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The job queued every error row again: each gets a second attempt.
+    crm.wait_for(6).await;
+    app.stop().await;
+}
