@@ -100,13 +100,20 @@ async fn screenshot(browser: &Client, name: &str) {
     std::fs::write(screenshots().join(name), png).expect("save the screenshot");
 }
 
+/// Waits until an element matching `css` is on the page. A page that is still navigating
+/// (after a click that submits a form) answers with an error rather than "no such element",
+/// so every error is a reason to look again until the deadline.
 async fn wait_for(browser: &Client, css: &str) -> fantoccini::elements::Element {
-    match browser.wait().at_most(PATIENCE).for_element(Locator::Css(css)).await {
-        Ok(element) => element,
-        Err(error) => {
-            let url = browser.current_url().await.map(|url| url.to_string()).unwrap_or_default();
-            let source = browser.source().await.unwrap_or_default();
-            panic!("{css} did not appear on {url}: {error}\n{source}");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match browser.find(Locator::Css(css)).await {
+            Ok(element) => return element,
+            Err(error) if tokio::time::Instant::now() >= deadline => {
+                let url = browser.current_url().await.map(|url| url.to_string()).unwrap_or_default();
+                let source = browser.source().await.unwrap_or_default();
+                panic!("{css} did not appear on {url}: {error}\n{source}");
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
 }
