@@ -9,14 +9,13 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::env_number;
-use common::generated::SOURCES;
-use leadrelay_server::{AppState, Settings};
+use common::generated::{SOURCES, TOKEN};
+use leadrelay_server::Settings;
 use serde_json::Value;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const TOKEN: &str = "bench-admin-token-0123456789";
 const GOAL_MS: f64 = 50.0;
 
 async fn timed(client: &reqwest::Client, base: &str, cookie: &str, paths: &[String]) -> Vec<Duration> {
@@ -47,21 +46,7 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async move {
         let (store, path, events) = common::generated::open(target_events).await;
-        store
-            .ensure_token(leadrelay_store::NewToken {
-                id: "tok_bench".into(),
-                name: "bench".into(),
-                role: leadrelay_store::Role::Admin,
-                hash: leadrelay_server::hash_token(TOKEN),
-                created_at: 0,
-            })
-            .await
-            .expect("token");
-        let state =
-            AppState::new(store.clone(), Settings { dispatch: false, ..Settings::default() }).await.expect("state");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("address"));
-        tokio::spawn(leadrelay_server::serve(listener, state, std::future::pending()));
+        let base = common::generated::serve(store.clone(), Settings { dispatch: false, ..Settings::default() }).await;
         let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
         println!(
             "store: {events} events ({} MB on disk)",
@@ -72,21 +57,7 @@ fn main() {
         let cookie = signed_in.headers()["set-cookie"].to_str().expect("cookie").split(';').next().unwrap().to_owned();
 
         // Leads and their transfers, spread over the whole store.
-        let mut leads = Vec::new();
-        let mut cursor: Option<String> = None;
-        while leads.len() < samples {
-            let url = match &cursor {
-                Some(cursor) => format!("{base}/api/v1/leads?limit=1000&cursor={cursor}"),
-                None => format!("{base}/api/v1/leads?limit=1000"),
-            };
-            let page = json(&client, url).await;
-            let items = page["items"].as_array().expect("items");
-            leads.extend(items.iter().step_by(97).map(|lead| lead["id"].as_str().expect("id").to_owned()));
-            match page["next_cursor"].as_str() {
-                Some(next) => cursor = Some(next.to_owned()),
-                None => break,
-            }
-        }
+        let leads = common::generated::lead_ids(&client, &base, samples, 97).await;
         let mut transfers = Vec::new();
         for lead in leads.iter().take(samples) {
             let page = json(&client, format!("{base}/api/v1/register?lead_id={lead}")).await;

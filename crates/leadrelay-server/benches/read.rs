@@ -7,18 +7,15 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use leadrelay_server::{AppState, Settings};
-use serde_json::Value;
+use leadrelay_server::Settings;
 
 mod common;
 
 use common::env_number;
-use common::generated::{DAY, SOURCES, SPAN_DAYS};
+use common::generated::{DAY, SOURCES, SPAN_DAYS, TOKEN};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-const TOKEN: &str = "bench-admin-token-0123456789";
 
 struct Latencies(Vec<Duration>);
 
@@ -50,20 +47,7 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async move {
         let (store, path, events_stored) = common::generated::open(target_events).await;
-        store
-            .ensure_token(leadrelay_store::NewToken {
-                id: "tok_bench".into(),
-                name: "bench".into(),
-                role: leadrelay_store::Role::Admin,
-                hash: leadrelay_server::hash_token(TOKEN),
-                created_at: 0,
-            })
-            .await
-            .expect("token");
-        let state = AppState::new(store.clone(), Settings::default()).await.expect("state");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("address"));
-        tokio::spawn(leadrelay_server::serve(listener, state, std::future::pending()));
+        let base = common::generated::serve(store.clone(), Settings::default()).await;
         let client = reqwest::Client::new();
         println!(
             "store: {} events ({} MB on disk)",
@@ -72,29 +56,7 @@ fn main() {
         );
 
         // Lead ids to look up, spread over the whole store.
-        let mut lead_ids = Vec::new();
-        let mut cursor: Option<String> = None;
-        while lead_ids.len() < samples {
-            let path = match &cursor {
-                Some(cursor) => format!("{base}/api/v1/leads?limit=1000&include=id&cursor={cursor}"),
-                None => format!("{base}/api/v1/leads?limit=1000"),
-            };
-            let page: Value = client
-                .get(path.replace("&include=id", ""))
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .expect("leads")
-                .json()
-                .await
-                .expect("json");
-            let items = page["items"].as_array().expect("items");
-            lead_ids.extend(items.iter().step_by(50).map(|lead| lead["id"].as_str().expect("id").to_owned()));
-            match page["next_cursor"].as_str() {
-                Some(next) => cursor = Some(next.to_owned()),
-                None => break,
-            }
-        }
+        let lead_ids = common::generated::lead_ids(&client, &base, samples, 50).await;
         let now = leadrelay_domain::time::now_millis();
         let day = |offset: i64| leadrelay_domain::time::format_date(now - offset * DAY);
         let cycle =

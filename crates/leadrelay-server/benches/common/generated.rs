@@ -144,3 +144,45 @@ pub async fn open(target_events: usize) -> (Arc<dyn Store>, PathBuf, String) {
     let events = std::fs::read_to_string(&ready).unwrap_or_default().trim().to_owned();
     (store, path, events)
 }
+
+/// The admin token the read benchmarks use.
+pub const TOKEN: &str = "bench-admin-token-0123456789";
+
+/// Serves a generated store on a free port, with `TOKEN` as an admin token; returns the base URL.
+pub async fn serve(store: Arc<dyn Store>, settings: leadrelay_server::Settings) -> String {
+    store
+        .ensure_token(leadrelay_store::NewToken {
+            id: "tok_bench".into(),
+            name: "bench".into(),
+            role: leadrelay_store::Role::Admin,
+            hash: leadrelay_server::hash_token(TOKEN),
+            created_at: 0,
+        })
+        .await
+        .expect("token");
+    let state = leadrelay_server::AppState::new(store, settings).await.expect("state");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(leadrelay_server::serve(listener, state, std::future::pending()));
+    base
+}
+
+/// Lead ids spread over the whole store: every `step`-th lead, newest first, until `wanted`.
+pub async fn lead_ids(client: &reqwest::Client, base: &str, wanted: usize, step: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut cursor: Option<String> = None;
+    while ids.len() < wanted {
+        let url = match &cursor {
+            Some(cursor) => format!("{base}/api/v1/leads?limit=1000&cursor={cursor}"),
+            None => format!("{base}/api/v1/leads?limit=1000"),
+        };
+        let page: Value = client.get(url).bearer_auth(TOKEN).send().await.expect("leads").json().await.expect("json");
+        let items = page["items"].as_array().expect("items");
+        ids.extend(items.iter().step_by(step).map(|lead| lead["id"].as_str().expect("id").to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    ids
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use leadrelay_store::{events_page, EventQuery, SortOrder, StoredEvent};
+use leadrelay_store::{events_page, EventQuery, SortOrder, StoredEvent, StoredLead};
 use maud::{html, Markup};
 use serde_json::Value;
 
@@ -23,11 +23,11 @@ use crate::AppState;
 /// Most events a lead page shows; a lead with more shows its first ones and says so.
 const MOST_EVENTS: usize = 5_000;
 
-/// A lead's events, oldest first; not found when there is no such lead.
-pub(crate) async fn timeline(state: &AppState, lead_id: &str) -> WebResult<Vec<StoredEvent>> {
-    if state.store.lead(lead_id).await?.is_none() {
+/// A lead as it is now and its events, oldest first; not found when there is no such lead.
+pub(crate) async fn timeline(state: &AppState, lead_id: &str) -> WebResult<(StoredLead, Vec<StoredEvent>)> {
+    let Some(lead) = state.store.lead(lead_id).await? else {
         return Err(WebError::not_found(format!("There is no lead {lead_id}.")));
-    }
+    };
     let mut query =
         EventQuery { lead_id: Some(lead_id.to_owned()), limit: 1000, sort: SortOrder::Asc, ..Default::default() };
     let mut events = Vec::new();
@@ -39,7 +39,7 @@ pub(crate) async fn timeline(state: &AppState, lead_id: &str) -> WebResult<Vec<S
             _ => break,
         }
     }
-    Ok(events)
+    Ok((lead, events))
 }
 
 /// Every leaf of a JSON value by its dotted path, as text.
@@ -135,9 +135,7 @@ pub(crate) async fn lead_page(
     session: Session,
     Path(lead_id): Path<String>,
 ) -> WebResult<Response> {
-    let events = timeline(&state, &lead_id).await?;
-    let lead =
-        state.store.lead(&lead_id).await?.ok_or_else(|| WebError::not_found(format!("There is no lead {lead_id}.")))?;
+    let (lead, events) = timeline(&state, &lead_id).await?;
     let first = events.first().map(|event| event.timestamp).unwrap_or(lead.created_at);
     let mut previous_time = first;
     let mut previous_snapshot = BTreeMap::new();

@@ -110,6 +110,17 @@ fn filter_bar(state: &AppState, filters: &Filters, action: &str) -> Markup {
     }
 }
 
+/// The form that resends one transfer and comes back to `back`.
+fn resend_button(transfer_id: &str, session: &Session, back: &str) -> Markup {
+    html! {
+        form.inline method="post" action={"/register/" (transfer_id) "/resend"} {
+            (session.csrf_field())
+            input type="hidden" name="back" value=(back);
+            button.resend type="submit" { "Resend" }
+        }
+    }
+}
+
 /// One register row; `back` is where a resend from it returns to.
 fn row(row: &TransferRow, session: &Session, back: &str) -> Markup {
     let detail = format!("/leads/{}/transfers/{}", row.lead_id, row.transfer_id);
@@ -125,11 +136,7 @@ fn row(row: &TransferRow, session: &Session, back: &str) -> Markup {
             td.actions {
                 a.json-toggle href=(detail) data-fragment={(detail) "?fragment=1"} { "JSON" }
                 @if row.status == RegisterStatus::Error && row.destination_id.is_some() {
-                    form.inline method="post" action={"/register/" (row.transfer_id) "/resend"} {
-                        (session.csrf_field())
-                        input type="hidden" name="back" value=(back);
-                        button.resend type="submit" { "Resend" }
-                    }
+                    (resend_button(&row.transfer_id, session, back))
                 }
             }
         }
@@ -170,14 +177,19 @@ fn pager(path: &str, filters: &Filters, page: &Page<TransferRow>) -> Markup {
     }
 }
 
+/// The register page a URL names: its filters, the page, and the URL a resend returns to.
+async fn read_register(state: &AppState, raw: Option<&str>) -> WebResult<(Filters, Page<TransferRow>, String)> {
+    let filters = Filters::parse(raw)?;
+    let page = state.store.register_page(&filters.query).await?;
+    Ok((filters, page, with_query("/", raw.unwrap_or(""))))
+}
+
 pub(crate) async fn register(
     State(state): State<Arc<AppState>>,
     session: Session,
     RawQuery(raw): RawQuery,
 ) -> WebResult<Response> {
-    let filters = Filters::parse(raw.as_deref())?;
-    let page = state.store.register_page(&filters.query).await?;
-    let back = with_query("/", raw.as_deref().unwrap_or(""));
+    let (filters, page, back) = read_register(&state, raw.as_deref()).await?;
     // Only the first page takes new rows as they arrive; older pages stay as they were read.
     let live = filters.query.cursor.is_none().then(|| with_query("/register/rows", &filters.query_string(&[])));
     let body = html! {
@@ -204,9 +216,7 @@ pub(crate) async fn register_rows(
     session: Session,
     RawQuery(raw): RawQuery,
 ) -> WebResult<Response> {
-    let filters = Filters::parse(raw.as_deref())?;
-    let page = state.store.register_page(&filters.query).await?;
-    let back = with_query("/", raw.as_deref().unwrap_or(""));
+    let (_, page, back) = read_register(&state, raw.as_deref()).await?;
     Ok(page_response(StatusCode::OK, html! { table { tbody { (rows(&page, &session, &back)) } } }))
 }
 
@@ -290,7 +300,7 @@ pub(crate) async fn transfer(
     let Some(transfer) = rows.items.into_iter().find(|row| row.transfer_id == transfer_id) else {
         return Err(WebError::not_found(format!("Lead {lead_id} has no transfer {transfer_id}.")));
     };
-    let events = super::lead::timeline(&state, &lead_id).await?;
+    let (_, events) = super::lead::timeline(&state, &lead_id).await?;
     // The transfer's own events, and those about its destination that came before it had
     // any (a destination filter's skip); a transfer to no destination is the lead's own story.
     let ours: Vec<_> = events
@@ -374,13 +384,7 @@ pub(crate) async fn not_integrated(
                         td.description { (transfer.description) }
                         td.number { (transfer.attempts) }
                         td.time { (time(transfer.updated_at)) }
-                        td.actions {
-                            form.inline method="post" action={"/register/" (transfer.transfer_id) "/resend"} {
-                                (session.csrf_field())
-                                input type="hidden" name="back" value=(back);
-                                button.resend type="submit" { "Resend" }
-                            }
-                        }
+                        td.actions { (resend_button(&transfer.transfer_id, &session, &back)) }
                     }
                 }
             }

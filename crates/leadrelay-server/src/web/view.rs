@@ -95,15 +95,18 @@ pub(crate) fn css_word(text: &str) -> String {
 
 /// A time as people read it, in UTC to the second, with the exact ISO time on hover.
 pub(crate) fn time(millis: Millis) -> Markup {
-    let exact = leadrelay_domain::time::format_millis(millis);
-    let shown = exact.get(..19).map(|text| text.replace('T', " ")).unwrap_or_else(|| exact.clone());
-    html! { time datetime=(exact) title=(exact) { (shown) } }
+    shown_time(millis, 19)
 }
 
 /// A time to the millisecond, for steps that follow each other closely.
 pub(crate) fn precise_time(millis: Millis) -> Markup {
+    shown_time(millis, 23)
+}
+
+/// The first `length` characters of the ISO time, with a space for the `T`.
+fn shown_time(millis: Millis, length: usize) -> Markup {
     let exact = leadrelay_domain::time::format_millis(millis);
-    let shown = exact.get(..23).map(|text| text.replace('T', " ")).unwrap_or_else(|| exact.clone());
+    let shown = exact.get(..length).map(|text| text.replace('T', " ")).unwrap_or_else(|| exact.clone());
     html! { time datetime=(exact) title=(exact) { (shown) } }
 }
 
