@@ -84,7 +84,6 @@ enum Command {
         #[arg(long, env = "LEADRELAY_MAX_BODY_BYTES", default_value_t = 1 << 20)]
         max_body_bytes: usize,
     },
-    /// Apply a declarative configuration file (YAML or JSON) in one transaction.
     /// A ready local playground: the server on a temporary SQLite file, a sample flow with two
     /// sources and two destinations, a stand-in CRM and buyer on 127.0.0.1, and a steady stream
     /// of sample leads. Prints the URL and a token to sign in with. Works offline.
@@ -99,6 +98,7 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Apply a declarative configuration file (YAML or JSON) in one transaction.
     Apply {
         #[command(flatten)]
         store: StoreArgs,

@@ -49,8 +49,21 @@ fn unknown_database_schemes_are_refused_clearly() {
 fn help_describes_every_command() {
     let output = std::process::Command::new(crate::process::binary()).arg("--help").output().unwrap();
     let text = stdout(&output);
-    for command in ["serve", "apply", "verify", "token"] {
-        assert!(text.contains(command), "--help lacks {command}: {text}");
+    // Each command's line says what that command does.
+    for (command, summary) in [
+        ("serve", "Run the HTTP server"),
+        ("demo", "local playground"),
+        ("apply", "Apply a declarative configuration file"),
+        ("events", "Print events of the log"),
+        ("export", "Write every matching event"),
+        ("verify", "Check the event log's hash chain"),
+        ("token", "Manage API tokens"),
+    ] {
+        let line = text.lines().find(|line| line.trim_start().starts_with(&format!("{command} ")));
+        assert!(
+            line.is_some_and(|line| line.contains(summary)),
+            "--help should describe {command} as {summary:?}: {text}"
+        );
     }
     let serve = std::process::Command::new(crate::process::binary()).args(["serve", "--help"]).output().unwrap();
     for flag in ["--listen", "--database-url", "--config", "--allow-private-destinations"] {
