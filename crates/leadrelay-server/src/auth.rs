@@ -38,8 +38,11 @@ pub async fn require_admin(
     next: Next,
 ) -> Result<Response, ApiError> {
     let header = request.headers().get(AUTHORIZATION).and_then(|value| value.to_str().ok());
-    let Some(token) = header.and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
-    else {
+    // The scheme name is case-insensitive (RFC 9110 §11.1).
+    let token = header
+        .and_then(|value| value.split_once(' '))
+        .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then_some(token));
+    let Some(token) = token else {
         return Err(ApiError::Unauthorized("missing bearer token: send Authorization: Bearer <token>"));
     };
     let hash = hash_token(token.trim());

@@ -121,7 +121,7 @@ pub(crate) async fn export_config(
     match params.text("format").as_deref() {
         None | Some("json") => Ok(Json(document).into_response()),
         Some("yaml") => {
-            let text = serde_yaml_ng::to_string(&document).map_err(|error| ApiError::Internal(error.to_string()))?;
+            let text = leadrelay_domain::config::to_yaml(&document).map_err(ApiError::Internal)?;
             Ok(([(CONTENT_TYPE, HeaderValue::from_static("application/yaml"))], text).into_response())
         }
         Some(_) => Err(ApiError::bad_request("invalid_parameter", "format: must be json or yaml")),

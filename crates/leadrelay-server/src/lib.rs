@@ -115,7 +115,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(delivery_api::routes())
         .merge(read_api::routes())
         .merge(tokens_api::routes())
-        .route("/api/v1/openapi.json", get(openapi::openapi_json))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_admin));
     Router::new()
         .merge(intake::routes())
@@ -123,6 +122,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(web::routes())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        // The API's description is public, as its operations are documented (SPEC 5).
+        .route("/api/v1/openapi.json", get(openapi::openapi_json))
         .fallback(not_found)
         .layer(axum::middleware::map_response(error::json_errors))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {

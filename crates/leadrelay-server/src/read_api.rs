@@ -119,6 +119,14 @@ pub(crate) async fn list_flow_events(
     if events.flow_id.as_ref().is_some_and(|given| *given != flow_id) {
         return Err(ApiError::bad_request("invalid_parameter", "flow_id: differs from the flow in the path"));
     }
+    // A flow that is neither configured nor in the log does not exist; a deleted flow's
+    // events stay readable.
+    if !state.config().flows.contains_key(&flow_id) {
+        let any = EventQuery { flow_id: Some(flow_id.clone()), ..EventQuery::default() };
+        if state.store.scan_events(&any, None, 1).await?.is_empty() {
+            return Err(ApiError::not_found("flow_not_found", format!("no flow {flow_id:?}")));
+        }
+    }
     events.flow_id = Some(flow_id);
     events_response(&state, events, Projection::from_params(&params)?).await
 }

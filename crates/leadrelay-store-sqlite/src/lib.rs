@@ -59,6 +59,14 @@ fn unavailable(error: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(error.to_string())
 }
 
+/// The file a `sqlite://` URL names; `None` for an in-memory database.
+pub fn database_file(url: &str) -> StoreResult<Option<std::path::PathBuf>> {
+    let options = SqliteConnectOptions::from_str(url)
+        .map_err(|error| unavailable(format!("invalid SQLite URL {url:?}: {error}")))?;
+    let path = options.get_filename();
+    Ok((path != std::path::Path::new(":memory:")).then(|| path.to_owned()))
+}
+
 impl SqliteStore {
     /// Opens (creating if missing) the database at a `sqlite://path` URL and migrates it.
     pub async fn open(url: &str, options: SqliteOptions) -> StoreResult<Arc<Self>> {

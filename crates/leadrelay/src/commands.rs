@@ -37,6 +37,17 @@ pub fn redacted_database_url(database_url: &str) -> String {
 }
 
 /// Opens the engine the URL's scheme names.
+/// Opens a store that must exist already: commands that only read never create an empty
+/// database where a mistyped path points, and report on it as if it were the real one.
+pub async fn open_existing_store(database_url: &str) -> anyhow::Result<Arc<dyn Store>> {
+    if database_url.starts_with("sqlite:") {
+        if let Some(path) = leadrelay_store_sqlite::database_file(database_url)?.filter(|path| !path.exists()) {
+            bail!("no database at {}: check --database-url (or LEADRELAY_DATABASE_URL)", path.display());
+        }
+    }
+    open_store(database_url).await
+}
+
 pub async fn open_store(database_url: &str) -> anyhow::Result<Arc<dyn Store>> {
     if database_url.starts_with("sqlite:") {
         let store = SqliteStore::open(database_url, SqliteOptions::default())
@@ -163,7 +174,7 @@ pub async fn apply(database_url: &str, file: &Path) -> anyhow::Result<ExitCode> 
 }
 
 pub async fn verify(database_url: &str) -> anyhow::Result<ExitCode> {
-    let store = open_store(database_url).await?;
+    let store = open_existing_store(database_url).await?;
     let report = store.verify_chain().await;
     store.close().await;
     let report = report.context("while verifying the event log")?;
@@ -255,7 +266,7 @@ pub fn event_query(
 }
 
 pub async fn events(database_url: &str, query: EventQuery) -> anyhow::Result<ExitCode> {
-    let store = open_store(database_url).await?;
+    let store = open_existing_store(database_url).await?;
     let page = leadrelay_store::events_page(store.as_ref(), &query, 20_000).await;
     store.close().await;
     let page = page.context("while reading events")?;
@@ -278,13 +289,13 @@ pub async fn export(
     if !matches!(format, "ndjson" | "csv") {
         bail!("--format: {format:?} is not ndjson or csv");
     }
+    let store = open_existing_store(database_url).await?;
     let mut out: Box<dyn Write> = match output {
         Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(path).with_context(|| format!("while creating {}", path.display()))?,
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
-    let store = open_store(database_url).await?;
     let result = write_export(store.clone(), query, format, &mut out).await;
     store.close().await;
     let count = result?;

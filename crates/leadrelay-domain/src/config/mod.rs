@@ -104,6 +104,13 @@ pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Confi
     serde_path_to_error::deserialize(deserializer).map_err(|error| ConfigError::one(describe_path_error(&error)))
 }
 
+/// A document as YAML with the shape of its JSON (rule sets as `all:`/`any:` maps, never YAML
+/// tags), so that the text applies again as it is and any YAML reader can load it.
+pub fn to_yaml<T: serde::Serialize>(document: &T) -> Result<String, String> {
+    let value = serde_json::to_value(document).map_err(|error| error.to_string())?;
+    serde_yaml_ng::to_string(&value).map_err(|error| error.to_string())
+}
+
 fn describe_path_error<E: fmt::Display>(error: &serde_path_to_error::Error<E>) -> String {
     let path = error.path().to_string();
     if path == "." || path.is_empty() {

@@ -95,7 +95,7 @@ pub(crate) async fn show(
     RawQuery(raw): RawQuery,
 ) -> WebResult<Response> {
     let document = state.config().to_document();
-    let text = serde_yaml_ng::to_string(&document).map_err(|error| ApiError::Internal(error.to_string()))?;
+    let text = leadrelay_domain::config::to_yaml(&document).map_err(ApiError::Internal)?;
     let applied = raw.as_deref().and_then(|query| query.strip_prefix("applied=")).and_then(|n| n.parse::<usize>().ok());
     let notice =
         applied.map(|changed| html! { p.notice role="status" { "Applied: " (changed) " object(s) changed." } });

@@ -8,12 +8,24 @@ use crate::helpers::{error_code, solar_config, spawn_app};
 #[tokio::test]
 async fn admin_endpoints_need_a_valid_bearer_token() {
     let app = spawn_app().await;
-    for path in ["/api/v1/events", "/api/v1/register", "/api/v1/config", "/api/v1/flows", "/api/v1/openapi.json"] {
+    for path in ["/api/v1/events", "/api/v1/register", "/api/v1/config", "/api/v1/flows"] {
         let anonymous = app.client.get(app.url(path)).send().await.unwrap();
         assert_eq!(error_code(anonymous).await, (StatusCode::UNAUTHORIZED, "unauthorized".to_owned()), "{path}");
         let wrong = app.client.get(app.url(path)).bearer_auth("not-the-token").send().await.unwrap();
         assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED, "{path}");
+        // The scheme name is case-insensitive.
+        let shouted = app
+            .client
+            .get(app.url(path))
+            .header("authorization", format!("BEARER {}", crate::helpers::ADMIN_TOKEN))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(shouted.status(), StatusCode::OK, "{path}");
     }
+    // The API's description is public, like /healthz.
+    let description = app.client.get(app.url("/api/v1/openapi.json")).send().await.unwrap();
+    assert_eq!(description.status(), StatusCode::OK);
     app.stop().await;
 }
 

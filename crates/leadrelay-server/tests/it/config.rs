@@ -151,6 +151,9 @@ flows:
     fields:
       - {name: email, type: email}
       - {name: state, type: state}
+    filters:
+      - name: geo
+        rules: {all: [{field: state, op: in, value: [TX, CA]}, {any: [{field: email.domain, op: ne, value: spam.example}]}]}
     destinations: [crm]
 sources:
   - {id: web, flow_id: solar, kind: web_form}
@@ -194,7 +197,20 @@ destinations:
 
     let yaml_export = app.get_admin("/api/v1/config?format=yaml").await;
     assert_eq!(yaml_export.headers()["content-type"], "application/yaml");
-    assert!(yaml_export.text().await.unwrap().contains("id: solar"));
+    let yaml = yaml_export.text().await.unwrap();
+    assert!(yaml.contains("id: solar"));
+    assert!(!yaml.contains('!'), "rule sets are maps, not YAML tags: {yaml}");
+    let again = app
+        .client
+        .post(app.url("/api/v1/config"))
+        .bearer_auth(crate::helpers::ADMIN_TOKEN)
+        .header("content-type", "application/yaml")
+        .body(yaml)
+        .send()
+        .await
+        .unwrap();
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["changed"], 0, "the YAML export applies again as it is: {again}");
 
     let unbuilt = app.post_admin("/api/v1/config", &json!({"alerts": [{"id": "a"}]})).await;
     let body: Value = unbuilt.json().await.unwrap();

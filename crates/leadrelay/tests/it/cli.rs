@@ -136,6 +136,17 @@ async fn verify_passes_an_intact_log_and_names_the_first_changed_event() {
     assert!(stdout(&output).contains(&changed), "{}", stdout(&output));
 }
 
+#[test]
+fn reading_commands_refuse_a_database_that_does_not_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    for command in [&["verify"][..], &["events"], &["export", "--format", "ndjson"]] {
+        let output = run(dir.path(), command);
+        assert_eq!(output.status.code(), Some(1), "{command:?}: {}", stdout(&output));
+        assert!(stderr(&output).contains("no database at"), "{command:?}: {}", stderr(&output));
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no file was created");
+}
+
 #[tokio::test]
 async fn verify_detects_changed_snapshots_and_removed_events() {
     let dir = tempfile::tempdir().unwrap();
