@@ -143,6 +143,10 @@ pub struct Decision {
     /// `flow.completed`, held back while realtime deliveries run: the caller appends it after
     /// their outcomes. `None` when it is already the last of `events`.
     pub deferred_completion: Option<NewEvent>,
+    /// `flow.completed` of a submission with background deliveries: the store keeps it with
+    /// the lead and logs it once none of the lead's transfers is pending any more (delivered,
+    /// refused, skipped or abandoned), so that it follows their outcomes (SPEC 3, 4).
+    pub pending_completion: Option<NewEvent>,
 }
 
 /// Names that look like contact fields get their type even when the flow does not declare them.
@@ -332,7 +336,8 @@ impl Timeline<'_> {
     fn complete(
         mut self,
         received_at: Millis,
-    ) -> (LeadRecord, Arc<Value>, Vec<NewEvent>, Vec<NewTransfer>, SubmitAnswer, Option<NewEvent>) {
+    ) -> (LeadRecord, Arc<Value>, Vec<NewEvent>, Vec<NewTransfer>, SubmitAnswer, Option<NewEvent>, Option<NewEvent>)
+    {
         let outcome = self.lead.outcome.unwrap_or(Outcome::Success);
         if self.lead.outcome != Some(outcome) {
             self.lead_mut().outcome = Some(outcome);
@@ -353,9 +358,15 @@ impl Timeline<'_> {
         event.data = json!({ "transfers": transfers });
         event.price = price;
         let answer = SubmitAnswer { outcome, lead_id: self.lead.id.clone(), reason, price, deliveries: Vec::new() };
-        let deferred = if self.transfers.iter().any(|transfer| transfer.realtime) { self.events.pop() } else { None };
+        let background = self.transfers.iter().any(|transfer| transfer.queued && !transfer.realtime);
+        let realtime = self.transfers.iter().any(|transfer| transfer.realtime);
+        let (deferred, pending) = match (background, realtime) {
+            (true, _) => (None, self.events.pop()),
+            (false, true) => (self.events.pop(), None),
+            (false, false) => (None, None),
+        };
         let snapshot = self.snapshot();
-        (self.lead, snapshot, self.events, self.transfers, answer, deferred)
+        (self.lead, snapshot, self.events, self.transfers, answer, deferred, pending)
     }
 }
 
@@ -422,7 +433,8 @@ pub fn decide(intake: &Intake<'_>, prepared: &Prepared, duplicate: Option<&Dupli
         (Some(query), true) => query.keys.clone(),
         _ => Vec::new(),
     };
-    let (lead, snapshot, events, transfers, answer, deferred_completion) = timeline.complete(prepared.received_at);
+    let (lead, snapshot, events, transfers, answer, deferred_completion, pending_completion) =
+        timeline.complete(prepared.received_at);
     Decision {
         lead,
         snapshot,
@@ -433,6 +445,7 @@ pub fn decide(intake: &Intake<'_>, prepared: &Prepared, duplicate: Option<&Dupli
         assumed_duplicate: duplicate.cloned(),
         answer,
         deferred_completion,
+        pending_completion,
     }
 }
 

@@ -81,6 +81,7 @@ async fn baseline_handler(State(store): State<Arc<dyn Store>>, Json(body): Json<
         duplicate_check: None,
         idempotency: None,
         realtime_lease: None,
+        pending_completion: None,
     };
     match store.commit_submission(submission).await {
         Ok(CommitOutcome::Committed) => (StatusCode::CREATED, Json(json!({"lead_id": id}))),

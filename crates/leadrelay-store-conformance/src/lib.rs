@@ -165,7 +165,7 @@ pub async fn event_pages_cover_the_log_once(store: Arc<dyn Store>) {
         sorted.sort();
         sorted.dedup();
         assert_eq!(sorted.len(), seen.len(), "no event twice");
-        assert_eq!(seen.len(), 25 * 3, "submitted, accepted, completed for each lead");
+        assert_eq!(seen.len(), 25 * 2, "submitted, accepted for each lead (completion waits for crm)");
         if sort == SortOrder::Desc {
             sorted.reverse();
         }
@@ -339,6 +339,59 @@ pub async fn claims_lease_due_transfers_to_one_node_at_a_time(store: Arc<dyn Sto
     assert_eq!(store.next_due("crm").await.expect("next due"), None);
     let report = store.verify_chain().await.expect("verify");
     assert_eq!(report.first_broken, None);
+}
+
+/// A submission with a background transfer holds `flow.completed` back until the transfer's
+/// outcome: a retry scheduled does not end it, the delivery does, in the same transaction, with
+/// the transfers as they ended; a later resend logs no second one.
+pub async fn completion_follows_the_last_delivery_outcome(store: Arc<dyn Store>) {
+    configured(&store).await;
+    let now = now_millis();
+    let lead = submission(&store, json!({"email": "done@example.com", "state": "TX"}), now, None).await;
+    let lead_id = lead.lead.record.id.as_str().to_owned();
+    store.commit_submission(lead).await.expect("commit");
+    let types = |events: Vec<leadrelay_store::StoredEvent>| -> Vec<String> {
+        events.into_iter().rev().map(|event| event.event_type).collect()
+    };
+    let timeline = || async {
+        let query = EventQuery { lead_id: Some(lead_id.clone()), limit: 100, ..Default::default() };
+        types(store.scan_events(&query, None, 100).await.expect("events"))
+    };
+    assert_eq!(timeline().await, ["source.submitted", "source.accepted"], "held while the transfer waits");
+
+    // A technical failure with a retry scheduled: still pending, still held.
+    let claimed = store.claim_deliveries(&claim("node-a", now, 10)).await.expect("claim");
+    let mut retry = delivered(&claimed[0], "node-a", now + 1);
+    retry.events[0].event.event_type = EventType::RecipientError;
+    if let Some(update) = retry.update.as_mut() {
+        update.status = RegisterStatus::Error;
+        update.state = TransferState::Pending { due_at: now + 10 };
+    }
+    retry.attempt = None;
+    store.record_deliveries(vec![retry]).await.expect("record");
+    assert_eq!(timeline().await, ["source.submitted", "source.accepted", "recipient.error"]);
+
+    let again = store.claim_deliveries(&claim("node-a", now + 20, 10)).await.expect("claim");
+    store.record_deliveries(vec![delivered(&again[0], "node-a", now + 30)]).await.expect("record");
+    assert_eq!(
+        timeline().await,
+        ["source.submitted", "source.accepted", "recipient.error", "recipient.delivered", "flow.completed"]
+    );
+    let query = EventQuery { event_type: Some(EventType::FlowCompleted), ..Default::default() };
+    let completed = store.scan_events(&query, None, 10).await.expect("events");
+    assert_eq!(completed.len(), 1);
+    let data: Value = serde_json::from_str(&completed[0].data).expect("data");
+    assert_eq!(data["transfers"][0]["status"], "success", "the transfers as they ended: {data}");
+    assert_eq!(completed[0].price, Some(2.0), "what the lead cost");
+    assert!(completed[0].lead.contains("done@example.com"), "with the lead's snapshot");
+
+    let request =
+        ResendRequest { transfer_ids: vec![again[0].transfer_id.clone()], actor: "ops".into(), now: now_millis() };
+    store.resend_transfers(request).await.expect("resend");
+    let resent = store.claim_deliveries(&claim("node-b", now_millis(), 10)).await.expect("claim");
+    store.record_deliveries(vec![delivered(&resent[0], "node-b", now_millis())]).await.expect("record");
+    assert_eq!(store.scan_events(&query, None, 10).await.expect("events").len(), 1, "one completion per lead");
+    assert_eq!(store.verify_chain().await.expect("verify").first_broken, None);
 }
 
 /// Released leases make transfers due at once.

@@ -8,9 +8,11 @@ use leadrelay_domain::caps::CapWindowKey;
 use leadrelay_domain::chain::Hash;
 use leadrelay_domain::time::now_millis;
 use leadrelay_store::batch::EventRow;
+use leadrelay_store::completion::DueCompletion;
 use leadrelay_store::{
     DeliveryClaim, DeliveryRecord, JobClaim, JobRecord, StoreError, StoreResult, Submission, TransferState,
 };
+use leadrelay_store_sql::{completion_transfer_from_row, due_completion_from_row};
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 
 use crate::read::{job_from_row, ClaimRow, JOB_COLUMNS};
@@ -357,4 +359,65 @@ pub(crate) async fn claim_jobs(connection: &mut PgConnection, claim: &JobClaim) 
     let mut jobs = rows.iter().map(job_from_row).collect::<StoreResult<Vec<_>>>()?;
     jobs.sort_by_key(|job| job.created_at);
     Ok(jobs)
+}
+
+pub(crate) async fn insert_pending_completions(
+    transaction: &mut PgConnection,
+    accepted: &[&Submission],
+) -> StoreResult<()> {
+    let held: Vec<_> = accepted
+        .iter()
+        .filter_map(|submission| submission.pending_completion.as_ref().map(|held| (&submission.lead.record, held)))
+        .collect();
+    for chunk in held.chunks(rows_per_statement(4)) {
+        let mut builder: QueryBuilder<Postgres> =
+            QueryBuilder::new("INSERT INTO pending_completions (lead_id, flow_id, source_id, body) ");
+        builder.push_values(chunk, |mut row, (lead, held)| {
+            row.push_bind(lead.id.as_str())
+                .push_bind(lead.flow_id.as_str())
+                .push_bind(lead.source_id.as_str())
+                .push_bind(held.body.as_str());
+        });
+        builder.build().persistent(false).execute(&mut *transaction).await.map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+/// The held completions of `leads` that are due: none of the lead's transfers is pending.
+/// Their rows are removed; the caller logs the events in the same transaction.
+pub(crate) async fn take_due_completions(
+    transaction: &mut PgConnection,
+    leads: &[String],
+) -> StoreResult<Vec<DueCompletion>> {
+    if leads.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query(
+        "DELETE FROM pending_completions p USING leads l, snapshots s \
+         WHERE p.lead_id = ANY($1) AND l.id = p.lead_id AND s.id = l.snapshot_id \
+         AND NOT EXISTS (SELECT 1 FROM transfers t WHERE t.lead_id = p.lead_id AND t.state = 'pending') \
+         RETURNING p.lead_id, p.flow_id, p.source_id, p.body, l.snapshot_id, s.digest",
+    )
+    .bind(leads)
+    .fetch_all(&mut *transaction)
+    .await
+    .map_err(unavailable)?;
+    let mut due = rows.iter().map(due_completion_from_row).collect::<StoreResult<Vec<_>>>()?;
+    if due.is_empty() {
+        return Ok(due);
+    }
+    let ids: Vec<String> = due.iter().map(|completion| completion.lead_id.clone()).collect();
+    let transfers =
+        sqlx::query("SELECT lead_id, id, destination_id, status FROM transfers WHERE lead_id = ANY($1) ORDER BY seq")
+            .bind(&ids)
+            .fetch_all(&mut *transaction)
+            .await
+            .map_err(unavailable)?;
+    for row in &transfers {
+        let (lead_id, transfer) = completion_transfer_from_row(row)?;
+        if let Some(completion) = due.iter_mut().find(|completion| completion.lead_id == lead_id) {
+            completion.transfers.push(transfer);
+        }
+    }
+    Ok(due)
 }

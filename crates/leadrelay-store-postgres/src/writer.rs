@@ -9,6 +9,7 @@ use leadrelay_store::batch::{
     admit, duplicate_lookups, event_rows, idempotency_lookups, link_events, number_snapshots, plan_resends,
     AnswerIndex, ChainHead, KeyIndex,
 };
+use leadrelay_store::completion;
 use leadrelay_store::group_commit::{BatchAnswer, BatchRefs, BatchWriter};
 use leadrelay_store::{ConfigWriteError, DeliveryRecord, JobClaim, JobRecord, NewToken, StoreError, StoreResult};
 use sqlx::postgres::PgConnectOptions;
@@ -16,7 +17,8 @@ use sqlx::{ConnectOptions, Connection, PgConnection, Row};
 
 use crate::rows::{
     claim_jobs, claim_transfers, count_caps, insert_attempts, insert_duplicate_keys, insert_events, insert_idempotency,
-    insert_leads, insert_snapshots, insert_transfers, save_job, update_transfers,
+    insert_leads, insert_pending_completions, insert_snapshots, insert_transfers, save_job, take_due_completions,
+    update_transfers,
 };
 use crate::{corrupt, read, unavailable, CONFIG_CHANGED, SIGNAL_CHANNEL, TRANSFERS_QUEUED};
 
@@ -223,9 +225,20 @@ async fn commit_batch(connection: &mut PgConnection, refs: BatchRefs<'_>) -> Res
         insert_transfers(&mut transaction, &accepted).await?;
         insert_duplicate_keys(&mut transaction, &accepted).await?;
         insert_idempotency(&mut transaction, &accepted).await?;
+        insert_pending_completions(&mut transaction, &accepted).await?;
     }
     if !rows.is_empty() {
         insert_events(&mut transaction, &rows, &hashes).await?;
+    }
+    update_transfers(&mut transaction, records).await?;
+    // Held `flow.completed` events whose leads have no transfer pending any more follow the
+    // outcomes just written.
+    let due = take_due_completions(&mut transaction, &completion::leads_of(records)).await?;
+    if !due.is_empty() {
+        let completed = completion::completion_record(due, records, now_millis())?;
+        let completion_rows = event_rows(&[], &[], &[&completed]);
+        let completion_hashes = link_events(&mut head, &completion_rows);
+        insert_events(&mut transaction, &completion_rows, &completion_hashes).await?;
     }
     if head != start {
         sqlx::query("UPDATE chain_head SET seq = $1, hash = $2, snapshot_id = $3 WHERE id = 1")
@@ -236,7 +249,6 @@ async fn commit_batch(connection: &mut PgConnection, refs: BatchRefs<'_>) -> Res
             .await
             .map_err(unavailable)?;
     }
-    update_transfers(&mut transaction, records).await?;
     insert_attempts(&mut transaction, records).await?;
     count_caps(&mut transaction, records).await?;
     // Other nodes look for due deliveries at once rather than at their next poll; the

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 use leadrelay_domain::event::RegisterStatus;
+use leadrelay_store::completion::{CompletedTransfer, DueCompletion};
 use leadrelay_store::verify::ChainRow;
 use leadrelay_store::{
     JobRecord, OverviewRow, Role, StoreError, StoreResult, StoredEvent, StoredLead, TokenRecord, TransferRow,
@@ -41,6 +42,29 @@ pub fn corrupt(error: impl std::fmt::Display) -> StoreError {
 }
 
 decoders! {
+/// A held completion that is due, from the columns `lead_id, flow_id, source_id, body,
+/// snapshot_id, digest` (the lead's current snapshot); its transfers are read apart.
+pub fn due_completion_from_row(row) -> StoreResult<DueCompletion> {
+    Ok(DueCompletion {
+        lead_id: row.try_get(0).map_err(corrupt)?,
+        flow_id: row.try_get(1).map_err(corrupt)?,
+        source_id: row.try_get(2).map_err(corrupt)?,
+        body: row.try_get(3).map_err(corrupt)?,
+        snapshot_id: row.try_get(4).map_err(corrupt)?,
+        snapshot_digest: row.try_get(5).map_err(corrupt)?,
+        transfers: Vec::new(),
+    })
+}
+
+/// A transfer of a completed lead, from the columns `lead_id, id, destination_id, status`:
+/// the lead, and what its `flow.completed` lists.
+pub fn completion_transfer_from_row(row) -> StoreResult<(String, CompletedTransfer)> {
+    Ok((
+        row.try_get(0).map_err(corrupt)?,
+        (row.try_get(1).map_err(corrupt)?, row.try_get(2).map_err(corrupt)?, row.try_get(3).map_err(corrupt)?),
+    ))
+}
+
 /// An event from the columns `seq, id, type, ts, lead_id, flow_id, source_id, destination_id,
 /// transfer_id, status, outcome, reason, duration_ms, integration, response_code, price,
 /// attempt, data, lead` (the snapshot's body), in that order.

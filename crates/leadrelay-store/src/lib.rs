@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod batch;
+pub mod completion;
 mod delivery;
 pub mod group_commit;
 mod live;

@@ -74,6 +74,8 @@ pub struct Submission {
     /// Realtime transfers are delivered by the node that took the submission: they are
     /// stored claimed by it (`owner`) until `until`, after which any node may deliver them.
     pub realtime_lease: Option<Lease>,
+    /// `flow.completed`, logged once the lead's background deliveries are done.
+    pub pending_completion: Option<crate::completion::PendingCompletion>,
 }
 
 /// A claim on transfers: who holds them and until when.
@@ -121,6 +123,10 @@ impl Submission {
             duplicate_check: decision.duplicate_query.map(|query| (query, decision.assumed_duplicate)),
             idempotency,
             realtime_lease: None,
+            pending_completion: decision
+                .pending_completion
+                .as_ref()
+                .map(crate::completion::PendingCompletion::from_event),
         }
     }
 }

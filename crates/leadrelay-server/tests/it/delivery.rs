@@ -72,8 +72,16 @@ async fn a_background_delivery_sends_the_fields_signed_and_records_the_answer() 
     .await;
     let lead_id = submit(&app, "Ann@Example.com").await;
 
-    let types = app.timeline_until(&lead_id, "recipient.delivered").await;
-    assert_eq!(types, ["source.submitted", "source.accepted", "flow.completed", "recipient.delivered"]);
+    // `flow.completed` follows the delivery, in the same transaction (SPEC 3's normal timeline).
+    let types = app.timeline_until(&lead_id, "flow.completed").await;
+    assert_eq!(types, ["source.submitted", "source.accepted", "recipient.delivered", "flow.completed"]);
+    let completed = app.timeline(&lead_id).await.pop().unwrap();
+    assert_eq!(completed["outcome"], "success");
+    assert_eq!(completed["price"], 1.5, "flow.completed carries what the lead cost");
+    assert!(completed["duration_ms"].as_i64().unwrap() >= 0);
+    assert_eq!(completed["data"]["transfers"][0]["destination_id"], "crm");
+    assert_eq!(completed["data"]["transfers"][0]["status"], "success", "the transfers as they ended");
+    assert_eq!(completed["lead"]["id"], json!(lead_id));
     let request = &receiver.received()[0];
     assert_eq!(request.json(), json!({"email": "ann@example.com", "state": "TX"}));
     assert_eq!(request.header("x-api-key"), Some("k1"));
@@ -120,7 +128,8 @@ async fn a_destination_failing_twice_is_retried_until_it_accepts() {
             "recipient.error",
             "retry.scheduled",
             "retry.attempted",
-            "recipient.delivered"
+            "recipient.delivered",
+            "flow.completed"
         ]
     );
     let requests = receiver.received();
@@ -150,7 +159,7 @@ async fn a_business_refusal_is_recorded_once_and_never_retried() {
     let lead_id = submit(&app, "refused@example.com").await;
 
     let types = app.timeline_until(&lead_id, "recipient.failed").await;
-    assert_eq!(delivery_part(&types), ["recipient.failed"]);
+    assert_eq!(delivery_part(&types), ["recipient.failed", "flow.completed"]);
     let transfer = app.transfer(&lead_id, "crm").await;
     assert_eq!(transfer["status"], "error");
     assert_eq!(transfer["attempts"], 1);
@@ -199,7 +208,8 @@ async fn retries_exhausted_abandon_the_transfer_to_the_not_integrated_collection
             "retry.scheduled",
             "retry.attempted",
             "recipient.error",
-            "delivery.abandoned"
+            "delivery.abandoned",
+            "flow.completed"
         ]
     );
     assert_eq!(receiver.received().len(), 3);
@@ -219,7 +229,10 @@ async fn a_timeout_is_a_technical_failure() {
     app.apply(&config(json!([webhook("crm", &receiver, json!({"timeout_ms": 100}))]))).await;
     let lead_id = submit(&app, "slow@example.com").await;
     let types = app.timeline_until(&lead_id, "recipient.delivered").await;
-    assert_eq!(delivery_part(&types), ["recipient.error", "retry.scheduled", "retry.attempted", "recipient.delivered"]);
+    assert_eq!(
+        delivery_part(&types),
+        ["recipient.error", "retry.scheduled", "retry.attempted", "recipient.delivered", "flow.completed"]
+    );
     let error = app.timeline(&lead_id).await.into_iter().find(|e| e["type"] == "recipient.error").unwrap();
     assert_eq!(error["reason"], "timed out after 100 ms");
     app.stop().await;
@@ -453,6 +466,7 @@ async fn an_abandoned_transfer_resent_by_a_person_is_delivered() {
             "retry.attempted",
             "recipient.error",
             "delivery.abandoned",
+            "flow.completed",
             "delivery.resent",
             "recipient.delivered"
         ]
@@ -644,8 +658,8 @@ async fn an_enhancement_appends_its_answer_before_the_filters() {
             "source.accepted",
             "enhancement.success",
             "filter.passed",
-            "flow.completed",
-            "recipient.delivered"
+            "recipient.delivered",
+            "flow.completed"
         ]
     );
     let call = &enhancer.received()[0];
@@ -672,8 +686,8 @@ async fn a_broken_enhancement_never_stops_the_lead() {
             "source.accepted",
             "enhancement.error",
             "filter.passed",
-            "flow.completed",
-            "recipient.delivered"
+            "recipient.delivered",
+            "flow.completed"
         ]
     );
     let error = app.timeline(&lead_id).await.into_iter().find(|e| e["type"] == "enhancement.error").unwrap();

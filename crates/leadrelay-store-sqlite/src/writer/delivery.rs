@@ -4,10 +4,12 @@
 use std::collections::HashMap;
 
 use leadrelay_domain::caps::CapWindowKey;
+use leadrelay_store::completion::DueCompletion;
 use leadrelay_store::{DeliveryClaim, DeliveryRecord, JobClaim, JobRecord, StoreError, StoreResult, TransferState};
+use leadrelay_store_sql::{completion_transfer_from_row, due_completion_from_row};
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
-use super::{rows_per_statement, ClaimRow};
+use super::{rows_per_statement, ClaimRow, MAX_BOUND_VALUES};
 use crate::read::{job_from_row, JOB_COLUMNS};
 use crate::unavailable;
 
@@ -176,4 +178,53 @@ pub(super) async fn claim_jobs(connection: &mut SqliteConnection, claim: &JobCla
     let mut jobs = rows.iter().map(job_from_row).collect::<StoreResult<Vec<_>>>()?;
     jobs.sort_by_key(|job| job.created_at);
     Ok(jobs)
+}
+
+/// The held completions of `leads` that are due: none of the lead's transfers is pending.
+/// Their rows are removed; the caller logs the events in the same transaction.
+pub(super) async fn take_due_completions(
+    transaction: &mut SqliteConnection,
+    leads: &[String],
+) -> StoreResult<Vec<DueCompletion>> {
+    let mut due = Vec::new();
+    for chunk in leads.chunks(MAX_BOUND_VALUES) {
+        let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT p.lead_id, p.flow_id, p.source_id, p.body, l.snapshot_id, s.digest FROM pending_completions p \
+             JOIN leads l ON l.id = p.lead_id JOIN snapshots s ON s.id = l.snapshot_id \
+             WHERE NOT EXISTS (SELECT 1 FROM transfers t WHERE t.lead_id = p.lead_id AND t.state = 'pending') \
+             AND p.lead_id IN (",
+        );
+        let mut separated = builder.separated(", ");
+        for lead in chunk {
+            separated.push_bind(lead.as_str());
+        }
+        builder.push(")");
+        for row in builder.build().fetch_all(&mut *transaction).await.map_err(unavailable)? {
+            due.push(due_completion_from_row(&row)?);
+        }
+    }
+    for chunk in due.chunks_mut(MAX_BOUND_VALUES) {
+        let mut builder: QueryBuilder<Sqlite> =
+            QueryBuilder::new("SELECT lead_id, id, destination_id, status FROM transfers WHERE lead_id IN (");
+        let mut separated = builder.separated(", ");
+        for completion in chunk.iter() {
+            separated.push_bind(completion.lead_id.clone());
+        }
+        builder.push(") ORDER BY seq");
+        for row in builder.build().fetch_all(&mut *transaction).await.map_err(unavailable)? {
+            let (lead_id, transfer) = completion_transfer_from_row(&row)?;
+            if let Some(completion) = chunk.iter_mut().find(|completion| completion.lead_id == lead_id) {
+                completion.transfers.push(transfer);
+            }
+        }
+        let mut deletion: QueryBuilder<Sqlite> =
+            QueryBuilder::new("DELETE FROM pending_completions WHERE lead_id IN (");
+        let mut separated = deletion.separated(", ");
+        for completion in chunk.iter() {
+            separated.push_bind(completion.lead_id.clone());
+        }
+        deletion.push(")");
+        deletion.build().persistent(false).execute(&mut *transaction).await.map_err(unavailable)?;
+    }
+    Ok(due)
 }

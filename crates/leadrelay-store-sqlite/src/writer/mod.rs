@@ -9,6 +9,7 @@ use leadrelay_domain::time::now_millis;
 use leadrelay_store::batch::{
     admit, event_rows, idempotency_lookups, link_events, number_snapshots, plan_resends, ChainHead,
 };
+use leadrelay_store::completion;
 use leadrelay_store::group_commit::{BatchAnswer, BatchRefs, BatchWriter};
 use leadrelay_store::{ConfigWriteError, DeliveryRecord, JobClaim, JobRecord, NewToken, StoreError, StoreResult};
 use sqlx::{Connection, Row, SqliteConnection};
@@ -18,10 +19,12 @@ use crate::{read, unavailable};
 mod delivery;
 mod submission;
 
-use delivery::{claim_jobs, claim_transfers, count_caps, insert_attempts, save_job, update_transfers};
+use delivery::{
+    claim_jobs, claim_transfers, count_caps, insert_attempts, save_job, take_due_completions, update_transfers,
+};
 use submission::{
-    insert_duplicate_keys, insert_events, insert_idempotency, insert_leads, insert_snapshots, insert_transfers,
-    load_answers, load_duplicate_keys,
+    insert_duplicate_keys, insert_events, insert_idempotency, insert_leads, insert_pending_completions,
+    insert_snapshots, insert_transfers, load_answers, load_duplicate_keys,
 };
 
 /// SQLite allows 32766 bound values in one statement; stay well below.
@@ -85,17 +88,23 @@ impl Writer {
             insert_transfers(&mut transaction, &accepted).await?;
             insert_duplicate_keys(&mut transaction, &accepted).await?;
             insert_idempotency(&mut transaction, &accepted).await?;
+            insert_pending_completions(&mut transaction, &accepted).await?;
         }
         if !rows.is_empty() {
             insert_events(&mut transaction, &rows, &hashes).await?;
-            sqlx::query("INSERT INTO chain_head (id, seq, hash) VALUES (1, ?, ?) ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash")
-                .bind(self.head.seq)
-                .bind(&self.head.hash[..])
-                .execute(&mut *transaction)
-                .await
-                .map_err(unavailable)?;
+            save_head(&mut transaction, &self.head).await?;
         }
         update_transfers(&mut transaction, records).await?;
+        // Held `flow.completed` events whose leads have no transfer pending any more follow
+        // the outcomes just written.
+        let due = take_due_completions(&mut transaction, &completion::leads_of(records)).await?;
+        if !due.is_empty() {
+            let completed = completion::completion_record(due, records, now_millis())?;
+            let rows = event_rows(&[], &[], &[&completed]);
+            let hashes = link_events(&mut self.head, &rows);
+            insert_events(&mut transaction, &rows, &hashes).await?;
+            save_head(&mut transaction, &self.head).await?;
+        }
         insert_attempts(&mut transaction, records).await?;
         count_caps(&mut transaction, records).await?;
         let mut claimed = Vec::with_capacity(claims.len());
@@ -226,6 +235,16 @@ impl BatchWriter for Writer {
             })?;
         Ok(())
     }
+}
+
+async fn save_head(transaction: &mut SqliteConnection, head: &ChainHead) -> StoreResult<()> {
+    sqlx::query("INSERT INTO chain_head (id, seq, hash) VALUES (1, ?, ?) ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash")
+        .bind(head.seq)
+        .bind(&head.hash[..])
+        .execute(&mut *transaction)
+        .await
+        .map(|_| ())
+        .map_err(unavailable)
 }
 
 async fn load_head(connection: &mut SqliteConnection) -> StoreResult<ChainHead> {

@@ -209,3 +209,25 @@ pub(super) async fn insert_idempotency(
     }
     Ok(())
 }
+
+pub(super) async fn insert_pending_completions(
+    transaction: &mut SqliteConnection,
+    accepted: &[&Submission],
+) -> StoreResult<()> {
+    let held: Vec<_> = accepted
+        .iter()
+        .filter_map(|submission| submission.pending_completion.as_ref().map(|held| (&submission.lead.record, held)))
+        .collect();
+    for chunk in held.chunks(rows_per_statement(4)) {
+        let mut builder: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT INTO pending_completions (lead_id, flow_id, source_id, body) ");
+        builder.push_values(chunk, |mut row, (lead, held)| {
+            row.push_bind(lead.id.as_str())
+                .push_bind(lead.flow_id.as_str())
+                .push_bind(lead.source_id.as_str())
+                .push_bind(held.body.as_str());
+        });
+        builder.build().persistent(false).execute(&mut *transaction).await.map_err(unavailable)?;
+    }
+    Ok(())
+}

@@ -37,6 +37,7 @@ conformance!(
     claims_lease_due_transfers_to_one_node_at_a_time,
     released_leases_are_due_again,
     resends_queue_finished_transfers_again,
+    completion_follows_the_last_delivery_outcome,
     jobs_keep_their_progress,
     overview_counts_transfers_per_day_and_latency,
 );

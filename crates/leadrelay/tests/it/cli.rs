@@ -27,7 +27,7 @@ fn apply_reports_changes_and_refuses_unknown_keys_by_name() {
     assert!(!output.status.success());
     assert!(stderr(&output).contains("unknown field `prise`"), "{}", stderr(&output));
 
-    let dangling = write_config(dir.path(), &CONFIG.replace("destinations: [crm]", "destinations: [nowhere]"));
+    let dangling = write_config(dir.path(), &CONFIG.replace("destinations: []", "destinations: [nowhere]"));
     let output = run(dir.path(), &["apply", dangling.to_str().unwrap()]);
     assert!(!output.status.success());
     assert!(stderr(&output).contains("unknown destination \"nowhere\""), "{}", stderr(&output));
