@@ -18,8 +18,8 @@ use leadrelay_domain::time::Millis;
 use leadrelay_store::{
     ChainReport, ClaimedTransfer, CommitOutcome, ConfigWriteError, Cursor, DeliveryClaim, DeliveryRecord, EventLines,
     EventQuery, JobClaim, JobRecord, LeadQuery, NewToken, OverviewQuery, OverviewRow, Page, RegisterQuery,
-    ResendOutcome, ResendRequest, Store, StoreError, StoreResult, StoredAnswer, StoredEvent, StoredLead, Submission,
-    TokenRecord, TransferRow,
+    ResendOutcome, ResendRequest, Store, StoreError, StoreResult, StoreSignal, StoredAnswer, StoredEvent, StoredLead,
+    Submission, TokenRecord, TransferRow,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::ConnectOptions;
@@ -118,6 +118,17 @@ impl SqliteStore {
     async fn write<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> WriteCommand) -> StoreResult<T> {
         group_commit::send(&self.writes, make).await
     }
+}
+
+/// How often a server looks for configuration changes another process made to its file.
+const CONFIG_POLL: Duration = Duration::from_secs(1);
+
+/// What changes whenever a configuration object is created, replaced or deleted.
+async fn config_fingerprint(readers: &SqlitePool) -> StoreResult<(i64, i64, i64)> {
+    sqlx::query_as("SELECT COUNT(*), COALESCE(MAX(updated_at), 0), COALESCE(SUM(updated_at), 0) FROM config_objects")
+        .fetch_one(readers)
+        .await
+        .map_err(unavailable)
 }
 
 /// WAL pages (of 4 KiB, so 256 MiB) past which the checkpointer makes the log start over.
@@ -299,6 +310,28 @@ impl Store for SqliteStore {
     async fn delete_token(&self, token_id: &str) -> StoreResult<bool> {
         let token_id = token_id.to_owned();
         self.write(|reply| WriteCommand::DeleteToken { token_id, reply }).await?
+    }
+
+    /// One process serves the file, but `leadrelay apply` (another process) may change its
+    /// configuration: the stream looks for such changes every [`CONFIG_POLL`] and signals them.
+    async fn signals(&self) -> StoreResult<Option<futures::stream::BoxStream<'static, StoreSignal>>> {
+        use futures::StreamExt;
+        let readers = self.readers.clone();
+        let first = config_fingerprint(&readers).await?;
+        let signals = futures::stream::unfold((readers, first), |(readers, last)| async move {
+            loop {
+                tokio::time::sleep(CONFIG_POLL).await;
+                if readers.is_closed() {
+                    return None;
+                }
+                match config_fingerprint(&readers).await {
+                    Ok(now) if now != last => return Some((StoreSignal::ConfigChanged, (readers, now))),
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(%error, "looking for configuration changes failed"),
+                }
+            }
+        });
+        Ok(Some(signals.boxed()))
     }
 
     async fn close(&self) {

@@ -190,9 +190,10 @@ pub trait Store: Send + Sync + 'static {
 
     async fn delete_token(&self, token_id: &str) -> StoreResult<bool>;
 
-    /// What other nodes on the same database do that this node should know at once: a stream
-    /// of signals, or `None` for an engine that one process serves alone. A signal may be
-    /// repeated or, after a lost connection, stand for several; never for none.
+    /// What other nodes or processes on the same database do that this node should know: a
+    /// stream of signals (PostgreSQL hears them at once; SQLite looks for configuration changes
+    /// that `leadrelay apply` made every second), or `None` when nothing else can write. A
+    /// signal may be repeated or, after a lost connection, stand for several; never for none.
     async fn signals(&self) -> StoreResult<Option<BoxStream<'static, StoreSignal>>> {
         Ok(None)
     }

@@ -198,6 +198,41 @@ async fn serve_applies_its_config_file_and_exits_cleanly_on_sigterm() {
 }
 
 #[tokio::test]
+async fn a_running_server_takes_up_what_apply_changes_in_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), CONFIG);
+    assert!(run(dir.path(), &["apply", path.to_str().unwrap()]).status.success());
+    let server = Server::start(dir.path());
+    let client = reqwest::Client::new();
+    let submit = || {
+        client
+            .post(server.url("/api/v1/sources/partner/submit"))
+            .json(&json!({"email": "p@example.com", "state": "TX"}))
+    };
+    assert_eq!(submit().send().await.unwrap().status(), 404, "no such source yet");
+
+    let more = CONFIG.replace(
+        "sources:\n  - {id: web, flow_id: solar, price: 1.5}",
+        "sources:\n  - {id: web, flow_id: solar, price: 1.5}\n  - {id: partner, flow_id: solar}",
+    );
+    assert_ne!(more, CONFIG);
+    let path = write_config(dir.path(), &more);
+    let output = run(dir.path(), &["apply", path.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    // The server looks for such changes every second; wait for it, for at most 20 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let status = submit().send().await.unwrap().status();
+        if status == 201 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the server never saw the new source ({status})");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    server.kill();
+}
+
+#[tokio::test]
 async fn verify_refuses_content_marked_erased_without_a_recorded_erasure() {
     let dir = tempfile::tempdir().unwrap();
     seed(dir.path(), 2).await;
