@@ -243,7 +243,10 @@ pub fn realtime_answer(record: &DeliveryRecord, destination_id: &str) -> Value {
     let outcome_event = record.events.iter().map(|logged| &logged.event).find(|event| {
         matches!(
             event.event_type,
-            EventType::RecipientDelivered | EventType::RecipientFailed | EventType::RecipientError
+            EventType::RecipientDelivered
+                | EventType::RecipientFailed
+                | EventType::RecipientError
+                | EventType::RecipientSkipped
         )
     });
     json!({

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use leadrelay_domain::caps::{applicable_caps, ApplicableCap, CapWindowKey};
 use leadrelay_domain::config::{Config, ConfigChange, Destination, DestinationKind};
-use leadrelay_domain::event::{EventType, NewEvent, Outcome, RegisterStatus};
+use leadrelay_domain::event::{EventType, Outcome, RegisterStatus};
 use leadrelay_domain::time::{now_millis, Millis};
 use leadrelay_store::{
     ClaimedTransfer, ConfigHandle, DeliveryClaim, DeliveryRecord, LoggedEvent, Store, StoreResult, TransferState,
@@ -353,15 +353,11 @@ impl DeliveryService {
     }
 
     /// Delivers realtime transfers this node holds (committed with the submission) while the
-    /// submitter waits, records their outcomes with the submission's deferred
-    /// `flow.completed`, and returns what the submit answer lists under `deliveries`.
-    /// A delivery that fails continues in the background like any other.
-    pub async fn deliver_realtime(
-        &self,
-        config: &Config,
-        transfer_ids: &[String],
-        completion: Option<NewEvent>,
-    ) -> Vec<Value> {
+    /// submitter waits, records their outcomes (the store adds the submission's held
+    /// `flow.completed` once no transfer of the lead is pending), and returns what the submit
+    /// answer lists under `deliveries`. A delivery that fails continues in the background like
+    /// any other.
+    pub async fn deliver_realtime(&self, config: &Config, transfer_ids: &[String]) -> Vec<Value> {
         let claimed = match self.store.held_transfers(transfer_ids).await {
             Ok(claimed) => claimed,
             Err(error) => {
@@ -381,18 +377,6 @@ impl DeliveryService {
             answers.push(realtime_answer(&record, &transfer.destination_id));
             records.push(record);
             reservations.push(reservation);
-        }
-        if let (Some(mut completion), Some(first)) = (completion, claimed.first()) {
-            let now = now_millis();
-            let started = completion.timestamp - completion.duration_ms.unwrap_or(0);
-            completion.timestamp = now;
-            completion.duration_ms = Some((now - started).max(0));
-            records.push(DeliveryRecord {
-                events: vec![LoggedEvent::new(completion, first.snapshot_id, &first.snapshot_digest)],
-                update: None,
-                attempt: None,
-                cap_counts: Vec::new(),
-            });
         }
         if let Err(error) = self.store.record_deliveries(records).await {
             tracing::error!(%error, "recording realtime deliveries failed; they will be delivered again");

@@ -140,12 +140,10 @@ pub struct Decision {
     pub duplicate_query: Option<DuplicateQuery>,
     pub assumed_duplicate: Option<DuplicateFound>,
     pub answer: SubmitAnswer,
-    /// `flow.completed`, held back while realtime deliveries run: the caller appends it after
-    /// their outcomes. `None` when it is already the last of `events`.
-    pub deferred_completion: Option<NewEvent>,
-    /// `flow.completed` of a submission with background deliveries: the store keeps it with
-    /// the lead and logs it once none of the lead's transfers is pending any more (delivered,
-    /// refused, skipped or abandoned), so that it follows their outcomes (SPEC 3, 4).
+    /// `flow.completed` of a submission with deliveries to make (realtime or background): the
+    /// store keeps it with the lead and logs it once none of the lead's transfers is pending
+    /// any more (delivered, refused, skipped or abandoned), so that it follows their outcomes
+    /// (SPEC 3, 4). `None` when it is already the last of `events`.
     pub pending_completion: Option<NewEvent>,
 }
 
@@ -336,8 +334,7 @@ impl Timeline<'_> {
     fn complete(
         mut self,
         received_at: Millis,
-    ) -> (LeadRecord, Arc<Value>, Vec<NewEvent>, Vec<NewTransfer>, SubmitAnswer, Option<NewEvent>, Option<NewEvent>)
-    {
+    ) -> (LeadRecord, Arc<Value>, Vec<NewEvent>, Vec<NewTransfer>, SubmitAnswer, Option<NewEvent>) {
         let outcome = self.lead.outcome.unwrap_or(Outcome::Success);
         if self.lead.outcome != Some(outcome) {
             self.lead_mut().outcome = Some(outcome);
@@ -357,16 +354,40 @@ impl Timeline<'_> {
         event.duration_ms = Some((now - received_at).max(0));
         event.data = json!({ "transfers": transfers });
         event.price = price;
-        let answer = SubmitAnswer { outcome, lead_id: self.lead.id.clone(), reason, price, deliveries: Vec::new() };
-        let background = self.transfers.iter().any(|transfer| transfer.queued && !transfer.realtime);
-        let realtime = self.transfers.iter().any(|transfer| transfer.realtime);
-        let (deferred, pending) = match (background, realtime) {
-            (true, _) => (None, self.events.pop()),
-            (false, true) => (self.events.pop(), None),
-            (false, false) => (None, None),
-        };
+        // Realtime destinations the lead does not reach while the submitter waits (skipped by
+        // their filter, or held while disabled) are answered here; the ones called add their
+        // outcomes after the calls.
+        let realtime_destinations: Vec<&str> = self
+            .intake
+            .destinations
+            .iter()
+            .filter(|destination| destination.mode == DeliveryMode::Realtime)
+            .map(|destination| destination.id.as_str())
+            .collect();
+        let deliveries = self
+            .transfers
+            .iter()
+            .filter(|transfer| {
+                !transfer.realtime
+                    && transfer.destination_id.as_deref().is_some_and(|id| realtime_destinations.contains(&id))
+            })
+            .map(|transfer| {
+                json!({
+                    "destination_id": transfer.destination_id,
+                    "transfer_id": transfer.id,
+                    "outcome": (transfer.status == RegisterStatus::Skip).then_some(Outcome::Failure),
+                    "status": transfer.status,
+                    "reason": transfer.description,
+                    "response_code": null,
+                    "price": null,
+                    "retrying": transfer.queued,
+                })
+            })
+            .collect();
+        let answer = SubmitAnswer { outcome, lead_id: self.lead.id.clone(), reason, price, deliveries };
+        let pending = if self.transfers.iter().any(|transfer| transfer.queued) { self.events.pop() } else { None };
         let snapshot = self.snapshot();
-        (self.lead, snapshot, self.events, self.transfers, answer, deferred, pending)
+        (self.lead, snapshot, self.events, self.transfers, answer, pending)
     }
 }
 
@@ -433,8 +454,7 @@ pub fn decide(intake: &Intake<'_>, prepared: &Prepared, duplicate: Option<&Dupli
         (Some(query), true) => query.keys.clone(),
         _ => Vec::new(),
     };
-    let (lead, snapshot, events, transfers, answer, deferred_completion, pending_completion) =
-        timeline.complete(prepared.received_at);
+    let (lead, snapshot, events, transfers, answer, pending_completion) = timeline.complete(prepared.received_at);
     Decision {
         lead,
         snapshot,
@@ -444,7 +464,6 @@ pub fn decide(intake: &Intake<'_>, prepared: &Prepared, duplicate: Option<&Dupli
         duplicate_query: prepared.duplicate_query.clone(),
         assumed_duplicate: duplicate.cloned(),
         answer,
-        deferred_completion,
         pending_completion,
     }
 }

@@ -208,7 +208,7 @@ pub(crate) async fn submit(
         prepared.enhancements = state.delivery.enhance(&flow.enhancements, prepared.lead_id.as_str(), &values).await;
     }
     for _ in 0..MAX_DECISIONS {
-        let mut decision = decide(&intake, &prepared, duplicate.as_ref(), now_millis());
+        let decision = decide(&intake, &prepared, duplicate.as_ref(), now_millis());
         let http_status = match decision.answer.outcome {
             Outcome::Success => StatusCode::CREATED,
             _ => StatusCode::OK,
@@ -226,7 +226,6 @@ pub(crate) async fn submit(
         let queued = decision.transfers.iter().any(|transfer| transfer.queued && !transfer.realtime);
         let realtime: Vec<String> =
             decision.transfers.iter().filter(|t| t.realtime).map(|t| t.id.as_str().to_owned()).collect();
-        let completion = decision.deferred_completion.take();
         let mut answer_now = decision.answer.clone();
         let mut submission = Submission::from_decision(decision, idempotency);
         if !realtime.is_empty() {
@@ -255,8 +254,10 @@ pub(crate) async fn submit(
                 // of a delivery already made.
                 let delivery = state.delivery.clone();
                 let live = config.clone();
-                let task = tokio::spawn(async move { delivery.deliver_realtime(&live, &realtime, completion).await });
-                answer_now.deliveries = task.await.unwrap_or_default();
+                let task = tokio::spawn(async move { delivery.deliver_realtime(&live, &realtime).await });
+                let mut deliveries = task.await.unwrap_or_default();
+                deliveries.append(&mut answer_now.deliveries);
+                answer_now.deliveries = deliveries;
                 let body = serde_json::to_string(&answer_now).map_err(|error| ApiError::Internal(error.to_string()))?;
                 return Ok(answer_response(&StoredAnswer { http_status: answer.http_status, body_json: body }, false));
             }

@@ -282,6 +282,42 @@ async fn a_realtime_destination_answers_within_the_submission() {
 }
 
 #[tokio::test]
+async fn realtime_destinations_the_lead_does_not_reach_are_answered_with_their_reasons() {
+    let receiver = Receiver::start(vec![Reply::status(200)]).await;
+    let app = spawn_delivering_app().await;
+    app.apply(&config(json!([
+        webhook(
+            "ca-only",
+            &receiver,
+            json!({"mode": "realtime", "filter": {"all": [{"field": "state", "op": "eq", "value": "CA"}]}})
+        ),
+        webhook("capped", &receiver, json!({"mode": "realtime", "caps": [{"window": "total", "max": 1}]})),
+    ])))
+    .await;
+    let (_, first) = app.submit("web", &json!({"email": "one@example.com", "state": "TX"})).await;
+    let by_destination = |answer: &Value, id: &str| {
+        answer["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["destination_id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} missing: {answer}"))
+    };
+    let skipped = by_destination(&first, "ca-only");
+    assert_eq!((skipped["status"].as_str(), skipped["outcome"].as_str()), (Some("skip"), Some("failure")), "{first}");
+    assert!(skipped["reason"].as_str().unwrap().starts_with("Destination filter:"), "{first}");
+    assert_eq!(by_destination(&first, "capped")["outcome"], "success");
+
+    let (_, second) = app.submit("web", &json!({"email": "two@example.com", "state": "TX"})).await;
+    let capped = by_destination(&second, "capped");
+    assert_eq!((capped["status"].as_str(), capped["outcome"].as_str()), (Some("skip"), Some("failure")), "{second}");
+    assert_eq!(capped["reason"], "Total cap reached (1/1)", "{second}");
+    assert_eq!(receiver.received().len(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_failed_realtime_delivery_continues_in_the_background() {
     let receiver = Receiver::start(vec![Reply::status(500), Reply::status(200)]).await;
     let app = spawn_delivering_app().await;
@@ -290,7 +326,7 @@ async fn a_failed_realtime_delivery_continues_in_the_background() {
     assert_eq!(answer["deliveries"][0]["outcome"], "error");
     assert_eq!(answer["deliveries"][0]["retrying"], true);
     let lead_id = answer["lead_id"].as_str().unwrap();
-    let types = app.timeline_until(lead_id, "recipient.delivered").await;
+    let types = app.timeline_until(lead_id, "flow.completed").await;
     assert_eq!(
         types,
         [
@@ -298,9 +334,9 @@ async fn a_failed_realtime_delivery_continues_in_the_background() {
             "source.accepted",
             "recipient.error",
             "retry.scheduled",
-            "flow.completed",
             "retry.attempted",
-            "recipient.delivered"
+            "recipient.delivered",
+            "flow.completed"
         ]
     );
     app.stop().await;
