@@ -10,12 +10,36 @@ pub(super) fn parse(trimmed: &str) -> Parsed {
     // Letters of any script count (`Zoë`, `Ñúñez`, `李`); a digit of any script does not belong
     // in a name.
     let valid = collapsed.chars().any(char::is_alphabetic) && !collapsed.chars().any(char::is_numeric);
-    let (first, last) = match collapsed.rsplit_once(' ') {
-        Some((first, last)) => (Value::from(first), Value::from(last)),
-        None if collapsed.is_empty() => (Value::Null, Value::Null),
-        None => (Value::from(collapsed.as_str()), Value::Null),
+    // `Smith, John` is written last name first; a trailing suffix (`Jr.`, `III`) is not a last
+    // name, nor is a leading title (`Dr.`).
+    let (first, last) = match collapsed.split_once(',').map(|(last, first)| (first.trim(), last.trim())) {
+        Some((first, last)) if !first.is_empty() && !last.is_empty() && !is_suffix(first) => {
+            (Value::from(first), Value::from(last))
+        }
+        _ => {
+            let words: Vec<&str> = collapsed.split([' ', ',']).filter(|word| !word.is_empty()).collect();
+            let start = usize::from(words.len() > 2 && is_title(words[0]));
+            let end = words.len() - usize::from(words.len() > 2 && is_suffix(words[words.len() - 1]));
+            match &words[start.min(end)..end] {
+                [] => (Value::Null, Value::Null),
+                [only] => (Value::from(*only), Value::Null),
+                [rest @ .., last] => (Value::from(rest.join(" ")), Value::from(*last)),
+            }
+        }
     };
     Parsed::new(Value::String(collapsed), valid).with("first", first).with("last", last)
+}
+
+/// Titles written before a name.
+fn is_title(word: &str) -> bool {
+    let word = word.trim_end_matches('.').to_ascii_lowercase();
+    matches!(word.as_str(), "mr" | "mrs" | "ms" | "miss" | "mx" | "dr" | "prof" | "sir" | "rev")
+}
+
+/// Suffixes written after a name.
+fn is_suffix(word: &str) -> bool {
+    let word = word.trim_end_matches('.').to_ascii_lowercase();
+    matches!(word.as_str(), "jr" | "sr" | "ii" | "iii" | "iv" | "md" | "phd" | "esq")
 }
 
 #[cfg(test)]
@@ -46,6 +70,17 @@ mod tests {
             "Jean-Luc O'Brien",
             json!({"value": "Jean-Luc O'Brien", "valid": true, "first": "Jean-Luc", "last": "O'Brien"}),
         );
+    }
+
+    #[test]
+    fn last_name_first_titles_and_suffixes() {
+        check("Smith, John", json!({"value": "Smith, John", "valid": true, "first": "John", "last": "Smith"}));
+        check(
+            "Dr. John Smith Jr.",
+            json!({"value": "Dr. John Smith Jr.", "valid": true, "first": "John", "last": "Smith"}),
+        );
+        check("John Smith, Jr.", json!({"value": "John Smith, Jr.", "valid": true, "first": "John", "last": "Smith"}));
+        check("Dr. Smith", json!({"value": "Dr. Smith", "valid": true, "first": "Dr.", "last": "Smith"}));
     }
 
     #[test]

@@ -54,7 +54,11 @@ pub(super) fn parse(trimmed: &str) -> Parsed {
     } else {
         digits
     };
-    match phonenumber::parse(Some(country::Id::US), &clean) {
+    // A number with its country code is parsed without a default region: with one, the
+    // library strips that region's national prefix (the US `1`) from other countries' numbers
+    // (`+33 1 42 68 53 00` lost its `1`).
+    let default_region = if clean.starts_with('+') { None } else { Some(country::Id::US) };
+    match phonenumber::parse(default_region, &clean) {
         Ok(phone) => describe(trimmed, &phone, extension),
         Err(_) => Parsed::unparsed(trimmed, &COMPONENTS),
     }
@@ -185,6 +189,21 @@ mod tests {
         assert_eq!(out["national"], json!("5125550134"));
         let expected_value = if out["valid"] == json!(true) { "+15125550134" } else { "(512) 555-0134" };
         assert_eq!(out["value"], json!(expected_value));
+    }
+
+    #[test]
+    fn numbers_with_a_country_code_keep_every_national_digit() {
+        for (raw, e164, region) in [
+            ("+33 1 42 68 53 00", "+33142685300", "FR"),
+            ("+33 6 12 34 56 78", "+33612345678", "FR"),
+            ("+44 20 7946 0958", "+442079460958", "GB"),
+            ("0033 1 42 68 53 00", "+33142685300", "FR"),
+        ] {
+            let out = parse_field(FieldType::Phone, raw);
+            assert_eq!(out["e164"], json!(e164), "{raw}: {out:?}");
+            assert_eq!(out["valid"], json!(true), "{raw}: {out:?}");
+            assert_eq!(out["region"], json!(region), "{raw}: {out:?}");
+        }
     }
 
     #[test]
