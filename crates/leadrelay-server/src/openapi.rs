@@ -181,6 +181,7 @@ impl Modify for ConfigCollections {
         crate::config_api::apply_config,
         crate::tokens_api::create,
         crate::tokens_api::list,
+        crate::tokens_api::read,
         crate::tokens_api::remove,
         crate::healthz,
         crate::readyz,

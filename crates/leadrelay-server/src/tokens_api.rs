@@ -1,11 +1,11 @@
-//! API tokens over REST: create (the value is shown once), list, revoke.
+//! API tokens over REST: create (the value is shown once), list, read one, revoke.
 
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::get;
 use axum::{Json, Router};
 use leadrelay_domain::ids::TokenId;
 use leadrelay_domain::time::now_millis;
@@ -17,7 +17,9 @@ use crate::auth::{hash_token, new_token_value};
 use crate::{ApiError, ApiResult, AppState};
 
 pub fn routes() -> Router<Arc<AppState>> {
-    Router::new().route("/api/v1/tokens", get(list).post(create)).route("/api/v1/tokens/{token_id}", delete(remove))
+    Router::new()
+        .route("/api/v1/tokens", get(list).post(create))
+        .route("/api/v1/tokens/{token_id}", get(read).delete(remove))
 }
 
 #[derive(Deserialize)]
@@ -60,6 +62,18 @@ pub(crate) async fn create(State(state): State<Arc<AppState>>, body: axum::body:
 pub(crate) async fn list(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_json::Value>> {
     let tokens = state.store.list_tokens().await?;
     Ok(Json(json!({"items": tokens, "next_cursor": null})))
+}
+
+#[utoipa::path(get, path = "/api/v1/tokens/{token_id}", tag = "access", params(("token_id" = String, Path, description = "`tok_…`")),
+    responses((status = 200, description = "The token, without its value", body = Object), (status = 404, description = "No such token", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn read(
+    State(state): State<Arc<AppState>>,
+    Path(token_id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let tokens = state.store.list_tokens().await?;
+    let token = tokens.into_iter().find(|token| token.id == token_id);
+    let token = token.ok_or_else(|| ApiError::not_found("token_not_found", format!("no token {token_id:?}")))?;
+    Ok(Json(json!(token)))
 }
 
 #[utoipa::path(delete, path = "/api/v1/tokens/{token_id}", tag = "access", params(("token_id" = String, Path, description = "`tok_…`")),

@@ -36,6 +36,13 @@ async fn tokens_created_through_the_api_work_and_can_be_revoked() {
     assert_eq!(created.status(), StatusCode::CREATED);
     let created: Value = created.json().await.unwrap();
     let token = created["token"].as_str().unwrap().to_owned();
+    let one = app.get_json(&format!("/api/v1/tokens/{}", created["id"].as_str().unwrap())).await;
+    assert_eq!(
+        (one["id"].clone(), one["name"].clone(), one["role"].clone()),
+        (created["id"].clone(), json!("ci"), json!("admin"))
+    );
+    assert!(one.to_string().find(&token).is_none(), "a token's value is never shown again");
+    assert_eq!(app.get_admin("/api/v1/tokens/tok_nope").await.status(), StatusCode::NOT_FOUND);
     let listed = app.get_json("/api/v1/tokens").await;
     assert!(listed.to_string().find(&token).is_none(), "token values are never listed");
     assert_eq!(listed["items"].as_array().unwrap().len(), 2);
@@ -99,5 +106,47 @@ async fn framework_errors_use_the_error_shape_too() {
         .await
         .unwrap();
     assert_eq!(error_code(too_big).await, (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large".to_owned()));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn operators_read_and_resend_but_leave_configuration_and_tokens_to_admins() {
+    let app = spawn_app().await;
+    app.apply(&solar_config()).await;
+    let (_, answer) = app.submit("web", &json!({"email": "op@example.com", "state": "TX"})).await;
+    let lead_id = answer["lead_id"].as_str().unwrap().to_owned();
+    let created = app.post_admin("/api/v1/tokens", &json!({"name": "ops", "role": "operator"})).await;
+    let created: Value = created.json().await.unwrap();
+    let operator = created["token"].as_str().unwrap().to_owned();
+    let get = |path: String| app.client.get(app.url(&path)).bearer_auth(&operator).send();
+    for path in [
+        "/api/v1/events".to_owned(),
+        format!("/api/v1/leads/{lead_id}"),
+        format!("/api/v1/leads/{lead_id}/events"),
+        "/api/v1/register".to_owned(),
+        "/api/v1/not-integrated".to_owned(),
+        "/api/v1/flows/solar/events".to_owned(),
+        "/api/v1/export?format=ndjson".to_owned(),
+    ] {
+        assert_eq!(get(path.clone()).await.unwrap().status(), StatusCode::OK, "{path}");
+    }
+    for path in ["/api/v1/config", "/api/v1/destinations", "/api/v1/flows/solar", "/api/v1/tokens"] {
+        let refused = get(path.to_owned()).await.unwrap();
+        assert_eq!(error_code(refused).await, (StatusCode::FORBIDDEN, "forbidden".to_owned()), "{path}");
+    }
+    let register = app.get_json(&format!("/api/v1/register?lead_id={lead_id}")).await;
+    let transfer_id = register["items"][0]["transfer_id"].as_str().unwrap().to_owned();
+    let resend = app
+        .client
+        .post(app.url(&format!("/api/v1/register/{transfer_id}/resend")))
+        .bearer_auth(&operator)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(resend.status(), StatusCode::FORBIDDEN, "operators resend");
+    let create =
+        app.client.post(app.url("/api/v1/flows")).bearer_auth(&operator).json(&json!({"id": "x"})).send().await;
+    assert_eq!(create.unwrap().status(), StatusCode::FORBIDDEN);
     app.stop().await;
 }
