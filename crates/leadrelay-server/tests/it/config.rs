@@ -142,6 +142,18 @@ async fn invalid_objects_are_refused_with_messages_that_name_the_problem() {
     app.stop().await;
 }
 
+/// Applies a YAML document through `POST /api/v1/config`.
+async fn post_yaml(app: &crate::helpers::TestApp, yaml: String) -> reqwest::Response {
+    app.client
+        .post(app.url("/api/v1/config"))
+        .bearer_auth(crate::helpers::ADMIN_TOKEN)
+        .header("content-type", "application/yaml")
+        .body(yaml)
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn whole_documents_apply_in_one_transaction_and_export_round_trips() {
     let app = spawn_app().await;
@@ -160,29 +172,13 @@ sources:
 destinations:
   - {id: crm, url: "https://crm.example.com/leads"}
 "#;
-    let response = app
-        .client
-        .post(app.url("/api/v1/config"))
-        .bearer_auth(crate::helpers::ADMIN_TOKEN)
-        .header("content-type", "application/yaml")
-        .body(yaml)
-        .send()
-        .await
-        .unwrap();
+    let response = post_yaml(&app, yaml.to_owned()).await;
     assert_eq!(response.status(), StatusCode::OK);
     let applied: Value = response.json().await.unwrap();
     assert_eq!(applied["changed"], 3);
 
     let broken = yaml.replace("kind: web_form", "kind: web_form, colour: blue").replace("id: crm,", "id: crm2,");
-    let response = app
-        .client
-        .post(app.url("/api/v1/config"))
-        .bearer_auth(crate::helpers::ADMIN_TOKEN)
-        .header("content-type", "application/yaml")
-        .body(broken)
-        .send()
-        .await
-        .unwrap();
+    let response = post_yaml(&app, broken).await;
     let status = response.status();
     let body: Value = response.json().await.unwrap();
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -200,15 +196,7 @@ destinations:
     let yaml = yaml_export.text().await.unwrap();
     assert!(yaml.contains("id: solar"));
     assert!(!yaml.contains('!'), "rule sets are maps, not YAML tags: {yaml}");
-    let again = app
-        .client
-        .post(app.url("/api/v1/config"))
-        .bearer_auth(crate::helpers::ADMIN_TOKEN)
-        .header("content-type", "application/yaml")
-        .body(yaml)
-        .send()
-        .await
-        .unwrap();
+    let again = post_yaml(&app, yaml).await;
     let again: Value = again.json().await.unwrap();
     assert_eq!(again["changed"], 0, "the YAML export applies again as it is: {again}");
 

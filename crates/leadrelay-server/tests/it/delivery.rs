@@ -12,7 +12,7 @@ use crate::receiver::{Received, Receiver, Reply};
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// A flow `leads` with a source `web` and the given destinations.
-fn config(destinations: Value) -> Value {
+pub(crate) fn config(destinations: Value) -> Value {
     let ids: Vec<Value> = destinations.as_array().unwrap().iter().map(|d| d["id"].clone()).collect();
     json!({
         "flows": [{
@@ -26,7 +26,7 @@ fn config(destinations: Value) -> Value {
 }
 
 /// A webhook destination to a receiver, with short retries so that tests never wait long.
-fn webhook(id: &str, receiver: &Receiver, extra: Value) -> Value {
+pub(crate) fn webhook(id: &str, receiver: &Receiver, extra: Value) -> Value {
     let mut destination = json!({
         "id": id, "name": format!("Buyer {id}"), "url": receiver.url("/leads"),
         "timeout_ms": 2000,
@@ -36,7 +36,7 @@ fn webhook(id: &str, receiver: &Receiver, extra: Value) -> Value {
     destination
 }
 
-async fn submit(app: &TestApp, email: &str) -> String {
+pub(crate) async fn submit(app: &TestApp, email: &str) -> String {
     let (status, answer) = app.submit("web", &json!({"email": email, "state": "TX"})).await;
     assert_eq!(status, StatusCode::CREATED, "{answer}");
     answer["lead_id"].as_str().unwrap().to_owned()
@@ -54,7 +54,7 @@ fn verify_signature(secret: &str, request: &Received) {
 }
 
 /// The timeline's types from the first delivery event on.
-fn delivery_part(types: &[String]) -> Vec<&str> {
+pub(crate) fn delivery_part(types: &[String]) -> Vec<&str> {
     let start =
         types.iter().position(|t| t.starts_with("recipient.") || t.starts_with("retry.")).unwrap_or(types.len());
     types[start..].iter().map(String::as_str).collect()
@@ -474,115 +474,6 @@ async fn query_format_sends_the_fields_in_the_url() {
     assert_eq!(request.method, axum::http::Method::GET);
     assert_eq!(request.uri.to_string(), "/in?campaign=7&email=query%40example.com&state=TX");
     assert!(request.body.is_empty());
-    app.stop().await;
-}
-
-#[tokio::test]
-async fn an_abandoned_transfer_resent_by_a_person_is_delivered() {
-    let receiver = Receiver::start(vec![Reply::status(500), Reply::status(500), Reply::status(200)]).await;
-    let app = spawn_delivering_app().await;
-    app.apply(&config(json!([webhook("crm", &receiver, json!({"retry": {"max_attempts": 2, "schedule_ms": [10]}}))])))
-        .await;
-    let lead_id = submit(&app, "resend@example.com").await;
-    app.timeline_until(&lead_id, "delivery.abandoned").await;
-    let transfer = app.transfer(&lead_id, "crm").await;
-    let transfer_id = transfer["transfer_id"].as_str().unwrap();
-
-    let response = app.post_admin(&format!("/api/v1/register/{transfer_id}/resend"), &json!({})).await;
-    let status = response.status();
-    let answer: Value = response.json().await.unwrap();
-    assert_eq!(status, StatusCode::OK, "{answer}");
-    assert_eq!(answer, json!({"transfer_id": transfer_id, "outcome": "queued", "status": "new"}));
-    let types = app.timeline_until(&lead_id, "recipient.delivered").await;
-    assert_eq!(
-        delivery_part(&types),
-        [
-            "recipient.error",
-            "retry.scheduled",
-            "retry.attempted",
-            "recipient.error",
-            "delivery.abandoned",
-            "flow.completed",
-            "delivery.resent",
-            "recipient.delivered"
-        ]
-    );
-    let resent = app.timeline(&lead_id).await.into_iter().find(|e| e["type"] == "delivery.resent").unwrap();
-    assert_eq!(resent["status"], "new");
-    assert_eq!(resent["data"]["by"], "test");
-    let delivered = app.timeline(&lead_id).await.into_iter().find(|e| e["type"] == "recipient.delivered").unwrap();
-    assert_eq!(delivered["attempt"], 3);
-    assert_eq!(app.transfer(&lead_id, "crm").await["status"], "success");
-    assert_eq!(app.get_json("/api/v1/not-integrated").await["items"], json!([]));
-    // The same webhook id as the first attempts: receivers de-duplicate across resends too.
-    let ids: Vec<_> = receiver.received().iter().map(|r| r.header("webhook-id").unwrap().to_owned()).collect();
-    assert!(ids.iter().all(|id| id == transfer_id), "{ids:?}");
-    app.stop().await;
-}
-
-#[tokio::test]
-async fn a_bulk_resend_job_queues_every_matching_transfer_and_reports_progress() {
-    // Six failures abandon three leads (two attempts each); then the destination recovers.
-    let mut script = vec![Reply::status(500); 6];
-    script.push(Reply::status(200));
-    let receiver = Receiver::start(script).await;
-    let app = spawn_delivering_app().await;
-    app.apply(&config(json!([webhook("crm", &receiver, json!({"retry": {"max_attempts": 2, "schedule_ms": [10]}}))])))
-        .await;
-    let mut leads = Vec::new();
-    for index in 0..3 {
-        let lead_id = submit(&app, &format!("bulk{index}@example.com")).await;
-        app.timeline_until(&lead_id, "delivery.abandoned").await;
-        leads.push(lead_id);
-    }
-    assert_eq!(app.get_json("/api/v1/not-integrated").await["items"].as_array().unwrap().len(), 3);
-
-    let response =
-        app.post_admin("/api/v1/register/resend", &json!({"not_integrated": true, "destination_id": "crm"})).await;
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
-    let job: Value = response.json().await.unwrap();
-    assert_eq!(job["kind"], "resend");
-    let job_id = job["id"].as_str().unwrap();
-    assert!(job_id.starts_with("job_"));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let finished = loop {
-        let job = app.get_json(&format!("/api/v1/jobs/{job_id}")).await;
-        if job["status"] == "completed" {
-            break job;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{job}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(finished["matched"], 3);
-    assert_eq!(finished["queued"], 3);
-    assert_eq!(finished["skipped"], 0);
-    for lead_id in &leads {
-        app.timeline_until(lead_id, "recipient.delivered").await;
-    }
-    assert_eq!(app.get_json("/api/v1/not-integrated").await["items"], json!([]));
-    app.stop().await;
-}
-
-#[tokio::test]
-async fn resend_refuses_what_cannot_be_resent() {
-    let receiver = Receiver::start(vec![Reply::status(200)]).await;
-    let app = spawn_delivering_app().await;
-    app.apply(&config(json!([webhook("crm", &receiver, json!({}))]))).await;
-    let missing = app.post_admin("/api/v1/register/trf_nope/resend", &json!({})).await;
-    assert_eq!(crate::helpers::error_code(missing).await, (StatusCode::NOT_FOUND, "transfer_not_found".to_owned()));
-    // A rejected lead's transfer went nowhere.
-    let (_, answer) = app.submit("web", &json!({"state": "TX"})).await;
-    let lead_id = answer["lead_id"].as_str().unwrap();
-    let page = app.get_json(&format!("/api/v1/register?lead_id={lead_id}")).await;
-    let transfer_id = page["items"][0]["transfer_id"].as_str().unwrap();
-    let nowhere = app.post_admin(&format!("/api/v1/register/{transfer_id}/resend"), &json!({})).await;
-    assert_eq!(crate::helpers::error_code(nowhere).await, (StatusCode::CONFLICT, "conflict".to_owned()));
-    let bad_filter = app.post_admin("/api/v1/register/resend", &json!({"colour": "red"})).await;
-    assert_eq!(crate::helpers::error_code(bad_filter).await, (StatusCode::BAD_REQUEST, "invalid_parameter".to_owned()));
-    let bad_status = app.post_admin("/api/v1/register/resend", &json!({"status": "lost"})).await;
-    assert_eq!(bad_status.status(), StatusCode::BAD_REQUEST);
-    let no_job = app.get_admin("/api/v1/jobs/job_nope").await;
-    assert_eq!(no_job.status(), StatusCode::NOT_FOUND);
     app.stop().await;
 }
 

@@ -9,4 +9,5 @@ mod helpers;
 mod intake;
 mod pipeline;
 mod receiver;
+mod resend;
 mod web;
