@@ -5,6 +5,7 @@
 use base64::Engine;
 use indexmap::IndexMap;
 use leadrelay_domain::config::{Auth, BodyFormat, Destination, DestinationKind, HttpMethod, GA4_COLLECT_URL};
+use leadrelay_domain::lead::{snapshot_fields, LEAD_ATTRIBUTES};
 use serde_json::{json, Map, Value};
 
 /// Why a request could not be built; a configuration problem, so never retried.
@@ -49,28 +50,36 @@ impl OutboundRequest {
 }
 
 /// The lead's fields as a destination receives them: each field's normalised value (its raw
-/// value when it has none), by name, then appended enhancement data under its name.
+/// value when it has none), by name.
 pub fn lead_fields(snapshot: &Value) -> Map<String, Value> {
-    let mut out = Map::new();
-    if let Some(fields) = snapshot.get("fields").and_then(Value::as_object) {
-        for (name, field) in fields {
-            let value = match field.get("value") {
-                Some(Value::Null) | None => field.get("raw").cloned().unwrap_or(Value::Null),
-                Some(value) => value.clone(),
-            };
-            out.insert(name.clone(), value);
-        }
-    }
-    out
+    snapshot_fields(snapshot).map(|(name, field)| (name.clone(), field_value(field))).collect()
 }
 
-/// What `body_template` sees as `lead`: the snapshot, with each field's value also at the top
-/// level (`lead.email`), which no lead attribute can shadow.
-fn template_lead(snapshot: &Value) -> Value {
-    let mut lead = snapshot.as_object().cloned().unwrap_or_default();
-    for (name, value) in lead_fields(snapshot) {
-        lead.entry(name).or_insert(value);
+fn field_value(field: &Map<String, Value>) -> Value {
+    match field.get("value") {
+        Some(Value::Null) | None => field.get("raw").cloned().unwrap_or(Value::Null),
+        Some(value) => value.clone(),
     }
+}
+
+/// What `body_template` sees as `lead`: the lead's attributes and `appended`, each field's
+/// value at the top level (`lead.email`), and the field objects with their components under
+/// `fields` (`lead.fields.email.domain`). No field can shadow an attribute.
+fn template_lead(snapshot: &Value) -> Value {
+    let mut lead = Map::new();
+    let mut objects = Map::new();
+    for (name, field) in snapshot_fields(snapshot) {
+        objects.insert(name.clone(), Value::Object(field.clone()));
+        if !LEAD_ATTRIBUTES.contains(&name.as_str()) {
+            lead.insert(name.clone(), field_value(field));
+        }
+    }
+    for attribute in LEAD_ATTRIBUTES {
+        if let Some(value) = snapshot.get(attribute).filter(|_| attribute != "fields") {
+            lead.insert(attribute.to_owned(), value.clone());
+        }
+    }
+    lead.insert("fields".to_owned(), Value::Object(objects));
     Value::Object(lead)
 }
 
@@ -328,11 +337,9 @@ mod tests {
     fn snapshot() -> Value {
         json!({
             "id": "lead_1", "flow_id": "solar", "source_id": "web",
-            "fields": {
-                "email": {"raw": " Ann@Example.com", "value": "ann@example.com", "valid": true},
-                "state": {"raw": "tx", "value": "TX", "valid": true},
-                "note": {"raw": "a < b & c", "value": "a < b & c"}
-            },
+            "email": {"raw": " Ann@Example.com", "value": "ann@example.com", "valid": true},
+            "state": {"raw": "tx", "value": "TX", "valid": true},
+            "note": {"raw": "a < b & c", "value": "a < b & c"},
             "appended": {}
         })
     }

@@ -138,8 +138,8 @@ mod tests {
                      {"window": "day", "max": 5, "rules": {"all": [{"field": "state", "op": "eq", "value": "TX"}]}}]
         }))
         .unwrap();
-        let texan = json!({"fields": {"state": {"raw": "TX", "value": "TX"}}});
-        let other = json!({"fields": {"state": {"raw": "CA", "value": "CA"}}});
+        let texan = json!({"state": {"raw": "TX", "value": "TX"}});
+        let other = json!({"state": {"raw": "CA", "value": "CA"}});
         let now = at("2024-01-16T12:00:00Z");
         assert_eq!(applicable_caps(&destination, &texan, now).len(), 2);
         let caps = applicable_caps(&destination, &other, now);

@@ -33,13 +33,14 @@ pub struct LeadRecord {
 }
 
 impl LeadRecord {
-    /// The complete snapshot stored with every event and served by the API.
+    /// The complete snapshot stored with every event and served by the API: the lead's
+    /// attributes, each field object at the top level under its name (`lead.email.domain`),
+    /// then `appended`. A submitted field whose name is an attribute's (see
+    /// [`LEAD_ATTRIBUTES`]) cannot sit beside it, so it goes under `fields` instead.
     pub fn snapshot(&self) -> Value {
         // Built by hand rather than through `json!`: serializing `fields` into a new tree costs
         // several times a clone, and every event of a submission needs a snapshot.
-        let fields: Map<String, Value> =
-            self.fields.iter().map(|(name, field)| (name.clone(), Value::Object(field.clone()))).collect();
-        let mut snapshot = Map::with_capacity(12);
+        let mut snapshot = Map::with_capacity(12 + self.fields.len());
         snapshot.insert("id".into(), Value::String(self.id.to_string()));
         snapshot.insert("flow_id".into(), Value::String(self.flow_id.clone()));
         snapshot.insert("source_id".into(), Value::String(self.source_id.clone()));
@@ -53,10 +54,39 @@ impl LeadRecord {
         snapshot.insert("cost".into(), self.cost.map(Value::from).unwrap_or(Value::Null));
         snapshot.insert("created_at".into(), Value::String(format_millis(self.created_at)));
         snapshot.insert("updated_at".into(), Value::String(format_millis(self.updated_at)));
-        snapshot.insert("fields".into(), Value::Object(fields));
+        place_fields(&mut snapshot, self.fields.iter().map(|(name, field)| (name.clone(), field.clone())));
         snapshot.insert("appended".into(), Value::Object(self.appended.clone()));
         Value::Object(snapshot)
     }
+}
+
+/// Puts field objects into a snapshot: at the top level under their names, except those named
+/// like a lead attribute, which go under `fields`.
+pub fn place_fields(snapshot: &mut Map<String, Value>, fields: impl IntoIterator<Item = (String, Map<String, Value>)>) {
+    let mut shadowed = Map::new();
+    for (name, field) in fields {
+        if is_attribute(&name) {
+            shadowed.insert(name, Value::Object(field));
+        } else {
+            snapshot.insert(name, Value::Object(field));
+        }
+    }
+    if !shadowed.is_empty() {
+        snapshot.insert("fields".into(), Value::Object(shadowed));
+    }
+}
+
+fn is_attribute(name: &str) -> bool {
+    LEAD_ATTRIBUTES.contains(&name)
+}
+
+/// The field objects of a snapshot, by name: the top-level entries that are not lead
+/// attributes, and those under `fields` (where a field named like an attribute goes, and where
+/// snapshots written before fields moved to the top level keep all of them).
+pub fn snapshot_fields(snapshot: &Value) -> impl Iterator<Item = (&String, &Map<String, Value>)> {
+    let top = snapshot.as_object().into_iter().flatten().filter(|(name, _)| !is_attribute(name));
+    let nested = snapshot.get("fields").and_then(Value::as_object).into_iter().flatten();
+    top.chain(nested).filter_map(|(name, value)| Some((name, value.as_object()?)))
 }
 
 fn walk<'a>(mut value: &'a Value, segments: std::str::Split<'_, char>) -> Option<&'a Value> {
@@ -71,8 +101,8 @@ fn walk<'a>(mut value: &'a Value, segments: std::str::Split<'_, char>) -> Option
 }
 
 /// Resolves rule paths against a lead snapshot: the lead's own attributes (`source_id`,
-/// `status`, …, see [`LEAD_ATTRIBUTES`]), `appended.…`, `fields.NAME…`, or a field name (and
-/// its components).
+/// `status`, …, see [`LEAD_ATTRIBUTES`]), `appended.…`, a field name (and its components), or
+/// `fields.NAME…` (which also reaches a field named like an attribute).
 pub struct LeadView<'a>(pub &'a Value);
 
 /// The lead's own attributes in its snapshot. No flow field may take one of these names, and
@@ -96,15 +126,18 @@ pub const LEAD_ATTRIBUTES: [&str; 12] = [
 fn resolve_in_lead<'a>(lead: &'a Value, path: &str) -> Option<&'a Value> {
     let mut segments = path.split('.');
     let first = segments.next()?;
+    let field = |name: &str| {
+        let nested = lead.get("fields").and_then(|fields| fields.get(name));
+        nested.or_else(|| if is_attribute(name) { None } else { lead.get(name) })
+    };
     if first == "fields" {
         // `fields.status` reaches a submitted field whose name is also an attribute's.
-        let name = segments.next()?;
-        return walk(lead.get("fields")?.get(name)?, segments);
+        return walk(field(segments.next()?)?, segments);
     }
-    if LEAD_ATTRIBUTES.contains(&first) {
+    if is_attribute(first) {
         return walk(lead.get(first)?, segments);
     }
-    walk(lead.get("fields")?.get(first)?, segments)
+    walk(field(first)?, segments)
 }
 
 impl Resolve for LeadView<'_> {
@@ -135,8 +168,8 @@ mod tests {
     fn snapshot() -> Value {
         json!({
             "id": "lead_x", "source_id": "web", "status": "new",
-            "fields": {"state": {"raw": "texas", "value": "TX", "valid": true},
-                       "email": {"raw": "A@X.COM", "value": "a@x.com", "valid": true, "domain": "x.com"}},
+            "state": {"raw": "texas", "value": "TX", "valid": true},
+            "email": {"raw": "A@X.COM", "value": "a@x.com", "valid": true, "domain": "x.com"},
             "appended": {"phone_check": {"carrier": "acme"}}
         })
     }
@@ -149,7 +182,17 @@ mod tests {
         assert_eq!(view.resolve("email.domain"), Some(&json!("x.com")));
         assert_eq!(view.resolve("appended.phone_check.carrier"), Some(&json!("acme")));
         assert_eq!(view.resolve("source_id"), Some(&json!("web")));
+        assert_eq!(view.resolve("fields.email.domain"), Some(&json!("x.com")));
         assert_eq!(view.resolve("nothing.here"), None);
+    }
+
+    #[test]
+    fn snapshots_written_with_fields_nested_still_resolve() {
+        let lead = json!({"id": "lead_x", "fields": {"email": {"value": "a@x.com", "domain": "x.com"}}});
+        assert_eq!(LeadView(&lead).resolve("email.domain"), Some(&json!("x.com")));
+        assert_eq!(LeadView(&lead).resolve("fields.email.domain"), Some(&json!("x.com")));
+        let names: Vec<&String> = snapshot_fields(&lead).map(|(name, _)| name).collect();
+        assert_eq!(names, ["email"]);
     }
 
     #[test]
@@ -178,6 +221,7 @@ mod tests {
             "state".to_owned(),
             json!({"raw": "tx", "value": "TX", "valid": true}).as_object().cloned().unwrap(),
         );
+        fields.insert("status".to_owned(), json!({"raw": "sold", "value": "sold"}).as_object().cloned().unwrap());
         let record = LeadRecord {
             id: LeadId::generate(),
             flow_id: "solar".into(),
@@ -198,8 +242,12 @@ mod tests {
                 "id": record.id, "flow_id": "solar", "source_id": "web", "status": "new", "outcome": "success",
                 "reason": null, "duplicate_of": null, "cost": 2.5,
                 "created_at": format_millis(0), "updated_at": format_millis(1000),
-                "fields": {"state": {"raw": "tx", "value": "TX", "valid": true}}, "appended": {}
+                "state": {"raw": "tx", "value": "TX", "valid": true},
+                "fields": {"status": {"raw": "sold", "value": "sold"}}, "appended": {}
             })
         );
+        let snapshot = record.snapshot();
+        let names: Vec<&String> = snapshot_fields(&snapshot).map(|(name, _)| name).collect();
+        assert_eq!(names, ["state", "status"]);
     }
 }

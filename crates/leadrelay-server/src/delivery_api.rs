@@ -13,6 +13,7 @@ use leadrelay_delivery::attempt::AttemptVerdict;
 use leadrelay_delivery::judge::Verdict;
 use leadrelay_domain::config::FieldDef;
 use leadrelay_domain::fields::{parse_field, FieldType};
+use leadrelay_domain::lead::place_fields;
 use leadrelay_domain::time::{format_millis, now_millis};
 use leadrelay_store::{Cursor, JobRecord, ResendOutcome, ResendRequest};
 use serde_json::{json, Map, Value};
@@ -64,30 +65,34 @@ fn sample_value(field_type: FieldType, name: &str) -> &'static str {
 
 /// A lead snapshot for a test call: the given fields, or samples of the flows' fields.
 fn sample_snapshot(fields: &Map<String, Value>, defined: &[&FieldDef]) -> Value {
-    let mut parsed = Map::new();
-    if fields.is_empty() {
-        for def in defined {
-            parsed.insert(
-                def.name.clone(),
-                Value::Object(parse_field(def.field_type, sample_value(def.field_type, &def.name))),
-            );
-        }
+    let parsed: Vec<(String, Map<String, Value>)> = if fields.is_empty() {
+        defined
+            .iter()
+            .map(|def| (def.name.clone(), parse_field(def.field_type, sample_value(def.field_type, &def.name))))
+            .collect()
     } else {
-        for (name, value) in fields {
-            let field_type = defined.iter().find(|def| &def.name == name).map_or(FieldType::Text, |def| def.field_type);
-            let text = match value {
-                Value::String(text) => text.clone(),
-                other => other.to_string(),
-            };
-            parsed.insert(name.clone(), Value::Object(parse_field(field_type, &text)));
-        }
-    }
+        fields
+            .iter()
+            .map(|(name, value)| {
+                let field_type =
+                    defined.iter().find(|def| &def.name == name).map_or(FieldType::Text, |def| def.field_type);
+                let text = match value {
+                    Value::String(text) => text.clone(),
+                    other => other.to_string(),
+                };
+                (name.clone(), parse_field(field_type, &text))
+            })
+            .collect()
+    };
     let now = format_millis(now_millis());
-    json!({
+    let mut snapshot = json!({
         "id": "lead_test", "flow_id": null, "source_id": null, "status": "new", "outcome": "success",
         "reason": null, "duplicate_of": null, "cost": null, "created_at": now, "updated_at": now,
-        "fields": parsed, "appended": {}
-    })
+    });
+    let map = snapshot.as_object_mut().expect("an object");
+    place_fields(map, parsed);
+    map.insert("appended".into(), json!({}));
+    snapshot
 }
 
 /// Sends a sample lead to a destination now and answers with what it replied. The body, if

@@ -203,8 +203,9 @@ pub(crate) async fn submit(
         _ => None,
     };
     if prepared.needs_enhancements(flow, duplicate.as_ref()) {
-        let snapshot = serde_json::json!({ "fields": prepared.fields });
-        let values = leadrelay_delivery::request::lead_fields(&snapshot);
+        let mut snapshot = Map::new();
+        leadrelay_domain::lead::place_fields(&mut snapshot, prepared.fields.clone());
+        let values = leadrelay_delivery::request::lead_fields(&Value::Object(snapshot));
         prepared.enhancements = state.delivery.enhance(&flow.enhancements, prepared.lead_id.as_str(), &values).await;
     }
     for _ in 0..MAX_DECISIONS {

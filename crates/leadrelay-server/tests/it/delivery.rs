@@ -107,7 +107,7 @@ async fn a_background_delivery_sends_the_fields_signed_and_records_the_answer() 
     assert_eq!(delivered["data"]["response"]["body"], r#"{"id":"B-1","price":"7.25"}"#);
     // Configured header values usually carry API keys: the log never shows them.
     assert_eq!(delivered["data"]["request"]["headers"]["X-Api-Key"], "***");
-    assert_eq!(delivered["lead"]["fields"]["email"]["value"], "ann@example.com");
+    assert_eq!(delivered["lead"]["email"]["value"], "ann@example.com");
     app.stop().await;
 }
 

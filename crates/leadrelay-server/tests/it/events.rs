@@ -232,7 +232,7 @@ async fn exports_stream_every_event_and_neutralise_formulas() {
     let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
     assert_eq!(rows.len(), 3);
     let lead_json: Value = serde_json::from_str(&rows[0][3]).expect("lead cell is JSON");
-    assert_eq!(lead_json["fields"]["first_name"]["raw"], "=HYPERLINK(\"http://x\")");
+    assert_eq!(lead_json["first_name"]["raw"], "=HYPERLINK(\"http://x\")");
 
     let names = app
         .get_admin(&format!("/api/v1/export?format=csv&lead_id={lead_id}&include=type,reason&type=flow.completed"))

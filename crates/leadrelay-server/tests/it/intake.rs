@@ -22,7 +22,7 @@ async fn json_submission_is_accepted_with_the_contract_answer() {
     assert_eq!(answer["deliveries"], json!([]));
     let lead = app.get_json(&format!("/api/v1/leads/{}", answer["lead_id"].as_str().unwrap())).await;
     assert_eq!(lead["cost"], 2.5);
-    assert_eq!(lead["fields"]["state"]["value"], "TX");
+    assert_eq!(lead["state"]["value"], "TX");
     app.stop().await;
 }
 
@@ -41,8 +41,8 @@ async fn form_encoded_and_query_string_submissions_are_accepted() {
     assert_eq!(form.status(), StatusCode::CREATED);
     let answer: Value = form.json().await.unwrap();
     let lead = app.get_json(&format!("/api/v1/leads/{}", answer["lead_id"].as_str().unwrap())).await;
-    assert_eq!(lead["fields"]["email"]["value"], "form@example.com", "field_map renames e-mail");
-    assert_eq!(lead["fields"]["state"]["value"], "CA");
+    assert_eq!(lead["email"]["value"], "form@example.com", "field_map renames e-mail");
+    assert_eq!(lead["state"]["value"], "CA");
 
     let post_query =
         app.client.post(app.url("/api/v1/sources/web/submit?email=q1%40example.com&state=TX")).send().await.unwrap();
@@ -122,7 +122,7 @@ async fn source_key_is_required_when_set_by_header_or_parameter() {
     assert_eq!(by_parameter.status(), StatusCode::CREATED);
     let answer: Value = by_parameter.json().await.unwrap();
     let lead = app.get_json(&format!("/api/v1/leads/{}", answer["lead_id"].as_str().unwrap())).await;
-    assert!(lead["fields"].get("key").is_none(), "the key is not kept as a lead field");
+    assert!(lead.get("key").is_none(), "the key is not kept as a lead field");
     app.stop().await;
 }
 
@@ -170,11 +170,11 @@ async fn unicode_and_odd_values_are_kept_raw() {
     let (status, answer) = app.submit("web", &lead).await;
     assert_eq!(status, StatusCode::CREATED, "{answer}");
     let stored = app.get_json(&format!("/api/v1/leads/{}", answer["lead_id"].as_str().unwrap())).await;
-    assert_eq!(stored["fields"]["first_name"]["raw"], "Zoë Ñúñez 🌞");
-    assert_eq!(stored["fields"]["notes"]["raw"], "line1\nline2\t\u{0000}end");
-    assert_eq!(stored["fields"]["count"]["raw"], "42");
-    assert_eq!(stored["fields"]["phone"]["e164"], "+442079460958");
-    assert!(stored["fields"].get("nothing").is_none());
+    assert_eq!(stored["first_name"]["raw"], "Zoë Ñúñez 🌞");
+    assert_eq!(stored["notes"]["raw"], "line1\nline2\t\u{0000}end");
+    assert_eq!(stored["count"]["raw"], "42");
+    assert_eq!(stored["phone"]["e164"], "+442079460958");
+    assert!(stored.get("nothing").is_none());
     app.stop().await;
 }
 

@@ -46,7 +46,7 @@ async fn accepted_lead_has_the_normal_timeline_with_every_event_field() {
         assert_eq!(timestamp.len(), 24, "millisecond ISO 8601: {timestamp}");
         assert!(timestamp.ends_with('Z'));
         assert_eq!(event["lead"]["id"], lead_id);
-        assert_eq!(event["lead"]["fields"]["email"]["domain"], "example.com");
+        assert_eq!(event["lead"]["email"]["domain"], "example.com");
     }
     let events = app.timeline(lead_id).await;
     assert_eq!(events[0]["status"], "new");
