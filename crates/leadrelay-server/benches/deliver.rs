@@ -23,9 +23,6 @@ use leadrelay_store::{ConfigHandle, EventQuery, Store, Submission};
 use leadrelay_store_sqlite::{SqliteOptions, SqliteStore};
 use serde_json::{json, Value};
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)
 }

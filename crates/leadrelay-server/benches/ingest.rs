@@ -27,9 +27,6 @@ use leadrelay_store_sqlite::{SqliteOptions, SqliteStore};
 use serde_json::{json, Value};
 
 /// The same allocator as the `leadrelay` binary.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 async fn open(dir: &std::path::Path, name: &str) -> Arc<dyn Store> {
     let url = format!("sqlite://{}", dir.join(name).display());
     SqliteStore::open(&url, SqliteOptions::default()).await.expect("open store")

@@ -22,9 +22,6 @@ use leadrelay_store_postgres::{PostgresOptions, PostgresStore};
 use leadrelay_store_sqlite::{SqliteOptions, SqliteStore};
 use serde_json::{json, Value};
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn config(receiver: &str) -> Value {
     json!({
         "flows": [{

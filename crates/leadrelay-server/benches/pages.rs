@@ -13,9 +13,6 @@ use common::generated::{SOURCES, TOKEN};
 use leadrelay_server::Settings;
 use serde_json::Value;
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const GOAL_MS: f64 = 50.0;
 
 async fn timed(client: &reqwest::Client, base: &str, cookie: &str, paths: &[String]) -> Vec<Duration> {

@@ -14,9 +14,6 @@ mod common;
 use common::env_number;
 use common::generated::{DAY, SOURCES, SPAN_DAYS, TOKEN};
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 struct Latencies(Vec<Duration>);
 
 impl Latencies {

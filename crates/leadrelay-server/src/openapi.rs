@@ -182,6 +182,7 @@ impl Modify for ConfigCollections {
         crate::tokens_api::create,
         crate::tokens_api::list,
         crate::tokens_api::read,
+        crate::tokens_api::replace,
         crate::tokens_api::remove,
         crate::healthz,
         crate::readyz,

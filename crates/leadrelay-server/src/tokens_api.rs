@@ -1,4 +1,5 @@
-//! API tokens over REST: create (the value is shown once), list, read one, revoke.
+//! API tokens over REST: create (the value is shown once), list, read one, rename or change
+//! its role, revoke.
 
 use std::sync::Arc;
 
@@ -19,7 +20,7 @@ use crate::{ApiError, ApiResult, AppState};
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/api/v1/tokens", get(list).post(create))
-        .route("/api/v1/tokens/{token_id}", get(read).delete(remove))
+        .route("/api/v1/tokens/{token_id}", get(read).put(replace).delete(remove))
 }
 
 #[derive(Deserialize)]
@@ -28,6 +29,22 @@ struct CreateToken {
     name: String,
     #[serde(default = "default_role")]
     role: Role,
+}
+
+/// A token's new name and, optionally, its new role (kept when absent). Its value never
+/// changes: a new value is a new token.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplaceToken {
+    name: String,
+    role: Option<Role>,
+}
+
+fn check_name(name: &str) -> ApiResult<()> {
+    if name.trim().is_empty() || name.len() > 200 {
+        return Err(ApiError::bad_request("invalid_token_name", "name must be 1 to 200 characters"));
+    }
+    Ok(())
 }
 
 fn default_role() -> Role {
@@ -42,9 +59,7 @@ pub(crate) async fn create(State(state): State<Arc<AppState>>, body: axum::body:
     let request: CreateToken = serde_json::from_slice(&body).map_err(|error| {
         ApiError::bad_request("invalid_json", format!("body must be {{\"name\": …, \"role\": …}}: {error}"))
     })?;
-    if request.name.trim().is_empty() || request.name.len() > 200 {
-        return Err(ApiError::bad_request("invalid_token_name", "name must be 1 to 200 characters"));
-    }
+    check_name(&request.name)?;
     let value = new_token_value();
     let token = NewToken {
         id: TokenId::generate().into_string(),
@@ -74,6 +89,27 @@ pub(crate) async fn read(
     let token = tokens.into_iter().find(|token| token.id == token_id);
     let token = token.ok_or_else(|| ApiError::not_found("token_not_found", format!("no token {token_id:?}")))?;
     Ok(Json(json!(token)))
+}
+
+/// Rename a token or change its role; its value stays as it is.
+#[utoipa::path(put, path = "/api/v1/tokens/{token_id}", tag = "access", params(("token_id" = String, Path, description = "`tok_…`")),
+    request_body(content = Object, description = "{\"name\": …, \"role\": \"operator\"} (the role is kept when absent)"),
+    responses((status = 200, description = "The token, without its value", body = Object),
+              (status = 400, description = "Invalid request", body = crate::openapi::ErrorBody),
+              (status = 404, description = "No such token", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn replace(
+    State(state): State<Arc<AppState>>,
+    Path(token_id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<serde_json::Value>> {
+    let request: ReplaceToken = serde_json::from_slice(&body).map_err(|error| {
+        ApiError::bad_request("invalid_json", format!("body must be {{\"name\": …, \"role\": …}}: {error}"))
+    })?;
+    check_name(&request.name)?;
+    if !state.store.update_token(&token_id, &request.name, request.role).await? {
+        return Err(ApiError::not_found("token_not_found", format!("no token {token_id:?}")));
+    }
+    read(State(state), Path(token_id)).await
 }
 
 #[utoipa::path(delete, path = "/api/v1/tokens/{token_id}", tag = "access", params(("token_id" = String, Path, description = "`tok_…`")),

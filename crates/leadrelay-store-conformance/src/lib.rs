@@ -198,7 +198,7 @@ pub async fn configuration_changes_are_validated_and_kept(store: Arc<dyn Store>)
     assert_eq!(config.sources.keys().collect::<Vec<_>>(), ["web", "vendor"]);
 }
 
-/// Tokens are found by hash, ensured idempotently, and deleted.
+/// Tokens are found by hash, ensured idempotently, renamed, and deleted.
 pub async fn tokens_are_kept_by_hash(store: Arc<dyn Store>) {
     let token = NewToken { id: "tok_1".into(), name: "one".into(), role: Role::Admin, hash: [7; 32], created_at: 1 };
     store.create_token(token.clone()).await.expect("create");
@@ -207,6 +207,11 @@ pub async fn tokens_are_kept_by_hash(store: Arc<dyn Store>) {
     assert_eq!(store.list_tokens().await.expect("list").len(), 1);
     assert_eq!(store.find_token(&[7; 32]).await.expect("find").map(|t| t.id), Some("tok_1".into()));
     assert!(store.find_token(&[8; 32]).await.expect("find").is_none());
+    assert!(store.update_token("tok_1", "renamed", Some(Role::Operator)).await.expect("update"));
+    assert!(store.update_token("tok_1", "again", None).await.expect("update keeps the role"));
+    let found = store.find_token(&[7; 32]).await.expect("find").expect("still found by its hash");
+    assert_eq!((found.name.as_str(), found.role), ("again", Role::Operator));
+    assert!(!store.update_token("tok_9", "x", None).await.expect("update"), "no such token");
     assert!(store.delete_token("tok_1").await.expect("delete"));
     assert!(!store.delete_token("tok_1").await.expect("delete"));
 }

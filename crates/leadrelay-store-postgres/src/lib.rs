@@ -28,8 +28,8 @@ use leadrelay_store::StoreSignal;
 use leadrelay_store::{
     ChainReport, ClaimedTransfer, CommitOutcome, ConfigWriteError, Cursor, DeliveryClaim, DeliveryRecord, EventLines,
     EventQuery, JobClaim, JobRecord, LeadQuery, NewToken, OverviewQuery, OverviewRow, Page, RegisterQuery,
-    ResendOutcome, ResendRequest, Store, StoreError, StoreResult, StoredAnswer, StoredEvent, StoredLead, Submission,
-    TokenRecord, TransferRow,
+    ResendOutcome, ResendRequest, Role, Store, StoreError, StoreResult, StoredAnswer, StoredEvent, StoredLead,
+    Submission, TokenRecord, TransferRow,
 };
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::ConnectOptions;
@@ -279,6 +279,11 @@ impl Store for PostgresStore {
     async fn delete_token(&self, token_id: &str) -> StoreResult<bool> {
         let token_id = token_id.to_owned();
         self.write(|reply| WriteCommand::DeleteToken { token_id, reply }).await?
+    }
+
+    async fn update_token(&self, token_id: &str, name: &str, role: Option<Role>) -> StoreResult<bool> {
+        let (token_id, name) = (token_id.to_owned(), name.to_owned());
+        self.write(|reply| WriteCommand::UpdateToken { token_id, name, role, reply }).await?
     }
 
     async fn signals(&self) -> StoreResult<Option<BoxStream<'static, StoreSignal>>> {

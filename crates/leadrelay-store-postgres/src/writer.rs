@@ -11,7 +11,7 @@ use leadrelay_store::batch::{
 };
 use leadrelay_store::completion;
 use leadrelay_store::group_commit::{BatchAnswer, BatchRefs, BatchWriter};
-use leadrelay_store::{ConfigWriteError, DeliveryRecord, JobClaim, JobRecord, NewToken, StoreError, StoreResult};
+use leadrelay_store::{ConfigWriteError, DeliveryRecord, JobClaim, JobRecord, NewToken, Role, StoreError, StoreResult};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection, Row};
 
@@ -138,6 +138,18 @@ impl BatchWriter for Writer {
 
     async fn delete_token(&mut self, token_id: &str) -> StoreResult<bool> {
         let result = sqlx::query("DELETE FROM tokens WHERE id = $1")
+            .bind(token_id)
+            .execute(self.connected().await?)
+            .await
+            .map(|done| done.rows_affected() > 0)
+            .map_err(unavailable);
+        self.watch(result)
+    }
+
+    async fn update_token(&mut self, token_id: &str, name: &str, role: Option<Role>) -> StoreResult<bool> {
+        let result = sqlx::query("UPDATE tokens SET name = $1, role = COALESCE($2, role) WHERE id = $3")
+            .bind(name)
+            .bind(role.map(Role::as_str))
             .bind(token_id)
             .execute(self.connected().await?)
             .await

@@ -18,8 +18,8 @@ use leadrelay_domain::time::Millis;
 use leadrelay_store::{
     ChainReport, ClaimedTransfer, CommitOutcome, ConfigWriteError, Cursor, DeliveryClaim, DeliveryRecord, EventLines,
     EventQuery, JobClaim, JobRecord, LeadQuery, NewToken, OverviewQuery, OverviewRow, Page, RegisterQuery,
-    ResendOutcome, ResendRequest, Store, StoreError, StoreResult, StoreSignal, StoredAnswer, StoredEvent, StoredLead,
-    Submission, TokenRecord, TransferRow,
+    ResendOutcome, ResendRequest, Role, Store, StoreError, StoreResult, StoreSignal, StoredAnswer, StoredEvent,
+    StoredLead, Submission, TokenRecord, TransferRow,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::ConnectOptions;
@@ -310,6 +310,11 @@ impl Store for SqliteStore {
     async fn delete_token(&self, token_id: &str) -> StoreResult<bool> {
         let token_id = token_id.to_owned();
         self.write(|reply| WriteCommand::DeleteToken { token_id, reply }).await?
+    }
+
+    async fn update_token(&self, token_id: &str, name: &str, role: Option<Role>) -> StoreResult<bool> {
+        let (token_id, name) = (token_id.to_owned(), name.to_owned());
+        self.write(|reply| WriteCommand::UpdateToken { token_id, name, role, reply }).await?
     }
 
     /// One process serves the file, but `leadrelay apply` (another process) may change its

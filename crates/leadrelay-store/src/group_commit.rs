@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     ClaimedTransfer, CommitOutcome, ConfigWriteError, DeliveryClaim, DeliveryRecord, JobClaim, JobRecord, NewToken,
-    ResendOutcome, ResendRequest, StoreError, StoreResult, Submission,
+    ResendOutcome, ResendRequest, Role, StoreError, StoreResult, Submission,
 };
 
 /// The longest a commit waits for more writes to join it, and only under load.
@@ -32,6 +32,7 @@ pub enum WriteCommand {
     Config { change: ConfigChange, reply: oneshot::Sender<Result<Config, ConfigWriteError>> },
     CreateToken { token: NewToken, replace: bool, reply: oneshot::Sender<StoreResult<()>> },
     DeleteToken { token_id: String, reply: oneshot::Sender<StoreResult<bool>> },
+    UpdateToken { token_id: String, name: String, role: Option<Role>, reply: oneshot::Sender<StoreResult<bool>> },
     Shutdown { reply: oneshot::Sender<()> },
 }
 
@@ -62,6 +63,7 @@ pub trait BatchWriter: Send + Sized + 'static {
     async fn change_config(&mut self, change: ConfigChange) -> Result<Config, ConfigWriteError>;
     async fn create_token(&mut self, token: NewToken, replace: bool) -> StoreResult<()>;
     async fn delete_token(&mut self, token_id: &str) -> StoreResult<bool>;
+    async fn update_token(&mut self, token_id: &str, name: &str, role: Option<Role>) -> StoreResult<bool>;
     /// Gives up `owner`'s leases: its pending transfers are due at `now`.
     async fn release(&mut self, owner: &str, now: i64) -> StoreResult<u64>;
     /// Saves a job; refused (`Conflict`) when another node holds it.
@@ -194,6 +196,9 @@ async fn handle_other<W: BatchWriter>(writer: &mut W, command: WriteCommand) {
         }
         WriteCommand::DeleteToken { token_id, reply } => {
             let _ = reply.send(writer.delete_token(&token_id).await);
+        }
+        WriteCommand::UpdateToken { token_id, name, role, reply } => {
+            let _ = reply.send(writer.update_token(&token_id, &name, role).await);
         }
     }
 }

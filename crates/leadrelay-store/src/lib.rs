@@ -189,6 +189,9 @@ pub trait Store: Send + Sync + 'static {
     async fn list_tokens(&self) -> StoreResult<Vec<TokenRecord>>;
 
     async fn delete_token(&self, token_id: &str) -> StoreResult<bool>;
+    /// Renames a token and, when `role` is given, changes what it may do; false when no
+    /// token has that id.
+    async fn update_token(&self, token_id: &str, name: &str, role: Option<Role>) -> StoreResult<bool>;
 
     /// What other nodes or processes on the same database do that this node should know: a
     /// stream of signals (PostgreSQL hears them at once; SQLite looks for configuration changes

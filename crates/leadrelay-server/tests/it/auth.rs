@@ -63,6 +63,37 @@ async fn tokens_created_through_the_api_work_and_can_be_revoked() {
 }
 
 #[tokio::test]
+async fn a_token_can_be_renamed_and_given_another_role_without_changing_its_value() {
+    let app = spawn_app().await;
+    let created: Value =
+        app.post_admin("/api/v1/tokens", &json!({"name": "ops", "role": "operator"})).await.json().await.unwrap();
+    let (id, value) = (created["id"].as_str().unwrap().to_owned(), created["token"].as_str().unwrap().to_owned());
+    let path = format!("/api/v1/tokens/{id}");
+    let as_token = || app.client.get(app.url("/api/v1/flows")).bearer_auth(&value).send();
+    assert_eq!(as_token().await.unwrap().status(), StatusCode::FORBIDDEN, "an operator leaves configuration alone");
+
+    let renamed = app.put_admin(&path, &json!({"name": "night shift"})).await;
+    assert_eq!(renamed.status(), StatusCode::OK);
+    let renamed: Value = renamed.json().await.unwrap();
+    assert_eq!((renamed["name"].clone(), renamed["role"].clone()), (json!("night shift"), json!("operator")));
+    assert!(renamed.get("token").is_none(), "the value is never shown again");
+
+    let promoted: Value = app.put_admin(&path, &json!({"name": "lead", "role": "admin"})).await.json().await.unwrap();
+    assert_eq!(promoted["role"], "admin");
+    assert_eq!(as_token().await.unwrap().status(), StatusCode::OK, "the same value now acts as an admin");
+    assert_eq!(app.get_json(&path).await["name"], "lead");
+
+    let missing = app.put_admin("/api/v1/tokens/tok_nope", &json!({"name": "x"})).await;
+    assert_eq!(error_code(missing).await, (StatusCode::NOT_FOUND, "token_not_found".to_owned()));
+    for bad in [json!({"name": ""}), json!({"name": "x", "role": "emperor"}), json!({"name": "x", "token": "y"})] {
+        let refused = app.put_admin(&path, &bad).await;
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+    assert_eq!(app.get_json(&path).await["role"], "admin", "refused changes change nothing");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn health_readiness_and_intake_need_no_token() {
     let app = spawn_app().await;
     app.apply(&solar_config()).await;

@@ -11,7 +11,7 @@ use leadrelay_store::batch::{
 };
 use leadrelay_store::completion;
 use leadrelay_store::group_commit::{BatchAnswer, BatchRefs, BatchWriter};
-use leadrelay_store::{ConfigWriteError, DeliveryRecord, JobClaim, JobRecord, NewToken, StoreError, StoreResult};
+use leadrelay_store::{ConfigWriteError, DeliveryRecord, JobClaim, JobRecord, NewToken, Role, StoreError, StoreResult};
 use sqlx::{Connection, Row, SqliteConnection};
 
 use crate::{read, unavailable};
@@ -140,6 +140,17 @@ impl BatchWriter for Writer {
 
     async fn delete_token(&mut self, token_id: &str) -> StoreResult<bool> {
         sqlx::query("DELETE FROM tokens WHERE id = ?")
+            .bind(token_id)
+            .execute(&mut self.connection)
+            .await
+            .map(|done| done.rows_affected() > 0)
+            .map_err(unavailable)
+    }
+
+    async fn update_token(&mut self, token_id: &str, name: &str, role: Option<Role>) -> StoreResult<bool> {
+        sqlx::query("UPDATE tokens SET name = ?, role = COALESCE(?, role) WHERE id = ?")
+            .bind(name)
+            .bind(role.map(Role::as_str))
             .bind(token_id)
             .execute(&mut self.connection)
             .await
