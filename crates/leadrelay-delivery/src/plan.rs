@@ -223,8 +223,11 @@ fn abandon(
 ) -> (RegisterStatus, String, TransferState) {
     let reason = if in_round == 1 && attempt == 1 {
         format!("Abandoned: {last_error}")
-    } else {
+    } else if in_round == attempt {
         format!("Abandoned after {in_round} attempts: {last_error}")
+    } else {
+        // A resent transfer: this round's attempts, and all of them, as `attempt` says.
+        format!("Abandoned after {in_round} more attempts ({attempt} in all): {last_error}")
     };
     // The same integration as the attempt's own event, just before it.
     let integration = events.last().and_then(|event| event.integration.clone()).unwrap_or_default();

@@ -2,6 +2,8 @@
 //! the destination's format (`json`, `form`, `query`, `xml`) or rendered from its MiniJinja
 //! `body_template`. Building it does no IO.
 
+use std::sync::Arc;
+
 use base64::Engine;
 use indexmap::IndexMap;
 use leadrelay_domain::config::{Auth, BodyFormat, Destination, DestinationKind, HttpMethod, GA4_COLLECT_URL};
@@ -62,25 +64,64 @@ fn field_value(field: &Map<String, Value>) -> Value {
     }
 }
 
-/// What `body_template` sees as `lead`: the lead's attributes and `appended`, each field's
-/// value at the top level (`lead.email`), and the field objects with their components under
-/// `fields` (`lead.fields.email.domain`). No field can shadow an attribute.
-fn template_lead(snapshot: &Value) -> Value {
-    let mut lead = Map::new();
+/// A field in a template: prints as its value (`{{ lead.email }}`), and its parts are there
+/// as in the snapshot (`{{ lead.email.domain }}`, `.raw`, `.valid`).
+#[derive(Debug)]
+struct TemplateField(Map<String, Value>);
+
+impl minijinja::value::Object for TemplateField {
+    fn repr(self: &Arc<Self>) -> minijinja::value::ObjectRepr {
+        minijinja::value::ObjectRepr::Plain
+    }
+
+    fn get_value(self: &Arc<Self>, key: &minijinja::Value) -> Option<minijinja::Value> {
+        self.0.get(key.as_str()?).map(minijinja::Value::from_serialize)
+    }
+
+    fn render(self: &Arc<Self>, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&text_of(&field_value(&self.0)))
+    }
+}
+
+/// What `body_template` sees as `lead`: the snapshot, each field printing as its value (see
+/// [`TemplateField`]; a field whose value is a number or a boolean is that value), and every
+/// field object also under `fields` (`lead.fields.email.raw`).
+fn template_lead(snapshot: &Value) -> minijinja::Value {
+    let mut lead: Vec<(String, minijinja::Value)> = Vec::new();
     let mut objects = Map::new();
     for (name, field) in snapshot_fields(snapshot) {
         objects.insert(name.clone(), Value::Object(field.clone()));
-        if !LEAD_ATTRIBUTES.contains(&name.as_str()) {
-            lead.insert(name.clone(), field_value(field));
+        if LEAD_ATTRIBUTES.contains(&name.as_str()) {
+            continue;
         }
+        let value = match field_value(field) {
+            Value::String(_) | Value::Null => minijinja::Value::from_object(TemplateField(field.clone())),
+            other => minijinja::Value::from_serialize(other),
+        };
+        lead.push((name.clone(), value));
     }
     for attribute in LEAD_ATTRIBUTES {
         if let Some(value) = snapshot.get(attribute).filter(|_| attribute != "fields") {
-            lead.insert(attribute.to_owned(), value.clone());
+            lead.push((attribute.to_owned(), minijinja::Value::from_serialize(value)));
         }
     }
-    lead.insert("fields".to_owned(), Value::Object(objects));
-    Value::Object(lead)
+    lead.push(("fields".to_owned(), minijinja::Value::from_serialize(Value::Object(objects))));
+    lead.into_iter().collect()
+}
+
+/// How a value printed by a template is escaped for the destination's format, so that a
+/// lead's `"`, `<` or `&` cannot break (or add to) the document: inside a JSON string, as
+/// XML text, or URL-encoded. `| safe` and `| tojson` print as they are; nothing prints as
+/// nothing.
+fn escape_for(format: BodyFormat, text: &str) -> String {
+    match format {
+        BodyFormat::Json => {
+            let quoted = Value::String(text.to_owned()).to_string();
+            quoted[1..quoted.len() - 1].to_owned()
+        }
+        BodyFormat::Xml => quick_xml::escape::escape(text).into_owned(),
+        BodyFormat::Form | BodyFormat::Query => url::form_urlencoded::byte_serialize(text.as_bytes()).collect(),
+    }
 }
 
 /// Renders a destination's `body_template`.
@@ -92,18 +133,29 @@ pub fn render_template(
 ) -> Result<String, BuildError> {
     let mut environment = minijinja::Environment::new();
     environment.set_undefined_behavior(minijinja::UndefinedBehavior::Lenient);
+    let format = destination.format;
+    environment.set_formatter(move |out, _state, value| {
+        if value.is_undefined() || value.is_none() {
+            return Ok(());
+        }
+        let text = value.to_string();
+        let printed = if value.is_safe() { text } else { escape_for(format, &text) };
+        out.write_str(&printed).map_err(minijinja::Error::from)
+    });
     let event = json!({
         "transfer_id": context.transfer_id,
         "webhook_id": context.webhook_id,
         "attempt": context.attempt,
         "timestamp": context.timestamp,
+        "lead_id": snapshot.get("id"),
+        "destination_id": destination.id,
     });
     let destination_value = json!({"id": destination.id, "name": destination.name});
     environment
         .render_str(
             template,
             minijinja::context! {
-                lead => minijinja::Value::from_serialize(template_lead(snapshot)),
+                lead => template_lead(snapshot),
                 event => minijinja::Value::from_serialize(event),
                 destination => minijinja::Value::from_serialize(destination_value),
             },
@@ -387,6 +439,52 @@ mod tests {
             body,
             json!({"e": "ann@example.com", "raw": " Ann@Example.com", "id": "lead_1", "w": "msg_1", "d": "crm"})
         );
+    }
+
+    #[test]
+    fn template_fields_print_as_values_and_show_their_parts() {
+        let template = r#"{"mail": "{{ lead.email }}", "v": "{{ lead.email.value }}", "ok": {{ lead.email.valid | tojson }}, "lead": "{{ event.lead_id }}", "none": "{{ lead.nothing }}{{ lead.reason }}"}"#;
+        let mut snapshot = snapshot();
+        snapshot["email"]["domain"] = json!("example.com");
+        snapshot["reason"] = Value::Null;
+        let request = build_request(&destination(json!({"body_template": template})), &snapshot, &context()).unwrap();
+        let body: Value = serde_json::from_slice(&request.body).unwrap();
+        assert_eq!(
+            body,
+            json!({"mail": "ann@example.com", "v": "ann@example.com", "ok": true, "lead": "lead_1", "none": ""})
+        );
+        let domain = build_request(
+            &destination(json!({"body_template": "{\"d\": \"{{ lead.email.domain }}\"}"})),
+            &snapshot,
+            &context(),
+        )
+        .unwrap();
+        assert_eq!(serde_json::from_slice::<Value>(&domain.body).unwrap(), json!({"d": "example.com"}));
+    }
+
+    #[test]
+    fn template_values_are_escaped_for_the_format() {
+        let mut snapshot = snapshot();
+        snapshot["note"] = json!({"raw": "Jo \"x\" <b>&amp; é", "value": "Jo \"x\" <b>&amp; é"});
+        let render = |format: &str, template: &str| {
+            let destination = destination(json!({"format": format, "body_template": template}));
+            let request = build_request(&destination, &snapshot, &context()).unwrap();
+            (String::from_utf8(request.body).unwrap(), request.url.query().map(str::to_owned))
+        };
+        let (json_body, _) = render("json", r#"{"n": "{{ lead.note }}", "raw": {{ lead.note | tojson }}}"#);
+        let parsed: Value = serde_json::from_str(&json_body).unwrap();
+        assert_eq!(parsed, json!({"n": "Jo \"x\" <b>&amp; é", "raw": "Jo \"x\" <b>&amp; é"}));
+        let (xml_body, _) = render("xml", "<lead><n>{{ lead.note }}</n><raw>{{ lead.note | safe }}</raw></lead>");
+        assert!(xml_body.starts_with("<lead><n>Jo &quot;x&quot; &lt;b&gt;&amp;amp; é</n>"), "{xml_body}");
+        let (form_body, _) = render("form", "name={{ lead.note }}&state={{ lead.state }}");
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&form_body).unwrap();
+        assert_eq!(
+            pairs,
+            [("name".to_owned(), "Jo \"x\" <b>&amp; é".to_owned()), ("state".to_owned(), "TX".to_owned())]
+        );
+        let (_, query) = render("query", "n={{ lead.note }}");
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&query.unwrap()).unwrap();
+        assert_eq!(pairs, [("n".to_owned(), "Jo \"x\" <b>&amp; é".to_owned())]);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::time::Duration;
 use leadrelay_domain::caps::{applicable_caps, ApplicableCap, CapWindowKey};
 use leadrelay_domain::config::{Config, ConfigChange, Destination, DestinationKind};
 use leadrelay_domain::event::{EventType, Outcome, RegisterStatus};
+use leadrelay_domain::lead::LeadView;
 use leadrelay_domain::time::{now_millis, Millis};
 use leadrelay_store::{
     ClaimedTransfer, ConfigHandle, DeliveryClaim, DeliveryRecord, LoggedEvent, Store, StoreResult, TransferState,
@@ -137,7 +138,8 @@ fn postponed(claimed: &ClaimedTransfer, owner: &str, reason: String, now: Millis
     }
 }
 
-/// A transfer a cap stops: `recipient.skipped`, and the transfer ends as skipped.
+/// A transfer a cap or the destination's filter stops: `recipient.skipped`, and the transfer
+/// ends as skipped.
 fn skipped(claimed: &ClaimedTransfer, owner: &str, reason: String, now: Millis) -> DeliveryRecord {
     let mut event = transfer_event(claimed, EventType::RecipientSkipped, now);
     event.status = Some(RegisterStatus::Skip);
@@ -230,6 +232,15 @@ impl DeliveryService {
         now: Millis,
         owner: &str,
     ) -> (DeliveryRecord, Option<CapReservation>) {
+        // The destination's filter as it is now: a resent transfer that the filter skipped (or
+        // would skip since it changed) is skipped again, never delivered against it.
+        let refusal = self.config.current().rules.destination_filter(&destination.id).and_then(|rules| {
+            let verdict = rules.evaluate(&LeadView(&snapshot));
+            (!verdict.passed).then(|| verdict.describe_failure())
+        });
+        if let Some(failure) = refusal {
+            return (skipped(claimed, owner, format!("Destination filter: {failure}"), now), None);
+        }
         let caps = applicable_caps(destination, &snapshot, now);
         let reservation = match self.reserve(&caps).await {
             Ok(reservation) => reservation,

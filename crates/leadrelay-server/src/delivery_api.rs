@@ -194,15 +194,44 @@ pub(crate) async fn resend_transfer(state: &AppState, transfer_id: &str, actor: 
 /// Resends every transfer matching a register filter (`status`, `lead_id`, `source_id`,
 /// `destination_id`, `flow_id`, `start`, `end`, and `not_integrated`) as a background job.
 #[utoipa::path(post, path = "/api/v1/register/resend", tag = "register",
-    request_body(content = Object, description = "The register filter", content_type = "application/json"),
+    request_body(content = Object, description = "The register filter (or give it as query parameters); `{}` resends every transfer", content_type = "application/json"),
     responses((status = 202, description = "The job, running", body = Object),
               (status = 400, description = "The filter is invalid", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn resend_matching(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
+    RawQuery(query): RawQuery,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<JobRecord>)> {
-    let params = Value::Object(json_object_body(&body, "filters")?);
+    // Resending is not undone: an empty request must not mean "every transfer" by accident.
+    let query = query.filter(|query| !query.is_empty());
+    let params = match (query, body.iter().all(u8::is_ascii_whitespace)) {
+        (None, true) => {
+            return Err(ApiError::bad_request(
+                "filter_required",
+                "send the register filter as a JSON body or as query parameters; {} resends every transfer",
+            ))
+        }
+        (Some(_), false) => {
+            return Err(ApiError::bad_request(
+                "filter_twice",
+                "give the filter either as the JSON body or as query parameters, not both",
+            ))
+        }
+        (Some(query), true) => {
+            let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&query).map_err(|error| {
+                ApiError::bad_request("invalid_query", format!("query string is not valid: {error}"))
+            })?;
+            let mut object = Map::new();
+            for (name, value) in pairs {
+                if object.insert(name.clone(), Value::String(value)).is_some() {
+                    return Err(ApiError::bad_request("invalid_parameter", format!("{name}: given more than once")));
+                }
+            }
+            Value::Object(object)
+        }
+        (None, false) => Value::Object(json_object_body(&body, "filters")?),
+    };
     let job = crate::jobs::start_resend(&state, params, &caller.name).await?;
     Ok((StatusCode::ACCEPTED, Json(job)))
 }

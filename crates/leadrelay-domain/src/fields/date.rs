@@ -63,9 +63,16 @@ pub(super) fn parse_date(trimmed: &str) -> Parsed {
 
 pub(super) fn parse_dob(trimmed: &str) -> Parsed {
     match to_date(trimmed) {
-        Some(date) => describe(date, DOB_YEARS.contains(&date.year())),
+        Some(date) => describe(date, DOB_YEARS.contains(&date.year()) && !is_future(date)),
         None => Parsed::unparsed(trimmed, &COMPONENTS),
     }
+}
+
+/// Later than tomorrow in UTC (a day of grace: somewhere it is already tomorrow): no one
+/// is born in the future.
+fn is_future(date: NaiveDate) -> bool {
+    let tomorrow = chrono::Utc::now().date_naive() + chrono::Days::new(1);
+    date > tomorrow
 }
 
 fn describe(date: NaiveDate, valid: bool) -> Parsed {
@@ -164,7 +171,8 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::super::test_support::{assert_parsed, huge};
-    use super::super::FieldType;
+    use super::super::{parse_field, FieldType};
+    use chrono::Datelike;
 
     #[track_caller]
     fn check(field_type: FieldType, raw: &str, expected: Value) {
@@ -292,5 +300,17 @@ mod tests {
             json!({"value": "1900-01-01", "valid": true, "year": 1900, "month": 1, "day": 1}),
         );
         check_unparsed(FieldType::Dob, "not a date");
+    }
+
+    #[test]
+    fn a_dob_in_the_future_is_invalid() {
+        let next_year = chrono::Utc::now().date_naive().year() + 1;
+        let parsed = parse_field(FieldType::Dob, &format!("{next_year}-06-01"));
+        assert_eq!(parsed["valid"], json!(false), "{parsed:?}");
+        assert_eq!(
+            parse_field(FieldType::Date, &format!("{next_year}-06-01"))["valid"],
+            json!(true),
+            "a date may be ahead"
+        );
     }
 }

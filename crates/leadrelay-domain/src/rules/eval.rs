@@ -172,6 +172,9 @@ fn passes(test: &Test, subject: &Subject<'_>) -> bool {
             let mut lowered = text.chars().flat_map(char::to_lowercase);
             operand.text.chars().all(|expected| lowered.next() == Some(expected))
         }),
+        // A field whose value did not parse (`valid: false`) has no place in an order: `"abc"`
+        // is not at least 18, and `"!!"` is not before 2005.
+        Test::Compare(_, _) if subject.valid_flag == Some(false) => false,
         Test::Compare(operand, accept) => {
             Scalar::of(actual).and_then(|scalar| scalar.compare(operand)).is_some_and(accept)
         }
@@ -252,7 +255,8 @@ impl<'a> Scalar<'a> {
     }
 
     /// Ordering for `gt`/`lt`: numeric when both sides are numbers, else text (only between
-    /// two strings); `None` when the two cannot be ordered.
+    /// two strings that are not numbers); `None` when the two cannot be ordered, as a number
+    /// and a text that is not one cannot.
     fn compare(self, operand: &Operand) -> Option<Ordering> {
         match (self, operand.kind) {
             (Scalar::Bool(_), _) | (_, Kind::Bool) => None,
@@ -261,6 +265,7 @@ impl<'a> Scalar<'a> {
             (Scalar::Text(text), Kind::Number) => Num::parse(text)?.compare(operand.number?),
             (Scalar::Text(text), Kind::Text) => match (Num::parse(text), operand.number) {
                 (Some(actual), Some(expected)) => actual.compare(expected),
+                (None, Some(_)) => None,
                 _ => Some(text.chars().flat_map(char::to_lowercase).cmp(operand.text.chars())),
             },
         }

@@ -425,6 +425,18 @@ fn comparisons_never_pass_on_blank_boolean_or_mixed_values() {
     check_op("gt", json!(0), json!(true), false);
     check_op("gt", json!(0), json!([1]), false);
     check_op("gt", json!(0), json!(null), false);
+    check_op("gte", json!("18"), json!("abc"), false);
+    check_op("lte", json!("18"), json!("abc"), false);
+}
+
+#[test]
+fn comparisons_never_pass_on_a_field_whose_value_is_invalid() {
+    check_op("gte", json!("18"), field_object("abc", json!("abc"), false), false);
+    check_op("lt", json!("2005-01-01"), field_object("!!", json!("!!"), false), false);
+    check_op("lt", json!("2005-01-01"), field_object("0000", json!(null), false), false);
+    check_op("gt", json!("999"), field_object("NaN", json!("NaN"), false), false);
+    check_op("lt", json!("2005-01-01"), field_object("1990-01-01", json!("1990-01-01"), true), true);
+    check_op("gte", json!(18), field_object("30", json!(30), true), true);
 }
 
 #[test]

@@ -54,6 +54,35 @@ async fn an_abandoned_transfer_resent_by_a_person_is_delivered() {
 }
 
 #[tokio::test]
+async fn a_resent_transfer_still_meets_the_destination_filter() {
+    let receiver = Receiver::start(vec![Reply::status(200)]).await;
+    let app = spawn_delivering_app().await;
+    let filter = json!({"filter": {"all": [{"field": "state", "op": "in", "value": ["CA"]}]}});
+    app.apply(&config(json!([webhook("crm", &receiver, filter)]))).await;
+    let lead_id = submit(&app, "texan@example.com").await;
+    let transfer = app.transfer(&lead_id, "crm").await;
+    assert_eq!(transfer["status"], "skip");
+    let transfer_id = transfer["transfer_id"].as_str().unwrap();
+    let response = app.post_admin(&format!("/api/v1/register/{transfer_id}/resend"), &json!({})).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let skips = loop {
+        let skips: Vec<Value> =
+            app.timeline(&lead_id).await.into_iter().filter(|e| e["type"] == "recipient.skipped").collect();
+        if skips.len() == 2 {
+            break skips;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{skips:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let reason = skips[1]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("Destination filter: state"), "{reason}");
+    assert_eq!(app.transfer(&lead_id, "crm").await["status"], "skip");
+    assert!(receiver.received().is_empty(), "a lead the filter refuses never reaches the destination");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_bulk_resend_job_queues_every_matching_transfer_and_reports_progress() {
     // Six failures abandon three leads (two attempts each); then the destination recovers.
     let mut script = vec![Reply::status(500); 6];
@@ -114,6 +143,29 @@ async fn resend_refuses_what_cannot_be_resent() {
     assert_eq!(crate::helpers::error_code(bad_filter).await, (StatusCode::BAD_REQUEST, "invalid_parameter".to_owned()));
     let bad_status = app.post_admin("/api/v1/register/resend", &json!({"status": "lost"})).await;
     assert_eq!(bad_status.status(), StatusCode::BAD_REQUEST);
+    // Resending cannot be undone: an empty request is not "everything", and the filter comes
+    // in one place.
+    let bulk = |query: &'static str, body: &'static str| {
+        let url = app.url(&format!("/api/v1/register/resend{query}"));
+        app.client.post(url).bearer_auth(crate::helpers::ADMIN_TOKEN).body(body).send()
+    };
+    let cases = [
+        ("", "", "filter_required"),
+        ("?status=error", "{}", "filter_twice"),
+        ("?colour=red", "", "invalid_parameter"),
+        ("?status=error&status=skip", "", "invalid_parameter"),
+    ];
+    for (query, body, code) in cases {
+        let refused = crate::helpers::error_code(bulk(query, body).await.unwrap()).await;
+        assert_eq!(refused, (StatusCode::BAD_REQUEST, code.to_owned()), "{query} {body}");
+    }
+    let by_query = bulk("?status=error&destination_id=crm", "").await.unwrap();
+    assert_eq!(by_query.status(), StatusCode::ACCEPTED);
+    let job: Value = by_query.json().await.unwrap();
+    assert_eq!(
+        (job["params"]["status"].clone(), job["params"]["destination_id"].clone()),
+        (json!("error"), json!("crm"))
+    );
     let no_job = app.get_admin("/api/v1/jobs/job_nope").await;
     assert_eq!(no_job.status(), StatusCode::NOT_FOUND);
     app.stop().await;
