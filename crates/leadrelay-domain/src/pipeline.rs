@@ -487,7 +487,13 @@ fn append_enhancements(timeline: &mut Timeline<'_>, outcomes: &[EnhancementOutco
         event.reason = reason;
         event.duration_ms = Some(outcome.duration_ms);
         event.integration = Some("enhancement".to_owned());
+        event.response_code = outcome.exchange.pointer("/response/status").and_then(Value::as_i64);
         let mut data = json!({ "enhancement": outcome.name });
+        if let EnhancementResult::Success(appended) = &outcome.result {
+            // Which fields the lead gained, as their paths.
+            let paths: Vec<String> = appended.keys().map(|key| format!("appended.{}.{key}", outcome.name)).collect();
+            data["appended"] = json!(paths);
+        }
         if let (Value::Object(data), Value::Object(exchange)) = (&mut data, &outcome.exchange) {
             data.extend(exchange.clone());
         }
@@ -514,7 +520,26 @@ fn run_filters(timeline: &mut Timeline<'_>, now: Millis) -> bool {
     true
 }
 
-/// One transfer per destination: skipped by the destination's filter, or queued for delivery.
+/// `recipient.skipped` for a destination's transfer.
+fn skip_event(
+    timeline: &mut Timeline<'_>,
+    destination_id: &str,
+    transfer_id: TransferId,
+    reason: String,
+    data: Value,
+    now: Millis,
+) {
+    let event = timeline.push(EventType::RecipientSkipped, now);
+    event.destination_id = Some(destination_id.to_owned());
+    event.transfer_id = Some(transfer_id);
+    event.status = Some(RegisterStatus::Skip);
+    event.outcome = Some(Outcome::Failure);
+    event.reason = Some(reason);
+    event.data = data;
+}
+
+/// One transfer per destination: skipped by the destination's filter, held (queued, but
+/// skipped for now) while the destination is disabled, or queued for delivery.
 fn route(timeline: &mut Timeline<'_>, now: Millis) {
     let intake = timeline.intake;
     if intake.destinations.is_empty() {
@@ -530,21 +555,21 @@ fn route(timeline: &mut Timeline<'_>, now: Millis) {
             Some(verdict) if !verdict.passed => {
                 let reason = format!("Destination filter: {}", verdict.describe_failure());
                 let transfer_id = timeline.transfer(Some(&destination.id), RegisterStatus::Skip, reason.clone());
-                let event = timeline.push(EventType::RecipientSkipped, now);
-                event.destination_id = Some(destination.id.clone());
-                event.transfer_id = Some(transfer_id);
-                event.status = Some(RegisterStatus::Skip);
-                event.outcome = Some(Outcome::Failure);
-                event.reason = Some(reason);
-                event.data = filter_data(&format!("destination:{}", destination.id), &verdict);
+                let data = filter_data(&format!("destination:{}", destination.id), &verdict);
+                skip_event(timeline, &destination.id, transfer_id, reason, data, now);
+            }
+            _ if !destination.enabled => {
+                // Held, not dropped (SPEC 3: `recipient.skipped`, destination disabled): the
+                // transfer stays queued and is delivered once the destination is enabled.
+                let reason =
+                    format!("Held: destination {} is disabled; delivered once it is enabled", destination.name);
+                let transfer_id =
+                    timeline.push_transfer(Some(&destination.id), RegisterStatus::Skip, reason.clone(), true, false);
+                skip_event(timeline, &destination.id, transfer_id, reason, json!({"held": true}), now);
             }
             _ => {
-                let description = if destination.enabled {
-                    format!("Queued for delivery to {}", destination.name)
-                } else {
-                    format!("Held: destination {} is disabled", destination.name)
-                };
-                let realtime = destination.enabled && destination.mode == DeliveryMode::Realtime;
+                let description = format!("Queued for delivery to {}", destination.name);
+                let realtime = destination.mode == DeliveryMode::Realtime;
                 timeline.push_transfer(Some(&destination.id), RegisterStatus::New, description, true, realtime);
             }
         }

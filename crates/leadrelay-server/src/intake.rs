@@ -31,6 +31,8 @@ pub fn routes() -> Router<Arc<AppState>> {
 
 /// Reads a body into a map of submitted fields, by content type.
 fn parse_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Map<String, Value>> {
+    // Some Windows tools start UTF-8 text with a byte order mark; it is not part of the body.
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }
@@ -252,15 +254,27 @@ pub(crate) async fn submit(
                     state.delivery.wake();
                 }
                 // In a task of its own: a submitter that hangs up must not cancel the recording
-                // of a delivery already made.
-                let delivery = state.delivery.clone();
-                let live = config.clone();
-                let task = tokio::spawn(async move { delivery.deliver_realtime(&live, &realtime).await });
-                let mut deliveries = task.await.unwrap_or_default();
-                deliveries.append(&mut answer_now.deliveries);
-                answer_now.deliveries = deliveries;
-                let body = serde_json::to_string(&answer_now).map_err(|error| ApiError::Internal(error.to_string()))?;
-                return Ok(answer_response(&StoredAnswer { http_status: answer.http_status, body_json: body }, false));
+                // of a delivery already made, nor of the answer the idempotency key keeps.
+                let (store, delivery, live) = (state.store.clone(), state.delivery.clone(), config.clone());
+                let (source_id, key) = (source.id.clone(), idempotency_key.clone());
+                let task = tokio::spawn(async move {
+                    let mut deliveries = delivery.deliver_realtime(&live, &realtime).await;
+                    deliveries.append(&mut answer_now.deliveries);
+                    answer_now.deliveries = deliveries;
+                    let body =
+                        serde_json::to_string(&answer_now).map_err(|error| ApiError::Internal(error.to_string()))?;
+                    let answer = StoredAnswer { http_status: answer.http_status, body_json: body };
+                    if let Some(key) = key {
+                        // The key answers this again, with the outcomes, not the answer of the
+                        // commit before the calls.
+                        if let Err(error) = store.replace_idempotent_answer(&source_id, &key, answer.clone()).await {
+                            tracing::warn!(%error, "keeping the realtime answer for the idempotency key failed");
+                        }
+                    }
+                    Ok::<_, ApiError>(answer)
+                });
+                let answer = task.await.map_err(|error| ApiError::Internal(error.to_string()))??;
+                return Ok(answer_response(&answer, false));
             }
             CommitOutcome::Replay(stored) => return Ok(answer_response(&stored, true)),
             CommitOutcome::DuplicateChanged(actual) => duplicate = actual,

@@ -133,14 +133,22 @@ pub(crate) async fn list_flow_events(
 
 /// One event.
 #[utoipa::path(get, path = "/api/v1/events/{event_id}", tag = "events",
-    params(("event_id" = String, Path, description = "`evt_…`")),
+    params(("event_id" = String, Path, description = "`evt_…`"),
+           ("include" = Option<String>, Query, description = "Comma-separated top-level fields to keep"),
+           ("exclude" = Option<String>, Query, description = "Comma-separated top-level fields to drop")),
     responses((status = 200, description = "The event", body = crate::openapi::EventDoc),
+              (status = 400, description = "A parameter is invalid", body = crate::openapi::ErrorBody),
               (status = 404, description = "No such event", body = crate::openapi::ErrorBody)))]
-pub(crate) async fn get_event(State(state): State<Arc<AppState>>, Path(event_id): Path<String>) -> ApiResult<Response> {
+pub(crate) async fn get_event(
+    State(state): State<Arc<AppState>>,
+    Path(event_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    let projection = Projection::from_params(&Params::parse(query.as_deref(), &["include", "exclude"])?)?;
     match state.store.event(&event_id).await? {
         Some(event) => {
             let mut out = Vec::with_capacity(event.data.len() + event.lead.len() + 512);
-            event.write_json(&mut out, &EVENT_FIELDS);
+            event.write_json(&mut out, &projection.0);
             Ok(json_bytes(out))
         }
         None => Err(ApiError::not_found("event_not_found", format!("no event {event_id:?}"))),

@@ -11,7 +11,9 @@ use leadrelay_store::batch::{
 };
 use leadrelay_store::completion;
 use leadrelay_store::group_commit::{BatchAnswer, BatchRefs, BatchWriter};
-use leadrelay_store::{ConfigWriteError, DeliveryRecord, JobClaim, JobRecord, NewToken, Role, StoreError, StoreResult};
+use leadrelay_store::{
+    ConfigWriteError, DeliveryRecord, JobClaim, JobRecord, NewToken, Role, StoreError, StoreResult, StoredAnswer,
+};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection, Row};
 
@@ -143,6 +145,20 @@ impl BatchWriter for Writer {
             .await
             .map(|done| done.rows_affected() > 0)
             .map_err(unavailable);
+        self.watch(result)
+    }
+
+    async fn replace_answer(&mut self, source_id: &str, key: &str, answer: &StoredAnswer) -> StoreResult<()> {
+        let result =
+            sqlx::query("UPDATE idempotency_keys SET http_status = $1, answer = $2 WHERE source_id = $3 AND key = $4")
+                .bind(i64::from(answer.http_status))
+                .bind(&answer.body_json)
+                .bind(source_id)
+                .bind(key)
+                .execute(self.connected().await?)
+                .await
+                .map(|_| ())
+                .map_err(unavailable);
         self.watch(result)
     }
 

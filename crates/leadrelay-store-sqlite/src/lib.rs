@@ -312,6 +312,11 @@ impl Store for SqliteStore {
         self.write(|reply| WriteCommand::DeleteToken { token_id, reply }).await?
     }
 
+    async fn replace_idempotent_answer(&self, source_id: &str, key: &str, answer: StoredAnswer) -> StoreResult<()> {
+        let (source_id, key) = (source_id.to_owned(), key.to_owned());
+        self.write(|reply| WriteCommand::ReplaceAnswer { source_id, key, answer, reply }).await?
+    }
+
     async fn update_token(&self, token_id: &str, name: &str, role: Option<Role>) -> StoreResult<bool> {
         let (token_id, name) = (token_id.to_owned(), name.to_owned());
         self.write(|reply| WriteCommand::UpdateToken { token_id, name, role, reply }).await?

@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     ClaimedTransfer, CommitOutcome, ConfigWriteError, DeliveryClaim, DeliveryRecord, JobClaim, JobRecord, NewToken,
-    ResendOutcome, ResendRequest, Role, StoreError, StoreResult, Submission,
+    ResendOutcome, ResendRequest, Role, StoreError, StoreResult, StoredAnswer, Submission,
 };
 
 /// The longest a commit waits for more writes to join it, and only under load.
@@ -33,6 +33,7 @@ pub enum WriteCommand {
     CreateToken { token: NewToken, replace: bool, reply: oneshot::Sender<StoreResult<()>> },
     DeleteToken { token_id: String, reply: oneshot::Sender<StoreResult<bool>> },
     UpdateToken { token_id: String, name: String, role: Option<Role>, reply: oneshot::Sender<StoreResult<bool>> },
+    ReplaceAnswer { source_id: String, key: String, answer: StoredAnswer, reply: oneshot::Sender<StoreResult<()>> },
     Shutdown { reply: oneshot::Sender<()> },
 }
 
@@ -64,6 +65,7 @@ pub trait BatchWriter: Send + Sized + 'static {
     async fn create_token(&mut self, token: NewToken, replace: bool) -> StoreResult<()>;
     async fn delete_token(&mut self, token_id: &str) -> StoreResult<bool>;
     async fn update_token(&mut self, token_id: &str, name: &str, role: Option<Role>) -> StoreResult<bool>;
+    async fn replace_answer(&mut self, source_id: &str, key: &str, answer: &StoredAnswer) -> StoreResult<()>;
     /// Gives up `owner`'s leases: its pending transfers are due at `now`.
     async fn release(&mut self, owner: &str, now: i64) -> StoreResult<u64>;
     /// Saves a job; refused (`Conflict`) when another node holds it.
@@ -199,6 +201,9 @@ async fn handle_other<W: BatchWriter>(writer: &mut W, command: WriteCommand) {
         }
         WriteCommand::UpdateToken { token_id, name, role, reply } => {
             let _ = reply.send(writer.update_token(&token_id, &name, role).await);
+        }
+        WriteCommand::ReplaceAnswer { source_id, key, answer, reply } => {
+            let _ = reply.send(writer.replace_answer(&source_id, &key, &answer).await);
         }
     }
 }

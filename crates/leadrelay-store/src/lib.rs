@@ -92,6 +92,10 @@ pub trait Store: Send + Sync + 'static {
     /// The answer stored for an idempotency key of a source.
     async fn idempotent_answer(&self, source_id: &str, key: &str) -> StoreResult<Option<StoredAnswer>>;
 
+    /// Replaces the answer an idempotency key keeps: a realtime submission's answer, once its
+    /// deliveries are made, lists their outcomes. Nothing happens for a key that is not kept.
+    async fn replace_idempotent_answer(&self, source_id: &str, key: &str, answer: StoredAnswer) -> StoreResult<()>;
+
     /// Writes a lead, its events and its transfers in one transaction, after re-checking the
     /// duplicate answer and the idempotency key atomically. Concurrent calls are group-committed.
     async fn commit_submission(&self, submission: Submission) -> StoreResult<CommitOutcome>;

@@ -264,8 +264,14 @@ async fn a_realtime_destination_answers_within_the_submission() {
     let receiver = Receiver::start(vec![Reply::status(200).body(r#"{"accepted":true}"#)]).await;
     let app = spawn_delivering_app().await;
     app.apply(&config(json!([webhook("crm", &receiver, json!({"mode": "realtime", "price": 12.0}))]))).await;
-    let (status, answer) = app.submit("web", &json!({"email": "now@example.com", "state": "TX"})).await;
-    assert_eq!(status, StatusCode::CREATED);
+    let submit = || {
+        let url = app.url("/api/v1/sources/web/submit");
+        let fields = json!({"email": "now@example.com", "state": "TX"});
+        app.client.post(url).header("idempotency-key", "rt-1").json(&fields).send()
+    };
+    let response = submit().await.unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let answer: Value = response.json().await.unwrap();
     let deliveries = answer["deliveries"].as_array().unwrap();
     assert_eq!(deliveries.len(), 1, "{answer}");
     assert_eq!(deliveries[0]["destination_id"], "crm");
@@ -277,6 +283,11 @@ async fn a_realtime_destination_answers_within_the_submission() {
     // Already recorded when the answer came.
     let types = app.timeline_types(lead_id).await;
     assert_eq!(types, ["source.submitted", "source.accepted", "recipient.delivered", "flow.completed"]);
+    assert_eq!(receiver.received().len(), 1);
+    // The key answers the first answer again, outcomes included, and calls nobody.
+    let replay = submit().await.unwrap();
+    assert_eq!(replay.status(), StatusCode::CREATED);
+    assert_eq!(replay.json::<Value>().await.unwrap(), answer);
     assert_eq!(receiver.received().len(), 1);
     app.stop().await;
 }
@@ -350,14 +361,18 @@ async fn a_disabled_destination_holds_its_transfers_until_it_is_enabled() {
     app.apply(&config(json!([destination.clone()]))).await;
     let lead_id = submit(&app, "held@example.com").await;
     let transfer = app.transfer(&lead_id, "crm").await;
-    assert_eq!(transfer["status"], "new");
-    assert_eq!(transfer["description"], "Held: destination Buyer crm is disabled");
+    assert_eq!(transfer["status"], "skip");
+    assert_eq!(transfer["description"], "Held: destination Buyer crm is disabled; delivered once it is enabled");
+    let types = app.timeline_types(&lead_id).await;
+    assert_eq!(types, ["source.submitted", "source.accepted", "recipient.skipped"], "the hold is on the record");
 
     let mut enabled = destination;
     enabled["enabled"] = json!(true);
     let response = app.put_admin("/api/v1/destinations/crm", &enabled).await;
     assert_eq!(response.status(), StatusCode::OK);
-    app.timeline_until(&lead_id, "recipient.delivered").await;
+    let types = app.timeline_until(&lead_id, "recipient.delivered").await;
+    assert_eq!(delivery_part(&types), ["recipient.skipped", "recipient.delivered", "flow.completed"]);
+    assert_eq!(app.transfer(&lead_id, "crm").await["status"], "success");
     assert_eq!(receiver.received().len(), 1);
     app.stop().await;
 }
@@ -595,6 +610,9 @@ async fn an_enhancement_appends_its_answer_before_the_filters() {
     assert_eq!(call.header("x-key"), Some("e"));
     let lead = app.get_json(&format!("/api/v1/leads/{lead_id}")).await;
     assert_eq!(lead["appended"]["phone_check"], json!({"carrier": "Verizon", "line": "mobile"}));
+    let success = app.timeline(&lead_id).await.into_iter().find(|e| e["type"] == "enhancement.success").unwrap();
+    assert_eq!(success["response_code"], 200);
+    assert_eq!(success["data"]["appended"], json!(["appended.phone_check.carrier", "appended.phone_check.line"]));
     app.stop().await;
 }
 
@@ -621,6 +639,7 @@ async fn a_broken_enhancement_never_stops_the_lead() {
     assert_eq!(error["reason"], "HTTP 503 from the enhancement");
     assert_eq!(error["outcome"], "error");
     assert_eq!(error["data"]["enhancement"], "phone_check");
+    assert_eq!(error["response_code"], 503);
     app.stop().await;
 }
 

@@ -170,8 +170,14 @@ async fn bad_list_parameters_are_refused_by_name() {
 async fn single_event_lead_and_timeline_lookups_answer_404_when_unknown() {
     let (app, leads) = seeded_app().await;
     let timeline = app.timeline(&leads[0]).await;
-    let event = app.get_json(&format!("/api/v1/events/{}", timeline[0]["id"].as_str().unwrap())).await;
+    let path = format!("/api/v1/events/{}", timeline[0]["id"].as_str().unwrap());
+    let event = app.get_json(&path).await;
     assert_eq!(event, timeline[0]);
+    let some = app.get_json(&format!("{path}?include=id,type")).await;
+    assert_eq!(some, json!({"id": event["id"], "type": event["type"]}));
+    let without = app.get_json(&format!("{path}?exclude=lead,data")).await;
+    assert!(without.get("lead").is_none() && without.get("data").is_none() && without["id"] == event["id"]);
+    assert_eq!(app.get_admin(&format!("{path}?sort=asc")).await.status(), StatusCode::BAD_REQUEST);
     for path in ["/api/v1/events/evt_nope", "/api/v1/leads/lead_nope", "/api/v1/leads/lead_nope/events"] {
         assert_eq!(app.get_admin(path).await.status(), StatusCode::NOT_FOUND, "{path}");
     }

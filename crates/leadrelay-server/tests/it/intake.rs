@@ -175,6 +175,12 @@ async fn unicode_and_odd_values_are_kept_raw() {
     assert_eq!(stored["count"]["raw"], "42");
     assert_eq!(stored["phone"]["e164"], "+442079460958");
     assert!(stored.get("nothing").is_none());
+    // A byte order mark before JSON (as some Windows tools write it) is not an error.
+    let mut with_bom = b"\xEF\xBB\xBF".to_vec();
+    with_bom.extend_from_slice(json!({"email": "bom@example.com", "state": "TX"}).to_string().as_bytes());
+    let url = app.url("/api/v1/sources/web/submit");
+    let bom = app.client.post(url).header("content-type", "application/json").body(with_bom).send().await.unwrap();
+    assert_eq!(bom.status(), StatusCode::CREATED);
     app.stop().await;
 }
 

@@ -11,7 +11,9 @@ use leadrelay_store::batch::{
 };
 use leadrelay_store::completion;
 use leadrelay_store::group_commit::{BatchAnswer, BatchRefs, BatchWriter};
-use leadrelay_store::{ConfigWriteError, DeliveryRecord, JobClaim, JobRecord, NewToken, Role, StoreError, StoreResult};
+use leadrelay_store::{
+    ConfigWriteError, DeliveryRecord, JobClaim, JobRecord, NewToken, Role, StoreError, StoreResult, StoredAnswer,
+};
 use sqlx::{Connection, Row, SqliteConnection};
 
 use crate::{read, unavailable};
@@ -144,6 +146,18 @@ impl BatchWriter for Writer {
             .execute(&mut self.connection)
             .await
             .map(|done| done.rows_affected() > 0)
+            .map_err(unavailable)
+    }
+
+    async fn replace_answer(&mut self, source_id: &str, key: &str, answer: &StoredAnswer) -> StoreResult<()> {
+        sqlx::query("UPDATE idempotency_keys SET http_status = ?, answer = ? WHERE source_id = ? AND key = ?")
+            .bind(i64::from(answer.http_status))
+            .bind(&answer.body_json)
+            .bind(source_id)
+            .bind(key)
+            .execute(&mut self.connection)
+            .await
+            .map(|_| ())
             .map_err(unavailable)
     }
 
