@@ -258,8 +258,9 @@ impl DeliveryService {
         (record, reservation)
     }
 
-    /// Counts technical failures in a row; when a destination's circuit breaker trips, adds
-    /// `destination.disabled` to the record and returns true.
+    /// Counts technical failures in a row. Half way to a destination's circuit breaker, adds
+    /// `destination.warning` to the record (the notification before the trip); when it trips,
+    /// adds `destination.disabled` and returns true.
     fn observe(
         &self,
         claimed: &ClaimedTransfer,
@@ -286,13 +287,17 @@ impl DeliveryService {
             now
         };
         if count < breaker.failures {
-            if count == breaker.failures.div_ceil(2) && breaker.failures >= 4 {
-                tracing::warn!(
-                    destination_id = %destination.id,
-                    failures = count,
-                    trips_at = breaker.failures,
-                    "destination keeps failing; its circuit breaker will disable it"
+            if count == (breaker.failures / 2).max(1) {
+                let warning = format!(
+                    "{count} failure{} in a row (last: {reason}); the circuit breaker disables the destination after {}",
+                    if count == 1 { "" } else { "s" },
+                    breaker.failures
                 );
+                tracing::warn!(destination_id = %destination.id, %warning, "destination keeps failing");
+                let mut event = transfer_event(claimed, EventType::DestinationWarning, now_millis());
+                event.reason = Some(warning);
+                event.data = serde_json::json!({"circuit_breaker": {"failures": breaker.failures}, "failures": count});
+                record.events.push(LoggedEvent::new(event, claimed.snapshot_id, &claimed.snapshot_digest));
             }
             return false;
         }

@@ -53,6 +53,7 @@ event_types! {
     RetryAttempted => "retry.attempted",
     DeliveryAbandoned => "delivery.abandoned",
     DeliveryResent => "delivery.resent",
+    DestinationWarning => "destination.warning",
     DestinationDisabled => "destination.disabled",
     FlowCompleted => "flow.completed",
     LeadUpdated => "lead.updated",

@@ -554,11 +554,17 @@ async fn a_circuit_breaker_disables_a_failing_destination_and_holds_its_transfer
         [
             "recipient.error",
             "retry.scheduled",
+            "destination.warning",
             "retry.attempted",
             "recipient.error",
             "retry.scheduled",
             "destination.disabled"
         ]
+    );
+    let warning = app.timeline(&lead_id).await.into_iter().find(|e| e["type"] == "destination.warning").unwrap();
+    assert_eq!(
+        warning["reason"],
+        "1 failure in a row (last: HTTP 500 from destination); the circuit breaker disables the destination after 2"
     );
     let tripped = app.timeline(&lead_id).await.into_iter().find(|e| e["type"] == "destination.disabled").unwrap();
     assert_eq!(tripped["reason"], "Disabled after 2 failures in a row (last: HTTP 500 from destination)");
