@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::compiled::CompiledRules;
 use crate::config::{DeliveryMode, Destination, DuplicateMatch, DuplicatePolicy, Flow, Source};
 use crate::event::{EventType, NewEvent, Outcome, RegisterStatus};
-use crate::fields::{parse_field, FieldType};
+use crate::fields::{parse_field, validate_as_of, FieldType};
 use crate::ids::{LeadId, TransferId};
 use crate::lead::{LeadRecord, LeadView};
 use crate::rules::Verdict;
@@ -188,7 +188,8 @@ pub fn prepare(intake: &Intake<'_>, submitted: Map<String, Value>, received_at: 
         let Some(text) = text_of(value) else { continue };
         let target = intake.source.field_map.get(name).unwrap_or(name);
         let field_type = flow.field(target).map(|def| def.field_type).unwrap_or_else(|| inferred_type(target));
-        let parsed = parse_field(field_type, &text);
+        let mut parsed = parse_field(field_type, &text);
+        validate_as_of(field_type, &mut parsed, received_at);
         // A blank value never overrides a value another submitted name mapped to the same field.
         if fields.get(target).is_some_and(|existing| !is_blank(existing)) && is_blank(&parsed) {
             continue;

@@ -63,16 +63,19 @@ pub(super) fn parse_date(trimmed: &str) -> Parsed {
 
 pub(super) fn parse_dob(trimmed: &str) -> Parsed {
     match to_date(trimmed) {
-        Some(date) => describe(date, DOB_YEARS.contains(&date.year()) && !is_future(date)),
+        Some(date) => describe(date, DOB_YEARS.contains(&date.year())),
         None => Parsed::unparsed(trimmed, &COMPONENTS),
     }
 }
 
-/// Later than tomorrow in UTC (a day of grace: somewhere it is already tomorrow): no one
-/// is born in the future.
-fn is_future(date: NaiveDate) -> bool {
-    let tomorrow = chrono::Utc::now().date_naive() + chrono::Days::new(1);
-    date > tomorrow
+/// A birth date after the day the lead arrived (in UTC, with a day of grace: somewhere it is
+/// already tomorrow) is invalid: no one is born in the future.
+pub(super) fn invalidate_future_dob(field: &mut serde_json::Map<String, Value>, received_at: i64) {
+    let Some(arrival) = DateTime::from_timestamp_millis(received_at).map(|time| time.date_naive()) else { return };
+    let born = field.get("value").and_then(Value::as_str).and_then(|text| text.parse::<NaiveDate>().ok());
+    if born.is_some_and(|born| born > arrival + chrono::Days::new(1)) {
+        field.insert("valid".to_owned(), Value::Bool(false));
+    }
 }
 
 fn describe(date: NaiveDate, valid: bool) -> Parsed {
@@ -171,8 +174,7 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::super::test_support::{assert_parsed, huge};
-    use super::super::{parse_field, FieldType};
-    use chrono::Datelike;
+    use super::super::{parse_field, validate_as_of, FieldType};
 
     #[track_caller]
     fn check(field_type: FieldType, raw: &str, expected: Value) {
@@ -303,14 +305,16 @@ mod tests {
     }
 
     #[test]
-    fn a_dob_in_the_future_is_invalid() {
-        let next_year = chrono::Utc::now().date_naive().year() + 1;
-        let parsed = parse_field(FieldType::Dob, &format!("{next_year}-06-01"));
-        assert_eq!(parsed["valid"], json!(false), "{parsed:?}");
-        assert_eq!(
-            parse_field(FieldType::Date, &format!("{next_year}-06-01"))["valid"],
-            json!(true),
-            "a date may be ahead"
-        );
+    fn a_dob_after_the_day_of_arrival_is_invalid() {
+        let arrival = chrono::NaiveDate::from_ymd_opt(2024, 1, 15).unwrap().and_hms_opt(12, 0, 0).unwrap();
+        let received_at = arrival.and_utc().timestamp_millis();
+        for (raw, valid) in [("2024-01-15", true), ("2024-01-16", true), ("2024-01-17", false), ("1990-05-01", true)] {
+            let mut field = parse_field(FieldType::Dob, raw);
+            validate_as_of(FieldType::Dob, &mut field, received_at);
+            assert_eq!(field["valid"], json!(valid), "{raw}");
+        }
+        let mut ahead = parse_field(FieldType::Date, "2030-06-01");
+        validate_as_of(FieldType::Date, &mut ahead, received_at);
+        assert_eq!(ahead["valid"], json!(true), "a date may be ahead");
     }
 }

@@ -44,6 +44,14 @@ pub enum FieldType {
 }
 
 /// Parses one raw value of the given type into its JSON object of components.
+/// What a field's validity owes to the day the lead arrived, which parsing alone cannot know:
+/// a `dob` after that day is invalid. `received_at` is in milliseconds since the epoch.
+pub fn validate_as_of(field_type: FieldType, field: &mut Map<String, Value>, received_at: i64) {
+    if field_type == FieldType::Dob {
+        date::invalidate_future_dob(field, received_at);
+    }
+}
+
 pub fn parse_field(field_type: FieldType, raw: &str) -> Map<String, Value> {
     let trimmed = raw.trim();
     let parsed = match field_type {
