@@ -179,11 +179,12 @@ pub(crate) async fn get_lead(State(state): State<Arc<AppState>>, Path(lead_id): 
     }
 }
 
-/// A lead's timeline, oldest first.
+/// A lead's timeline, oldest first (`sort=desc` for newest first), with the events filters.
 #[utoipa::path(get, path = "/api/v1/leads/{lead_id}/events", tag = "leads",
     params(("lead_id" = String, Path, description = "`lead_…`"),
            ("limit" = Option<u32>, Query, description = "1 to 1000, default 1000"),
-           ("cursor" = Option<String>, Query, description = "The previous page's next_cursor")),
+           ("cursor" = Option<String>, Query, description = "The previous page's next_cursor"),
+           ("type" = Option<String>, Query, description = "Only events of this type; `status`, `destination_id`, `start`, `end`, `rules`, `include`, `exclude` and `sort` work as for /api/v1/events")),
     responses((status = 200, description = "The timeline, oldest first", body = crate::openapi::PageDoc),
               (status = 404, description = "No such lead", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn lead_timeline(
@@ -191,17 +192,15 @@ pub(crate) async fn lead_timeline(
     Path(lead_id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Response> {
-    let params = Params::parse(query.as_deref(), &["limit", "cursor", "include", "exclude"])?;
+    // The path names the lead; every other filter of the log applies.
+    let known: Vec<&str> = EVENT_PARAMS.iter().copied().filter(|name| *name != "lead_id").collect();
+    let params = Params::parse(query.as_deref(), &known)?;
+    let mut events = event_query(&params, SortOrder::Asc)?;
+    events.limit = params.limit(1000)?;
     if state.store.lead(&lead_id).await?.is_none() {
         return Err(ApiError::not_found("lead_not_found", format!("no lead {lead_id:?}")));
     }
-    let events = EventQuery {
-        lead_id: Some(lead_id),
-        limit: params.limit(1000)?,
-        sort: SortOrder::Asc,
-        cursor: params.cursor()?,
-        ..EventQuery::default()
-    };
+    events.lead_id = Some(lead_id);
     events_response(&state, events, Projection::from_params(&params)?).await
 }
 

@@ -178,6 +178,17 @@ async fn single_event_lead_and_timeline_lookups_answer_404_when_unknown() {
     let without = app.get_json(&format!("{path}?exclude=lead,data")).await;
     assert!(without.get("lead").is_none() && without.get("data").is_none() && without["id"] == event["id"]);
     assert_eq!(app.get_admin(&format!("{path}?sort=asc")).await.status(), StatusCode::BAD_REQUEST);
+    // A timeline takes the log's filters; the path names the lead.
+    let timeline_path = format!("/api/v1/leads/{}/events", leads[0]);
+    let newest_first = app.get_json(&format!("{timeline_path}?sort=desc")).await;
+    let mut reversed = timeline.clone();
+    reversed.reverse();
+    assert_eq!(newest_first["items"], json!(reversed));
+    let accepted = app.get_json(&format!("{timeline_path}?type=source.accepted")).await;
+    assert_eq!(accepted["items"].as_array().unwrap().len(), 1);
+    assert_eq!(accepted["items"][0]["type"], "source.accepted");
+    let other_lead = app.get_admin(&format!("{timeline_path}?lead_id={}", leads[1])).await;
+    assert_eq!(other_lead.status(), StatusCode::BAD_REQUEST);
     for path in ["/api/v1/events/evt_nope", "/api/v1/leads/lead_nope", "/api/v1/leads/lead_nope/events"] {
         assert_eq!(app.get_admin(path).await.status(), StatusCode::NOT_FOUND, "{path}");
     }
