@@ -308,13 +308,6 @@ pub struct AttemptInput<'a> {
 pub async fn attempt(clients: &HttpClients, input: AttemptInput<'_>) -> AttemptReport {
     let started = Instant::now();
     let destination = input.destination;
-    let timestamp = format_millis(input.now);
-    let context = DeliveryContext {
-        transfer_id: input.transfer_id,
-        webhook_id: input.webhook_id,
-        attempt: input.attempt,
-        timestamp: &timestamp,
-    };
     let blocked = |reason: String, request: Value| AttemptReport {
         started_at: input.now,
         duration_ms: 0,
@@ -325,23 +318,39 @@ pub async fn attempt(clients: &HttpClients, input: AttemptInput<'_>) -> AttemptR
         captured: Map::new(),
         price: None,
     };
-    let built = build_request(destination, &input.snapshot, &context);
-    drop(input.snapshot);
-    let mut request = match built {
-        Ok(request) => request,
-        Err(error) => return blocked(error.to_string(), Value::Null),
+    // Only the request is kept while the call is in flight: with thousands of slow calls at
+    // once, whatever else lived across the await (the snapshot, the signing keys, the
+    // recorded copy) would be memory held for nothing.
+    let request = {
+        let timestamp = format_millis(input.now);
+        let context = DeliveryContext {
+            transfer_id: input.transfer_id,
+            webhook_id: input.webhook_id,
+            attempt: input.attempt,
+            timestamp: &timestamp,
+        };
+        let built = build_request(destination, &input.snapshot, &context);
+        drop(input.snapshot);
+        let mut request = match built {
+            Ok(request) => request,
+            Err(error) => return blocked(error.to_string(), Value::Null),
+        };
+        // Webhooks are signed; GA4 is Google's protocol, authenticated by its api_secret.
+        let keys = if destination.kind == DestinationKind::Webhook {
+            signing_keys(destination, input.now)
+        } else {
+            Vec::new()
+        };
+        if !keys.is_empty() {
+            let seconds = input.now.div_euclid(1000);
+            request.headers.extend(signing::headers(&keys, input.webhook_id, seconds, &request.body));
+        }
+        request
     };
-    // Webhooks are signed; GA4 is Google's protocol, authenticated by its api_secret.
-    let keys =
-        if destination.kind == DestinationKind::Webhook { signing_keys(destination, input.now) } else { Vec::new() };
-    if !keys.is_empty() {
-        let seconds = input.now.div_euclid(1000);
-        request.headers.extend(signing::headers(&keys, input.webhook_id, seconds, &request.body));
-    }
-    let secrets = secret_headers(destination);
-    let recorded = recorded_request(&request, &secrets);
     let timeout = Duration::from_millis(destination.timeout_ms.max(1));
     let answer = send(clients, destination.proxy.as_deref(), &request, timeout).await;
+    let recorded = recorded_request(&request, &secret_headers(destination));
+    drop(request);
     let duration_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
     let Answer { status, headers, body, complete } = match answer {
         Ok(answer) => answer,

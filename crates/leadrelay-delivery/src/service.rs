@@ -473,16 +473,20 @@ impl DeliveryService {
             *self.in_flight().entry(destination.id.clone()).or_default() += claimed.len();
             for transfer in claimed {
                 let service = self.clone();
-                let destination = destination.clone();
+                // The configuration is shared, not the destination copied: thousands of calls
+                // may be in flight.
+                let (config, destination_id) = (config.clone(), destination.id.clone());
                 let finished = finished.clone();
                 let mut transfer = transfer;
                 tasks.spawn(async move {
+                    let destination =
+                        config.destinations.get(&destination_id).expect("a destination of this configuration");
                     // The snapshot text is parsed once and not held while the call is in flight.
                     let snapshot = serde_json::from_str(&std::mem::take(&mut transfer.snapshot)).unwrap_or(Value::Null);
                     let (record, reservation) =
-                        service.attempt_parsed(&transfer, &destination, snapshot, now_millis(), &service.owner).await;
+                        service.attempt_parsed(&transfer, destination, snapshot, now_millis(), &service.owner).await;
                     // The recorder writes it; if it is gone (shutdown), the lease is released.
-                    let _ = finished.send((destination.id.clone(), record, reservation)).await;
+                    let _ = finished.send((destination_id, record, reservation)).await;
                 });
             }
         }
