@@ -245,8 +245,6 @@ async fn commit_batch(connection: &mut PgConnection, refs: BatchRefs<'_>) -> Res
     let records = records.as_slice();
 
     let snapshot_bases = number_snapshots(&mut head, &accepted);
-    let rows = event_rows(&accepted, &snapshot_bases, records);
-    let hashes = link_events(&mut head, &rows);
     if !accepted.is_empty() {
         insert_snapshots(&mut transaction, &accepted, &snapshot_bases).await?;
         insert_leads(&mut transaction, &accepted, &snapshot_bases).await?;
@@ -255,18 +253,17 @@ async fn commit_batch(connection: &mut PgConnection, refs: BatchRefs<'_>) -> Res
         insert_idempotency(&mut transaction, &accepted).await?;
         insert_pending_completions(&mut transaction, &accepted).await?;
     }
-    if !rows.is_empty() {
-        insert_events(&mut transaction, &rows, &hashes).await?;
-    }
     update_transfers(&mut transaction, records).await?;
     // Held `flow.completed` events whose leads have no transfer pending any more follow the
-    // outcomes just written.
+    // outcomes just written, in the batch's one insert of events.
     let due = take_due_completions(&mut transaction, &completion::leads_of(records)).await?;
-    if !due.is_empty() {
-        let completed = completion::completion_record(due, records, now_millis())?;
-        let completion_rows = event_rows(&[], &[], &[&completed]);
-        let completion_hashes = link_events(&mut head, &completion_rows);
-        insert_events(&mut transaction, &completion_rows, &completion_hashes).await?;
+    let completed =
+        if due.is_empty() { None } else { Some(completion::completion_record(due, records, now_millis())?) };
+    let logged: Vec<&DeliveryRecord> = records.iter().copied().chain(completed.as_ref()).collect();
+    let rows = event_rows(&accepted, &snapshot_bases, &logged);
+    let hashes = link_events(&mut head, &rows);
+    if !rows.is_empty() {
+        insert_events(&mut transaction, &rows, &hashes).await?;
     }
     if head != start {
         sqlx::query("UPDATE chain_head SET seq = $1, hash = $2, snapshot_id = $3 WHERE id = 1")

@@ -82,8 +82,6 @@ impl Writer {
         let records = records.as_slice();
 
         let snapshot_bases = number_snapshots(&mut self.head, &accepted);
-        let rows = event_rows(&accepted, &snapshot_bases, records);
-        let hashes = link_events(&mut self.head, &rows);
         if !accepted.is_empty() {
             insert_snapshots(&mut transaction, &accepted, &snapshot_bases).await?;
             insert_leads(&mut transaction, &accepted, &snapshot_bases).await?;
@@ -92,18 +90,16 @@ impl Writer {
             insert_idempotency(&mut transaction, &accepted).await?;
             insert_pending_completions(&mut transaction, &accepted).await?;
         }
-        if !rows.is_empty() {
-            insert_events(&mut transaction, &rows, &hashes).await?;
-            save_head(&mut transaction, &self.head).await?;
-        }
         update_transfers(&mut transaction, records).await?;
         // Held `flow.completed` events whose leads have no transfer pending any more follow
-        // the outcomes just written.
+        // the outcomes just written, in the batch's one insert of events.
         let due = take_due_completions(&mut transaction, &completion::leads_of(records)).await?;
-        if !due.is_empty() {
-            let completed = completion::completion_record(due, records, now_millis())?;
-            let rows = event_rows(&[], &[], &[&completed]);
-            let hashes = link_events(&mut self.head, &rows);
+        let completed =
+            if due.is_empty() { None } else { Some(completion::completion_record(due, records, now_millis())?) };
+        let logged: Vec<&DeliveryRecord> = records.iter().copied().chain(completed.as_ref()).collect();
+        let rows = event_rows(&accepted, &snapshot_bases, &logged);
+        let hashes = link_events(&mut self.head, &rows);
+        if !rows.is_empty() {
             insert_events(&mut transaction, &rows, &hashes).await?;
             save_head(&mut transaction, &self.head).await?;
         }
