@@ -2,8 +2,6 @@
 //! the destination's format (`json`, `form`, `query`, `xml`) or rendered from its MiniJinja
 //! `body_template`. Building it does no IO.
 
-use std::sync::Arc;
-
 use base64::Engine;
 use indexmap::IndexMap;
 use leadrelay_domain::config::{Auth, BodyFormat, Destination, DestinationKind, HttpMethod, GA4_COLLECT_URL};
@@ -64,55 +62,32 @@ fn field_value(field: &Map<String, Value>) -> Value {
     }
 }
 
-/// A field in a template: prints as its value (`{{ lead.email }}`), and its parts are there
-/// as in the snapshot (`{{ lead.email.domain }}`, `.raw`, `.valid`).
-#[derive(Debug)]
-struct TemplateField(Map<String, Value>);
-
-impl minijinja::value::Object for TemplateField {
-    fn repr(self: &Arc<Self>) -> minijinja::value::ObjectRepr {
-        minijinja::value::ObjectRepr::Plain
-    }
-
-    fn get_value(self: &Arc<Self>, key: &minijinja::Value) -> Option<minijinja::Value> {
-        self.0.get(key.as_str()?).map(minijinja::Value::from_serialize)
-    }
-
-    fn render(self: &Arc<Self>, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&text_of(&field_value(&self.0)))
-    }
-}
-
-/// What `body_template` sees as `lead`: the snapshot, each field printing as its value (see
-/// [`TemplateField`]; a field whose value is a number or a boolean is that value), and every
-/// field object also under `fields` (`lead.fields.email.raw`).
-fn template_lead(snapshot: &Value) -> minijinja::Value {
-    let mut lead: Vec<(String, minijinja::Value)> = Vec::new();
+/// What `body_template` sees as `lead`: the lead's attributes and `appended`, each field's
+/// value at the top level (`{{ lead.email }}`, a plain string or number, so that `==`, `in`
+/// and tests of truth work as on any value), and the field objects with their parts under
+/// `fields` (`{{ lead.fields.email.domain }}`). No field can shadow an attribute.
+fn template_lead(snapshot: &Value) -> Value {
+    let mut lead = Map::new();
     let mut objects = Map::new();
     for (name, field) in snapshot_fields(snapshot) {
         objects.insert(name.clone(), Value::Object(field.clone()));
-        if LEAD_ATTRIBUTES.contains(&name.as_str()) {
-            continue;
+        if !LEAD_ATTRIBUTES.contains(&name.as_str()) {
+            lead.insert(name.clone(), field_value(field));
         }
-        let value = match field_value(field) {
-            Value::String(_) | Value::Null => minijinja::Value::from_object(TemplateField(field.clone())),
-            other => minijinja::Value::from_serialize(other),
-        };
-        lead.push((name.clone(), value));
     }
     for attribute in LEAD_ATTRIBUTES {
         if let Some(value) = snapshot.get(attribute).filter(|_| attribute != "fields") {
-            lead.push((attribute.to_owned(), minijinja::Value::from_serialize(value)));
+            lead.insert(attribute.to_owned(), value.clone());
         }
     }
-    lead.push(("fields".to_owned(), minijinja::Value::from_serialize(Value::Object(objects))));
-    lead.into_iter().collect()
+    lead.insert("fields".to_owned(), Value::Object(objects));
+    Value::Object(lead)
 }
 
-/// How a value printed by a template is escaped for the destination's format, so that a
+/// How a string printed by a template is escaped for the destination's format, so that a
 /// lead's `"`, `<` or `&` cannot break (or add to) the document: inside a JSON string, as
-/// XML text, or URL-encoded. `| safe` and `| tojson` print as they are; nothing prints as
-/// nothing.
+/// XML text, or URL-encoded. Numbers, booleans, lists and maps print as they are, as do
+/// `| safe` and `| tojson`; nothing prints as nothing.
 fn escape_for(format: BodyFormat, text: &str) -> String {
     match format {
         BodyFormat::Json => {
@@ -139,7 +114,8 @@ pub fn render_template(
             return Ok(());
         }
         let text = value.to_string();
-        let printed = if value.is_safe() { text } else { escape_for(format, &text) };
+        let is_text = value.kind() == minijinja::value::ValueKind::String;
+        let printed = if is_text && !value.is_safe() { escape_for(format, &text) } else { text };
         out.write_str(&printed).map_err(minijinja::Error::from)
     });
     let event = json!({
@@ -155,7 +131,7 @@ pub fn render_template(
         .render_str(
             template,
             minijinja::context! {
-                lead => template_lead(snapshot),
+                lead => minijinja::Value::from_serialize(template_lead(snapshot)),
                 event => minijinja::Value::from_serialize(event),
                 destination => minijinja::Value::from_serialize(destination_value),
             },
@@ -442,19 +418,20 @@ mod tests {
     }
 
     #[test]
-    fn template_fields_print_as_values_and_show_their_parts() {
-        let template = r#"{"mail": "{{ lead.email }}", "v": "{{ lead.email.value }}", "ok": {{ lead.email.valid | tojson }}, "lead": "{{ event.lead_id }}", "none": "{{ lead.nothing }}{{ lead.reason }}"}"#;
+    fn template_fields_print_as_values_with_their_parts_under_fields() {
+        let template = r#"{"mail": "{{ lead.email }}", "tx": {{ (lead.state == "TX") | tojson }}, "in": {{ (lead.state in ["CA", "TX"]) | tojson }}, "ok": {{ lead.fields.email.valid | tojson }}, "lead": "{{ event.lead_id }}", "none": "{{ lead.nothing }}{{ lead.reason }}", "list": {{ lead.appended.x.tags }}}"#;
         let mut snapshot = snapshot();
         snapshot["email"]["domain"] = json!("example.com");
         snapshot["reason"] = Value::Null;
+        snapshot["appended"] = json!({"x": {"tags": ["a", "b"]}});
         let request = build_request(&destination(json!({"body_template": template})), &snapshot, &context()).unwrap();
         let body: Value = serde_json::from_slice(&request.body).unwrap();
         assert_eq!(
             body,
-            json!({"mail": "ann@example.com", "v": "ann@example.com", "ok": true, "lead": "lead_1", "none": ""})
+            json!({"mail": "ann@example.com", "tx": true, "in": true, "ok": true, "lead": "lead_1", "none": "", "list": ["a", "b"]})
         );
         let domain = build_request(
-            &destination(json!({"body_template": "{\"d\": \"{{ lead.email.domain }}\"}"})),
+            &destination(json!({"body_template": "{\"d\": \"{{ lead.fields.email.domain }}\"}"})),
             &snapshot,
             &context(),
         )

@@ -232,6 +232,15 @@ pub(crate) async fn resend_matching(
         }
         (None, false) => Value::Object(json_object_body(&body, "filters")?),
     };
+    // A filter given empty (`?status=`, `{"status": null}`) would silently widen the job to
+    // every transfer: refused, so that only `{}` means everything.
+    if let Some((name, _)) = params.as_object().into_iter().flatten().find(|(_, value)| match value {
+        Value::Null => true,
+        Value::String(text) => text.trim().is_empty(),
+        _ => false,
+    }) {
+        return Err(ApiError::bad_request("invalid_parameter", format!("{name}: empty; leave it out instead")));
+    }
     let job = crate::jobs::start_resend(&state, params, &caller.name).await?;
     Ok((StatusCode::ACCEPTED, Json(job)))
 }

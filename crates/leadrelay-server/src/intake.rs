@@ -257,6 +257,7 @@ pub(crate) async fn submit(
                 // of a delivery already made, nor of the answer the idempotency key keeps.
                 let (store, delivery, live) = (state.store.clone(), state.delivery.clone(), config.clone());
                 let (source_id, key) = (source.id.clone(), idempotency_key.clone());
+                let answer_before_calls = answer.clone();
                 let task = tokio::spawn(async move {
                     let mut deliveries = delivery.deliver_realtime(&live, &realtime).await;
                     deliveries.append(&mut answer_now.deliveries);
@@ -273,8 +274,19 @@ pub(crate) async fn submit(
                     }
                     Ok::<_, ApiError>(answer)
                 });
-                let answer = task.await.map_err(|error| ApiError::Internal(error.to_string()))??;
-                return Ok(answer_response(&answer, false));
+                // The lead is committed whatever happened to the calls: a task that failed
+                // answers what was committed (the dispatcher delivers what is left).
+                return Ok(match task.await {
+                    Ok(Ok(delivered)) => answer_response(&delivered, false),
+                    Ok(Err(error)) => {
+                        tracing::error!(%error, "the realtime answer could not be written; answering the committed one");
+                        answer_response(&answer_before_calls, false)
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "realtime deliveries failed; they continue in the background");
+                        answer_response(&answer_before_calls, false)
+                    }
+                });
             }
             CommitOutcome::Replay(stored) => return Ok(answer_response(&stored, true)),
             CommitOutcome::DuplicateChanged(actual) => duplicate = actual,

@@ -265,7 +265,8 @@ impl<'a> Scalar<'a> {
             (Scalar::Text(text), Kind::Number) => Num::parse(text)?.compare(operand.number?),
             (Scalar::Text(text), Kind::Text) => match (Num::parse(text), operand.number) {
                 (Some(actual), Some(expected)) => actual.compare(expected),
-                (None, Some(_)) => None,
+                // `"abc"` is not at least 18; a date (`2024-05-01`) still orders after `"2024"`.
+                (None, Some(_)) if !text.starts_with(|c: char| c.is_ascii_digit()) => None,
                 _ => Some(text.chars().flat_map(char::to_lowercase).cmp(operand.text.chars())),
             },
         }

@@ -427,6 +427,7 @@ fn comparisons_never_pass_on_blank_boolean_or_mixed_values() {
     check_op("gt", json!(0), json!(null), false);
     check_op("gte", json!("18"), json!("abc"), false);
     check_op("lte", json!("18"), json!("abc"), false);
+    check_op("gte", json!("2024"), json!("2024-05-01"), true);
 }
 
 #[test]

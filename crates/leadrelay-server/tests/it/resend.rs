@@ -154,6 +154,9 @@ async fn resend_refuses_what_cannot_be_resent() {
         ("?status=error", "{}", "filter_twice"),
         ("?colour=red", "", "invalid_parameter"),
         ("?status=error&status=skip", "", "invalid_parameter"),
+        ("?status=", "", "invalid_parameter"),
+        ("", r#"{"status": null}"#, "invalid_parameter"),
+        ("", r#"{"status": " "}"#, "invalid_parameter"),
     ];
     for (query, body, code) in cases {
         let refused = crate::helpers::error_code(bulk(query, body).await.unwrap()).await;
