@@ -54,13 +54,17 @@ pub struct DueCompletion {
     pub transfers: Vec<CompletedTransfer>,
 }
 
-/// The record that logs due completions, at `now` or, should a step of this batch carry a
-/// later time, at that time: the completion never sorts before the outcomes it follows.
+/// The record that logs due completions (none when nothing is due), at `now` or, should a
+/// step of this batch carry a later time, at that time: the completion never sorts before the
+/// outcomes it follows.
 pub fn completion_record(
     due: Vec<DueCompletion>,
     records: &[&DeliveryRecord],
     now: Millis,
-) -> StoreResult<DeliveryRecord> {
+) -> StoreResult<Option<DeliveryRecord>> {
+    if due.is_empty() {
+        return Ok(None);
+    }
     let latest = records.iter().flat_map(|record| record.events.iter().map(|logged| logged.event.timestamp)).max();
     let now = latest.map_or(now, |latest| latest.max(now));
     let corrupt = |what: String| StoreError::Corrupt(what);
@@ -88,7 +92,7 @@ pub fn completion_record(
         event.data = json!({ "transfers": transfers });
         events.push(LoggedEvent::new(event, lead.snapshot_id, &digest));
     }
-    Ok(DeliveryRecord { events, update: None, attempt: None, cap_counts: Vec::new() })
+    Ok(Some(DeliveryRecord { events, update: None, attempt: None, cap_counts: Vec::new() }))
 }
 
 /// The leads a batch's delivery records are about: where a held completion may now be due.

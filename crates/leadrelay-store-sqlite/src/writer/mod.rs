@@ -94,8 +94,7 @@ impl Writer {
         // Held `flow.completed` events whose leads have no transfer pending any more follow
         // the outcomes just written, in the batch's one insert of events.
         let due = take_due_completions(&mut transaction, &completion::leads_of(records)).await?;
-        let completed =
-            if due.is_empty() { None } else { Some(completion::completion_record(due, records, now_millis())?) };
+        let completed = completion::completion_record(due, records, now_millis())?;
         let logged: Vec<&DeliveryRecord> = records.iter().copied().chain(completed.as_ref()).collect();
         let rows = event_rows(&accepted, &snapshot_bases, &logged);
         let hashes = link_events(&mut self.head, &rows);
