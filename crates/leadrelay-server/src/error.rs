@@ -87,7 +87,7 @@ impl IntoResponse for ApiError {
             }
             ApiError::Unavailable(detail) => {
                 tracing::error!(detail, "storage unavailable");
-                json!({"error": {"code": code, "message": "the lead could not be stored; nothing was written, retry later"}})
+                json!({"error": {"code": code, "message": "the store is unavailable; nothing was changed, retry later"}})
             }
             ApiError::InvalidConfig(error) => {
                 json!({"error": {"code": code, "message": error.to_string(), "details": error.problems}})

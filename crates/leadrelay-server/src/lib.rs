@@ -144,7 +144,7 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 /// The store answers.
-#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "Ready"), (status = 503, description = "The store does not answer")), security(()))]
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, description = "Ready"), (status = 503, description = "The store does not answer, or its last write failed (a full disk); ready again once a write commits")), security(()))]
 async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     match state.store.ping().await {
         Ok(()) => (StatusCode::OK, Json(json!({"status": "ready", "store": state.store.engine()}))),

@@ -65,6 +65,8 @@ impl Default for PostgresOptions {
 pub struct PostgresStore {
     readers: PgPool,
     writes: mpsc::Sender<WriteCommand>,
+    /// How the writer's last batch ended (`ping`).
+    health: group_commit::WriterHealth,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -119,8 +121,9 @@ impl PostgresStore {
             .map_err(unavailable)?;
         let writer = Writer::new(write_connection, connect);
         let (writes, receiver) = mpsc::channel(options.max_batch.max(1) * 4);
-        let writer_task = tokio::spawn(group_commit::run(writer, receiver, options.max_batch));
-        Ok(Arc::new(Self { readers, writes, tasks: std::sync::Mutex::new(vec![writer_task]) }))
+        let health = group_commit::WriterHealth::default();
+        let writer_task = tokio::spawn(group_commit::run(writer, receiver, options.max_batch, health.clone()));
+        Ok(Arc::new(Self { readers, writes, health, tasks: std::sync::Mutex::new(vec![writer_task]) }))
     }
 
     async fn write<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> WriteCommand) -> StoreResult<T> {
@@ -139,7 +142,7 @@ impl Store for PostgresStore {
         if self.writes.is_closed() {
             return Err(unavailable("the writer has stopped"));
         }
-        Ok(())
+        self.health.check()
     }
 
     async fn load_config(&self) -> StoreResult<Config> {

@@ -52,6 +52,8 @@ impl Default for SqliteOptions {
 pub struct SqliteStore {
     readers: SqlitePool,
     writes: mpsc::Sender<WriteCommand>,
+    /// How the writer's last batch ended (`ping`).
+    health: group_commit::WriterHealth,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -108,11 +110,12 @@ impl SqliteStore {
             .execute(&mut write_connection)
             .await
             .map_err(unavailable)?;
-        let writer = Writer::start(write_connection).await?;
+        let writer = Writer::start(write_connection, connect.clone()).await?;
         let (writes, receiver) = mpsc::channel(options.max_batch.max(1) * 4);
-        let writer_task = tokio::spawn(group_commit::run(writer, receiver, options.max_batch));
+        let health = group_commit::WriterHealth::default();
+        let writer_task = tokio::spawn(group_commit::run(writer, receiver, options.max_batch, health.clone()));
         let checkpoint_task = tokio::spawn(checkpoint_loop(readers.clone(), options.checkpoint_interval));
-        Ok(Arc::new(Self { readers, writes, tasks: std::sync::Mutex::new(vec![writer_task, checkpoint_task]) }))
+        Ok(Arc::new(Self { readers, writes, health, tasks: std::sync::Mutex::new(vec![writer_task, checkpoint_task]) }))
     }
 
     async fn write<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> WriteCommand) -> StoreResult<T> {
@@ -172,7 +175,7 @@ impl Store for SqliteStore {
         if self.writes.is_closed() {
             return Err(unavailable("the writer has stopped"));
         }
-        Ok(())
+        self.health.check()
     }
 
     async fn load_config(&self) -> StoreResult<Config> {

@@ -3,6 +3,8 @@
 //! one, and, when a batch fails, retries each write on its own so that one bad write never
 //! fails the others. An engine supplies the transactions ([`BatchWriter`]).
 
+use std::sync::{Arc, Mutex, PoisonError};
+
 use async_trait::async_trait;
 use leadrelay_domain::config::{Config, ConfigChange};
 use tokio::sync::{mpsc, oneshot};
@@ -75,6 +77,25 @@ pub trait BatchWriter: Send + Sized + 'static {
     async fn close(self);
 }
 
+/// How the writer's last batch ended, for `/readyz`: a node whose writes fail (a full disk)
+/// is not ready, and is again once a batch commits (the dispatcher claims every second).
+#[derive(Clone, Default)]
+pub struct WriterHealth(Arc<Mutex<Option<String>>>);
+
+impl WriterHealth {
+    /// Fails with the last batch's error when that batch was not written.
+    pub fn check(&self) -> StoreResult<()> {
+        match &*self.0.lock().unwrap_or_else(PoisonError::into_inner) {
+            Some(error) => Err(StoreError::Unavailable(format!("the last write failed: {error}"))),
+            None => Ok(()),
+        }
+    }
+
+    fn record<T>(&self, result: &StoreResult<T>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = result.as_ref().err().map(ToString::to_string);
+    }
+}
+
 /// Sends a write to the writer task and waits for its answer.
 pub async fn send<T>(
     writes: &mpsc::Sender<WriteCommand>,
@@ -101,7 +122,12 @@ impl Batch {
 }
 
 /// The writer task: runs until every sender is gone or a shutdown is sent.
-pub async fn run<W: BatchWriter>(mut writer: W, mut commands: mpsc::Receiver<WriteCommand>, max_batch: usize) {
+pub async fn run<W: BatchWriter>(
+    mut writer: W,
+    mut commands: mpsc::Receiver<WriteCommand>,
+    max_batch: usize,
+    health: WriterHealth,
+) {
     let max_batch = max_batch.max(1);
     let mut pending: Vec<WriteCommand> = Vec::new();
     let mut last_batch = 0usize;
@@ -133,7 +159,7 @@ pub async fn run<W: BatchWriter>(mut writer: W, mut commands: mpsc::Receiver<Wri
             }
         }
         last_batch = pending.len();
-        let shutdown = process(&mut writer, std::mem::take(&mut pending)).await;
+        let shutdown = process(&mut writer, std::mem::take(&mut pending), &health).await;
         if let Some(reply) = shutdown {
             // Take no more writes, but finish every one already sent.
             commands.close();
@@ -141,7 +167,7 @@ pub async fn run<W: BatchWriter>(mut writer: W, mut commands: mpsc::Receiver<Wri
             while let Ok(command) = commands.try_recv() {
                 rest.push(command);
             }
-            process(&mut writer, rest).await;
+            process(&mut writer, rest, &health).await;
             writer.close().await;
             let _ = reply.send(());
             return;
@@ -152,7 +178,11 @@ pub async fn run<W: BatchWriter>(mut writer: W, mut commands: mpsc::Receiver<Wri
 
 /// Carries out writes in the order they were sent, batchable writes group-committed between
 /// the others. Returns the reply of a shutdown if one was among them.
-async fn process<W: BatchWriter>(writer: &mut W, commands: Vec<WriteCommand>) -> Option<oneshot::Sender<()>> {
+async fn process<W: BatchWriter>(
+    writer: &mut W,
+    commands: Vec<WriteCommand>,
+    health: &WriterHealth,
+) -> Option<oneshot::Sender<()>> {
     let mut shutdown = None;
     let mut batch = Batch::default();
     for command in commands {
@@ -164,12 +194,12 @@ async fn process<W: BatchWriter>(writer: &mut W, commands: Vec<WriteCommand>) ->
             WriteCommand::Shutdown { reply } => shutdown = Some(reply),
             other => {
                 // Keep the order of writes: commit the batch received before it.
-                commit(writer, std::mem::take(&mut batch)).await;
+                commit(writer, std::mem::take(&mut batch), health).await;
                 handle_other(writer, other).await;
             }
         }
     }
-    commit(writer, batch).await;
+    commit(writer, batch, health).await;
     shutdown
 }
 
@@ -208,7 +238,7 @@ async fn handle_other<W: BatchWriter>(writer: &mut W, command: WriteCommand) {
     }
 }
 
-async fn commit<W: BatchWriter>(writer: &mut W, batch: Batch) {
+async fn commit<W: BatchWriter>(writer: &mut W, batch: Batch, health: &WriterHealth) {
     if batch.len() == 0 {
         return;
     }
@@ -217,7 +247,9 @@ async fn commit<W: BatchWriter>(writer: &mut W, batch: Batch) {
     let claims: Vec<&DeliveryClaim> = batch.claims.iter().map(|(claim, _)| claim).collect();
     let resends: Vec<&ResendRequest> = batch.resends.iter().map(|(request, _)| request).collect();
     let refs = BatchRefs { submissions: &submissions, records: &records, claims: &claims, resends: &resends };
-    match writer.commit_batch(refs).await {
+    let result = writer.commit_batch(refs).await;
+    health.record(&result);
+    match result {
         Ok(answer) => {
             for ((_, reply), outcome) in batch.submissions.into_iter().zip(answer.outcomes) {
                 let _ = reply.send(Ok(outcome));
@@ -239,6 +271,7 @@ async fn commit<W: BatchWriter>(writer: &mut W, batch: Batch) {
                 let result = writer
                     .commit_batch(BatchRefs { submissions: &[submission.as_ref()], ..BatchRefs::default() })
                     .await;
+                health.record(&result);
                 let _ = reply.send(result.map(|mut answer| answer.outcomes.remove(0)));
             }
             for (records, reply) in batch.deliveries {

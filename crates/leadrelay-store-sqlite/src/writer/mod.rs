@@ -14,7 +14,8 @@ use leadrelay_store::group_commit::{BatchAnswer, BatchRefs, BatchWriter};
 use leadrelay_store::{
     ConfigWriteError, DeliveryRecord, JobClaim, JobRecord, NewToken, Role, StoreError, StoreResult, StoredAnswer,
 };
-use sqlx::{Connection, Row, SqliteConnection};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{ConnectOptions, Connection, Row, SqliteConnection};
 
 use crate::{read, unavailable};
 
@@ -34,6 +35,8 @@ const MAX_BOUND_VALUES: usize = 30_000;
 
 pub(crate) struct Writer {
     connection: SqliteConnection,
+    /// How to open the connection again (`heal`).
+    options: SqliteConnectOptions,
     head: ChainHead,
 }
 
@@ -51,9 +54,83 @@ pub(crate) struct ClaimRow {
 }
 
 impl Writer {
-    pub(crate) async fn start(mut connection: SqliteConnection) -> StoreResult<Self> {
+    pub(crate) async fn start(mut connection: SqliteConnection, options: SqliteConnectOptions) -> StoreResult<Self> {
         let head = load_head(&mut connection).await?;
-        Ok(Self { connection, head })
+        Ok(Self { connection, options, head })
+    }
+
+    /// Replaces the connection after a failed transaction. sqlx counts the transactions it
+    /// has open; when SQLite already rolled one back itself (a full disk, an I/O error), sqlx's
+    /// own ROLLBACK fails, its count stays at one, and it would refuse every later `BEGIN`: one
+    /// full disk would stop every write until a restart. The chain head is read again from the
+    /// file, which holds exactly what was committed.
+    async fn heal(&mut self) {
+        let fresh = match self.options.connect().await {
+            Ok(fresh) => fresh,
+            Err(error) => {
+                tracing::error!(%error, "could not reopen the database after a failed write; trying again after the next");
+                return;
+            }
+        };
+        drop(std::mem::replace(&mut self.connection, fresh));
+        match load_head(&mut self.connection).await {
+            Ok(head) => self.head = head,
+            Err(error) => tracing::error!(%error, "could not read the chain head after reopening the database"),
+        }
+    }
+
+    async fn try_change_config(&mut self, change: ConfigChange) -> Result<Config, ConfigWriteError> {
+        let mut transaction = self.connection.begin_with("BEGIN IMMEDIATE").await.map_err(unavailable)?;
+        let current = read::load_config(&mut *transaction).await?;
+        let now = now_millis();
+        let (next, writes) = current.change(change, now)?;
+        for write in writes {
+            match write {
+                ObjectWrite::Put(object) => {
+                    sqlx::query(
+                        "INSERT INTO config_objects (kind, id, position, body, created_at, updated_at)
+                         VALUES (?1, ?2, (SELECT COALESCE(MAX(position), 0) + 1 FROM config_objects), ?3, ?4, ?4)
+                         ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
+                    )
+                    .bind(object.kind().as_str())
+                    .bind(object.id())
+                    .bind(object.to_json().to_string())
+                    .bind(now)
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(unavailable)?;
+                }
+                ObjectWrite::Delete { kind, id } => {
+                    // Transfers are never dropped: a destination with transfers still waiting
+                    // for it stays until they are delivered, abandoned or resent elsewhere.
+                    if kind == leadrelay_domain::config::ConfigKind::Destination {
+                        let waiting: i64 = sqlx::query_scalar(
+                            "SELECT COUNT(*) FROM transfers WHERE state = 'pending' AND destination_id = ?",
+                        )
+                        .bind(&id)
+                        .fetch_one(&mut *transaction)
+                        .await
+                        .map_err(unavailable)?;
+                        if waiting > 0 {
+                            return Err(ConfigWriteError::Change(leadrelay_domain::config::ChangeError::InUse(
+                                format!(
+                                "destination {id:?} has {waiting} transfers waiting for delivery; delete it once they \
+                                 are delivered or abandoned"
+                            ),
+                            )));
+                        }
+                    }
+                    sqlx::query("DELETE FROM config_objects WHERE kind = ? AND id = ?")
+                        .bind(kind.as_str())
+                        .bind(&id)
+                        .execute(&mut *transaction)
+                        .await
+                        .map_err(unavailable)?;
+                }
+            }
+        }
+        transaction.commit().await.map_err(unavailable)?;
+        Ok(next)
     }
 
     async fn try_commit_batch(&mut self, refs: BatchRefs<'_>) -> StoreResult<BatchAnswer> {
@@ -121,6 +198,7 @@ impl BatchWriter for Writer {
         let result = self.try_commit_batch(refs).await;
         if result.is_err() {
             self.head = start_head;
+            self.heal().await;
         }
         result
     }
@@ -180,57 +258,11 @@ impl BatchWriter for Writer {
     }
 
     async fn change_config(&mut self, change: ConfigChange) -> Result<Config, ConfigWriteError> {
-        let mut transaction = self.connection.begin_with("BEGIN IMMEDIATE").await.map_err(unavailable)?;
-        let current = read::load_config(&mut *transaction).await?;
-        let now = now_millis();
-        let (next, writes) = current.change(change, now)?;
-        for write in writes {
-            match write {
-                ObjectWrite::Put(object) => {
-                    sqlx::query(
-                        "INSERT INTO config_objects (kind, id, position, body, created_at, updated_at)
-                         VALUES (?1, ?2, (SELECT COALESCE(MAX(position), 0) + 1 FROM config_objects), ?3, ?4, ?4)
-                         ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
-                    )
-                    .bind(object.kind().as_str())
-                    .bind(object.id())
-                    .bind(object.to_json().to_string())
-                    .bind(now)
-                    .execute(&mut *transaction)
-                    .await
-                    .map_err(unavailable)?;
-                }
-                ObjectWrite::Delete { kind, id } => {
-                    // Transfers are never dropped: a destination with transfers still waiting
-                    // for it stays until they are delivered, abandoned or resent elsewhere.
-                    if kind == leadrelay_domain::config::ConfigKind::Destination {
-                        let waiting: i64 = sqlx::query_scalar(
-                            "SELECT COUNT(*) FROM transfers WHERE state = 'pending' AND destination_id = ?",
-                        )
-                        .bind(&id)
-                        .fetch_one(&mut *transaction)
-                        .await
-                        .map_err(unavailable)?;
-                        if waiting > 0 {
-                            return Err(ConfigWriteError::Change(leadrelay_domain::config::ChangeError::InUse(
-                                format!(
-                                "destination {id:?} has {waiting} transfers waiting for delivery; delete it once they \
-                                 are delivered or abandoned"
-                            ),
-                            )));
-                        }
-                    }
-                    sqlx::query("DELETE FROM config_objects WHERE kind = ? AND id = ?")
-                        .bind(kind.as_str())
-                        .bind(&id)
-                        .execute(&mut *transaction)
-                        .await
-                        .map_err(unavailable)?;
-                }
-            }
+        let result = self.try_change_config(change).await;
+        if let Err(ConfigWriteError::Store(_)) = &result {
+            self.heal().await;
         }
-        transaction.commit().await.map_err(unavailable)?;
-        Ok(next)
+        result
     }
 
     async fn create_token(&mut self, token: NewToken, replace: bool) -> StoreResult<()> {

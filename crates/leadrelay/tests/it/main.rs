@@ -4,5 +4,6 @@ mod cli;
 mod crash;
 mod delivery_crash;
 mod demo;
+mod disk_full;
 mod multinode;
 mod process;

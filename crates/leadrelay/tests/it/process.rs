@@ -75,9 +75,33 @@ impl Server {
 
     /// Starts `serve` on the database at `url`, in `dir`, with extra arguments.
     pub fn start_on(url: &str, dir: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(binary())
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(extra)
+        let mut command = Command::new(binary());
+        command.args(["serve", "--listen", "127.0.0.1:0"]).args(extra);
+        Self::spawn(command, url, dir)
+    }
+
+    /// Starts `serve` on the database in `dir` unable to grow any file past `bytes`, as on a
+    /// full disk: writes past it fail (`EFBIG`; the signal that would kill the process is
+    /// ignored) until `lift_file_size_limit`.
+    pub fn start_with_file_size_limit(dir: &Path, bytes: u64) -> Server {
+        let mut command = Command::new("sh");
+        command.args([
+            "-c",
+            &format!("trap '' XFSZ; exec prlimit --fsize={bytes}:unlimited \"$0\" serve --listen 127.0.0.1:0"),
+            binary(),
+        ]);
+        Self::spawn(command, &database_url(dir), dir)
+    }
+
+    /// Gives the server room again: its files may grow without limit.
+    pub fn lift_file_size_limit(&self) {
+        let pid = self.child.id().to_string();
+        let lifted = Command::new("prlimit").args(["--pid", &pid, "--fsize=unlimited:unlimited"]).status();
+        assert!(lifted.expect("run prlimit").success(), "prlimit --pid {pid}");
+    }
+
+    fn spawn(mut command: Command, url: &str, dir: &Path) -> Server {
+        let mut child = command
             .env("LEADRELAY_DATABASE_URL", url)
             .env("LEADRELAY_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("LEADRELAY_LOG", "warn")
