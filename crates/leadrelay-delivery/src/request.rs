@@ -94,7 +94,7 @@ fn escape_for(format: BodyFormat, text: &str) -> String {
             let quoted = Value::String(text.to_owned()).to_string();
             quoted[1..quoted.len() - 1].to_owned()
         }
-        BodyFormat::Xml => quick_xml::escape::escape(text).into_owned(),
+        BodyFormat::Xml => quick_xml::escape::escape(xml_chars(text).as_ref()).into_owned(),
         BodyFormat::Form | BodyFormat::Query => url::form_urlencoded::byte_serialize(text.as_bytes()).collect(),
     }
 }
@@ -153,6 +153,18 @@ fn text_of(value: &Value) -> String {
     }
 }
 
+/// XML 1.0 allows no control character but tab and line breaks, even escaped: text pasted
+/// from office documents carries them (`\u{7}`, `\u{b}`), and a buyer's parser would refuse
+/// the whole document. Each becomes U+FFFD, so the value shows something was there.
+fn xml_chars(text: &str) -> std::borrow::Cow<'_, str> {
+    let allowed =
+        |c: char| !matches!(c, '\u{0}'..='\u{8}' | '\u{b}' | '\u{c}' | '\u{e}'..='\u{1f}' | '\u{fffe}' | '\u{ffff}');
+    if text.chars().all(allowed) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(text.chars().map(|c| if allowed(c) { c } else { '\u{fffd}' }).collect())
+}
+
 /// XML element names allow fewer characters than field names; others become `_`.
 fn xml_name(name: &str) -> String {
     let mut out: String =
@@ -172,7 +184,7 @@ fn xml_document(fields: &Map<String, Value>) -> Vec<u8> {
     for (name, value) in fields {
         let name = xml_name(name);
         let _ = writer.write_event(Event::Start(BytesStart::new(name.as_str())));
-        let _ = writer.write_event(Event::Text(BytesText::new(&text_of(value))));
+        let _ = writer.write_event(Event::Text(BytesText::new(&xml_chars(&text_of(value)))));
         let _ = writer.write_event(Event::End(BytesEnd::new(name.as_str())));
     }
     let _ = writer.write_event(Event::End(BytesEnd::new("lead")));
@@ -396,6 +408,18 @@ mod tests {
         .unwrap();
         assert_eq!(request.url.query(), Some("campaign=7&email=ann%40example.com&state=TX&note=a+%3C+b+%26+c"));
         assert!(request.body.is_empty());
+    }
+
+    #[test]
+    fn xml_bodies_hold_no_character_xml_forbids() {
+        let mut lead = snapshot();
+        lead["note"] = json!({"raw": "bell\u{7}char\u{b}\ttab", "value": "bell\u{7}char\u{b}\ttab"});
+        let request = build_request(&destination(json!({"format": "xml"})), &lead, &context()).unwrap();
+        let text = String::from_utf8(request.body).unwrap();
+        assert!(text.contains("<note>bell\u{fffd}char\u{fffd}\ttab</note>"), "{text}");
+        let template = destination(json!({"format": "xml", "body_template": "<n>{{ lead.note }}</n>"}));
+        let request = build_request(&template, &lead, &context()).unwrap();
+        assert_eq!(String::from_utf8(request.body).unwrap(), "<n>bell\u{fffd}char\u{fffd}\ttab</n>");
     }
 
     #[test]

@@ -26,7 +26,16 @@ use crate::{ApiError, ApiResult, AppState};
 const MAX_DECISIONS: usize = 5;
 
 pub fn routes() -> Router<Arc<AppState>> {
-    Router::new().route("/api/v1/sources/{source_id}/submit", get(submit).post(submit))
+    Router::new().route("/api/v1/sources/{source_id}/submit", get(submit).post(submit).head(refuse_head))
+}
+
+/// `HEAD` never submits: link checkers and mail scanners probe GET-submit URLs with it, and
+/// each probe would otherwise be a lead, charged and delivered.
+async fn refuse_head() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut response = axum::http::StatusCode::METHOD_NOT_ALLOWED.into_response();
+    response.headers_mut().insert(axum::http::header::ALLOW, axum::http::HeaderValue::from_static("GET, POST"));
+    response
 }
 
 /// Reads a body into a map of submitted fields, by content type.

@@ -181,6 +181,37 @@ pub async fn event_pages_cover_the_log_once(store: Arc<dyn Store>) {
     assert_eq!(register.items.len(), 25);
 }
 
+/// An event decided before one already logged is stamped no earlier than it: a reader that
+/// pages by time with a cursor finds every event logged after its cursor, and the log's
+/// timestamps never decrease.
+pub async fn a_cursor_finds_events_decided_before_it_but_logged_after(store: Arc<dyn Store>) {
+    configured(&store).await;
+    let now = now_millis();
+    let early = submission(&store, json!({"email": "early@example.com", "state": "TX"}), now, None).await;
+    let late = submission(&store, json!({"email": "late@example.com", "state": "TX"}), now + 60_000, None).await;
+    store.commit_submission(late).await.expect("commit");
+    let mut query = EventQuery { limit: 1, sort: SortOrder::Asc, ..Default::default() };
+    let first = events_page(store.as_ref(), &query, 10_000).await.expect("page");
+    query.cursor = Some(first.next_cursor.expect("a second event follows"));
+    store.commit_submission(early).await.expect("commit");
+    let mut seen: Vec<String> = first.items.iter().map(|event| event.lead_id.to_string()).collect();
+    loop {
+        let page = events_page(store.as_ref(), &query, 10_000).await.expect("page");
+        seen.extend(page.items.iter().map(|event| event.lead_id.to_string()));
+        match page.next_cursor {
+            Some(cursor) => query.cursor = Some(cursor),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 4, "submitted and accepted of both leads: {seen:?}");
+    let all =
+        events_page(store.as_ref(), &EventQuery { limit: 100, ..Default::default() }, 10_000).await.expect("page");
+    let mut by_seq: Vec<_> = all.items.iter().map(|event| (event.seq, event.timestamp)).collect();
+    by_seq.sort();
+    assert!(by_seq.windows(2).all(|pair| pair[0].1 <= pair[1].1), "timestamps along the log: {by_seq:?}");
+    assert_eq!(by_seq.last().map(|(_, timestamp)| *timestamp), Some(now + 60_000));
+}
+
 /// Configuration changes are validated as a whole and persist.
 pub async fn configuration_changes_are_validated_and_kept(store: Arc<dyn Store>) {
     configured(&store).await;

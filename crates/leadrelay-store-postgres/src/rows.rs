@@ -5,9 +5,8 @@
 use std::collections::HashMap;
 
 use leadrelay_domain::caps::CapWindowKey;
-use leadrelay_domain::chain::Hash;
 use leadrelay_domain::time::now_millis;
-use leadrelay_store::batch::EventRow;
+use leadrelay_store::batch::{EventRow, Link};
 use leadrelay_store::completion::DueCompletion;
 use leadrelay_store::{
     DeliveryClaim, DeliveryRecord, JobClaim, JobRecord, StoreError, StoreResult, Submission, TransferState,
@@ -86,19 +85,19 @@ pub(crate) async fn insert_leads(
 pub(crate) async fn insert_events(
     transaction: &mut PgConnection,
     rows: &[EventRow<'_>],
-    hashes: &[(i64, Hash)],
+    links: &[Link],
 ) -> StoreResult<()> {
-    let events: Vec<_> = rows.iter().zip(hashes).collect();
+    let events: Vec<_> = rows.iter().zip(links).collect();
     for chunk in events.chunks(rows_per_statement(21)) {
         let mut builder: QueryBuilder<Postgres> = QueryBuilder::new(
             "INSERT INTO events (seq, id, type, ts, lead_id, flow_id, source_id, destination_id, transfer_id, status, outcome, reason, duration_ms, integration, response_code, price, attempt, data, snapshot_id, content_digest, hash) ",
         );
-        builder.push_values(chunk, |mut row, (event_row, (seq, hash))| {
+        builder.push_values(chunk, |mut row, (event_row, link)| {
             let event = event_row.event;
-            row.push_bind(*seq)
+            row.push_bind(link.seq)
                 .push_bind(event.id.as_str())
                 .push_bind(event.event_type.as_str())
-                .push_bind(event.timestamp)
+                .push_bind(link.timestamp)
                 .push_bind(event.lead_id.as_str())
                 .push_bind(event.flow_id.as_str())
                 .push_bind(event.source_id.as_str())
@@ -115,7 +114,7 @@ pub(crate) async fn insert_events(
                 .push_bind(event_row.data_json)
                 .push_bind(event_row.snapshot_id)
                 .push_bind(&event_row.content[..])
-                .push_bind(&hash[..]);
+                .push_bind(&link.hash[..]);
         });
         builder.build().persistent(false).execute(&mut *transaction).await.map_err(unavailable)?;
     }

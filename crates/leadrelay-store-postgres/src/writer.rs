@@ -75,15 +75,19 @@ async fn notify(transaction: &mut PgConnection, payload: &str) -> StoreResult<()
 
 /// Locks the head of the chain for this transaction and reads it.
 async fn lock_head(connection: &mut PgConnection) -> StoreResult<ChainHead> {
-    let row = sqlx::query("SELECT seq, hash, snapshot_id FROM chain_head WHERE id = 1 FOR UPDATE")
-        .fetch_one(&mut *connection)
-        .await
-        .map_err(unavailable)?;
+    let row = sqlx::query(
+        "SELECT seq, hash, snapshot_id, COALESCE((SELECT ts FROM events WHERE events.seq = chain_head.seq), 0) \
+         FROM chain_head WHERE id = 1 FOR UPDATE",
+    )
+    .fetch_one(&mut *connection)
+    .await
+    .map_err(unavailable)?;
     let hash: Vec<u8> = row.try_get(1).map_err(corrupt)?;
     Ok(ChainHead {
         seq: row.try_get(0).map_err(corrupt)?,
         hash: hash.try_into().map_err(|_| corrupt("chain head hash is not 32 bytes"))?,
         snapshot_id: row.try_get(2).map_err(corrupt)?,
+        timestamp: row.try_get(3).map_err(corrupt)?,
     })
 }
 
@@ -260,9 +264,9 @@ async fn commit_batch(connection: &mut PgConnection, refs: BatchRefs<'_>) -> Res
     let completed = completion::completion_record(due, records, now_millis())?;
     let logged: Vec<&DeliveryRecord> = records.iter().copied().chain(completed.as_ref()).collect();
     let rows = event_rows(&accepted, &snapshot_bases, &logged);
-    let hashes = link_events(&mut head, &rows);
+    let links = link_events(&mut head, &rows);
     if !rows.is_empty() {
-        insert_events(&mut transaction, &rows, &hashes).await?;
+        insert_events(&mut transaction, &rows, &links).await?;
     }
     if head != start {
         sqlx::query("UPDATE chain_head SET seq = $1, hash = $2, snapshot_id = $3 WHERE id = 1")

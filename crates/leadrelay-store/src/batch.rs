@@ -12,6 +12,7 @@ use leadrelay_domain::config::DuplicateMatch;
 use leadrelay_domain::event::NewEvent;
 use leadrelay_domain::ids::LeadId;
 use leadrelay_domain::pipeline::{DuplicateFound, DuplicateQuery};
+use leadrelay_domain::time::Millis;
 
 use crate::{
     plan_resend, CommitOutcome, DeliveryRecord, ResendOutcome, ResendRequest, ResendRow, StoredAnswer, Submission,
@@ -23,11 +24,21 @@ pub struct ChainHead {
     pub seq: i64,
     pub hash: Hash,
     pub snapshot_id: i64,
+    /// The timestamp of the last event: the next is stamped no earlier (`link_events`).
+    pub timestamp: Millis,
 }
 
 impl ChainHead {
     /// The head of an empty log.
-    pub const EMPTY: Self = Self { seq: 0, hash: GENESIS, snapshot_id: 0 };
+    pub const EMPTY: Self = Self { seq: 0, hash: GENESIS, snapshot_id: 0, timestamp: 0 };
+}
+
+/// Where an event joins the chain: its sequence number, its hash and its timestamp as logged.
+#[derive(Clone, Copy, Debug)]
+pub struct Link {
+    pub seq: i64,
+    pub hash: Hash,
+    pub timestamp: Millis,
 }
 
 /// Earlier leads by `(flow_id, digest)`: each lead's id and creation time.
@@ -200,17 +211,23 @@ pub fn event_rows<'a>(accepted: &[&'a Submission], bases: &[i64], records: &[&'a
     rows
 }
 
-/// Gives every event of the batch its sequence number and hash, advancing the head.
-pub fn link_events(head: &mut ChainHead, rows: &[EventRow<'_>]) -> Vec<(i64, Hash)> {
-    let mut hashes = Vec::with_capacity(rows.len());
+/// Gives every event of the batch its sequence number, timestamp and hash, advancing the head.
+///
+/// Timestamps never decrease along the log: an event decided before one that was logged
+/// first is stamped with that one's time (later by at most the wait for its commit). So the
+/// log's order by time is its order of commits, and a reader that pages by time with a cursor
+/// never finds an event appear behind its cursor.
+pub fn link_events(head: &mut ChainHead, rows: &[EventRow<'_>]) -> Vec<Link> {
+    let mut links = Vec::with_capacity(rows.len());
     for row in rows {
         let event = row.event;
         let seq = head.seq + 1;
+        let timestamp = event.timestamp.max(head.timestamp);
         let header = ChainHeader {
             seq,
             id: event.id.as_str(),
             event_type: event.event_type.as_str(),
-            timestamp: event.timestamp,
+            timestamp,
             lead_id: event.lead_id.as_str(),
             flow_id: &event.flow_id,
             source_id: &event.source_id,
@@ -228,7 +245,8 @@ pub fn link_events(head: &mut ChainHead, rows: &[EventRow<'_>]) -> Vec<(i64, Has
         let hash = link(&head.hash, &header, row.content);
         head.seq = seq;
         head.hash = hash;
-        hashes.push((seq, hash));
+        head.timestamp = timestamp;
+        links.push(Link { seq, hash, timestamp });
     }
-    hashes
+    links
 }

@@ -494,4 +494,27 @@ mod tests {
             Err(ChangeError::NotFound { .. })
         ));
     }
+
+    #[test]
+    fn header_values_with_control_characters_are_refused_by_name() {
+        let document: ConfigDocument = parse_value(json!({
+            "destinations": [{
+                "id": "crm", "url": "https://crm.example.com/leads",
+                "headers": {"X-Api-Key": "abc\n", "X-Fine": "tab\tand ünïcode"},
+                "auth": {"type": "header", "name": "X Bad", "value": "a\rb"}
+            }]
+        }))
+        .expect("document");
+        let Err(ChangeError::Invalid(error)) = Config::default().change(ConfigChange::Apply(document), 0) else {
+            panic!("the destination must be refused");
+        };
+        assert_eq!(
+            error.problems,
+            [
+                "destinations[crm].headers.X-Api-Key: a header value cannot contain the control character '\\n'",
+                "destinations[crm].auth.name: invalid header name \"X Bad\"",
+                "destinations[crm].auth.value: a header value cannot contain the control character '\\r'",
+            ]
+        );
+    }
 }

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use base64::Engine;
 use chrono_tz::Tz;
 
-use super::{BodyFormat, Config, ConfigError, Destination, DestinationKind, Flow, Source};
+use super::{Auth, BodyFormat, Config, ConfigError, Destination, DestinationKind, Flow, Source};
 use crate::ids::validate_slug;
 
 /// Most fields a flow may declare; submissions are limited separately.
@@ -195,6 +195,19 @@ pub fn parse_status_range(text: &str) -> Result<(u16, u16), String> {
     }
 }
 
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b))
+}
+
+/// A header value can hold no line break or other control character (a YAML `|` block ends
+/// its text with one): no request with it could be sent, so it is refused here rather than
+/// failing every delivery.
+fn check_header_value(at: &str, value: &str, problems: &mut Vec<String>) {
+    if let Some(bad) = value.chars().find(|&c| c != '\t' && (c.is_ascii_control())) {
+        problems.push(format!("{at}: a header value cannot contain the control character {bad:?}"));
+    }
+}
+
 fn validate_destination(destination: &Destination, problems: &mut Vec<String>) {
     let at = format!("destinations[{}]", destination.id);
     if let Err(problem) = validate_slug(&destination.id) {
@@ -229,12 +242,21 @@ fn validate_destination(destination: &Destination, problems: &mut Vec<String>) {
     if destination.format == BodyFormat::Query && destination.body_template.is_some() {
         problems.push(format!("{at}.body_template: a query-format destination sends no body"));
     }
-    for name in destination.headers.keys() {
-        let valid =
-            !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b));
-        if !valid {
+    for (name, value) in &destination.headers {
+        if !is_header_name(name) {
             problems.push(format!("{at}.headers: invalid header name {name:?}"));
         }
+        check_header_value(&format!("{at}.headers.{name}"), value, problems);
+    }
+    match &destination.auth {
+        Some(Auth::Header { name, value }) => {
+            if !is_header_name(name) {
+                problems.push(format!("{at}.auth.name: invalid header name {name:?}"));
+            }
+            check_header_value(&format!("{at}.auth.value"), value, problems);
+        }
+        Some(Auth::Bearer { token }) => check_header_value(&format!("{at}.auth.token"), token, problems),
+        Some(Auth::Basic { .. }) | None => {}
     }
     if let Err(problem) = parse_status_range(&destination.success.status) {
         problems.push(format!("{at}.success.status: {problem}"));

@@ -50,6 +50,13 @@ async fn form_encoded_and_query_string_submissions_are_accepted() {
     let get_query =
         app.client.get(app.url("/api/v1/sources/web/submit?email=q2%40example.com&state=TX")).send().await.unwrap();
     assert_eq!(get_query.status(), StatusCode::CREATED);
+    // A HEAD probe of a GET-submit URL (link checkers, mail scanners) submits nothing.
+    let head =
+        app.client.head(app.url("/api/v1/sources/web/submit?email=probe%40example.com&state=TX")).send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(head.headers()["allow"], "GET, POST");
+    let leads = app.get_json("/api/v1/leads?limit=100").await;
+    assert_eq!(leads["items"].as_array().unwrap().len(), 3, "{leads}");
     app.stop().await;
 }
 

@@ -174,9 +174,9 @@ impl Writer {
         let completed = completion::completion_record(due, records, now_millis())?;
         let logged: Vec<&DeliveryRecord> = records.iter().copied().chain(completed.as_ref()).collect();
         let rows = event_rows(&accepted, &snapshot_bases, &logged);
-        let hashes = link_events(&mut self.head, &rows);
+        let links = link_events(&mut self.head, &rows);
         if !rows.is_empty() {
-            insert_events(&mut transaction, &rows, &hashes).await?;
+            insert_events(&mut transaction, &rows, &links).await?;
             save_head(&mut transaction, &self.head).await?;
         }
         insert_attempts(&mut transaction, records).await?;
@@ -300,19 +300,23 @@ async fn save_head(transaction: &mut SqliteConnection, head: &ChainHead) -> Stor
 }
 
 async fn load_head(connection: &mut SqliteConnection) -> StoreResult<ChainHead> {
-    let row = sqlx::query("SELECT seq, hash FROM chain_head WHERE id = 1")
-        .fetch_optional(&mut *connection)
-        .await
-        .map_err(unavailable)?;
+    let row = sqlx::query(
+        "SELECT seq, hash, COALESCE((SELECT ts FROM events WHERE events.seq = chain_head.seq), 0) AS ts \
+         FROM chain_head WHERE id = 1",
+    )
+    .fetch_optional(&mut *connection)
+    .await
+    .map_err(unavailable)?;
     let snapshot_id: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM snapshots")
         .fetch_one(&mut *connection)
         .await
         .map_err(unavailable)?;
-    let Some(row) = row else { return Ok(ChainHead { seq: 0, hash: GENESIS, snapshot_id }) };
+    let Some(row) = row else { return Ok(ChainHead { seq: 0, hash: GENESIS, snapshot_id, timestamp: 0 }) };
     let seq: i64 = row.try_get("seq").map_err(unavailable)?;
     let hash: Vec<u8> = row.try_get("hash").map_err(unavailable)?;
     let hash: Hash = hash.try_into().map_err(|_| StoreError::Corrupt("chain head hash is not 32 bytes".into()))?;
-    Ok(ChainHead { seq, hash, snapshot_id })
+    let timestamp: i64 = row.try_get("ts").map_err(unavailable)?;
+    Ok(ChainHead { seq, hash, snapshot_id, timestamp })
 }
 
 /// Rows per statement for a table with `columns` bound values per row.

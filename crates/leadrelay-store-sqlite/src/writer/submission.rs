@@ -1,9 +1,8 @@
 //! The rows of a submission: its duplicate keys and idempotency answers read for a batch, and
 //! its snapshots, lead, events, transfers, keys and answer written with multi-row statements.
 
-use leadrelay_domain::chain::Hash;
 use leadrelay_domain::time::now_millis;
-use leadrelay_store::batch::{duplicate_lookups, AnswerIndex, EventRow, KeyIndex};
+use leadrelay_store::batch::{duplicate_lookups, AnswerIndex, EventRow, KeyIndex, Link};
 use leadrelay_store::{StoreResult, Submission};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
@@ -94,19 +93,19 @@ pub(super) async fn insert_leads(
 pub(super) async fn insert_events(
     transaction: &mut SqliteConnection,
     rows: &[EventRow<'_>],
-    hashes: &[(i64, Hash)],
+    links: &[Link],
 ) -> StoreResult<()> {
-    let events: Vec<_> = rows.iter().zip(hashes).collect();
+    let events: Vec<_> = rows.iter().zip(links).collect();
     for chunk in events.chunks(rows_per_statement(21)) {
         let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO events (seq, id, type, ts, lead_id, flow_id, source_id, destination_id, transfer_id, status, outcome, reason, duration_ms, integration, response_code, price, attempt, data, snapshot_id, content_digest, hash) ",
         );
-        builder.push_values(chunk, |mut row, (event_row, (seq, hash))| {
+        builder.push_values(chunk, |mut row, (event_row, link)| {
             let event = event_row.event;
-            row.push_bind(*seq)
+            row.push_bind(link.seq)
                 .push_bind(event.id.as_str())
                 .push_bind(event.event_type.as_str())
-                .push_bind(event.timestamp)
+                .push_bind(link.timestamp)
                 .push_bind(event.lead_id.as_str())
                 .push_bind(event.flow_id.as_str())
                 .push_bind(event.source_id.as_str())
@@ -123,7 +122,7 @@ pub(super) async fn insert_events(
                 .push_bind(event_row.data_json)
                 .push_bind(event_row.snapshot_id)
                 .push_bind(&event_row.content[..])
-                .push_bind(&hash[..]);
+                .push_bind(&link.hash[..]);
         });
         builder.build().persistent(false).execute(&mut *transaction).await.map_err(unavailable)?;
     }

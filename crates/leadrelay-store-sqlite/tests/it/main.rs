@@ -30,6 +30,7 @@ conformance!(
     commit_rechecks_the_duplicate_answer,
     idempotency_keys_replay_the_first_answer,
     concurrent_commits_link_one_valid_chain,
+    a_cursor_finds_events_decided_before_it_but_logged_after,
     event_pages_cover_the_log_once,
     configuration_changes_are_validated_and_kept,
     tokens_are_kept_by_hash,
