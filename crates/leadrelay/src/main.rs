@@ -74,7 +74,7 @@ enum Command {
         config: Option<PathBuf>,
         /// Let destinations, enhancements and postbacks reach loopback and private addresses
         /// (cloud metadata addresses stay refused unless listed with --allow-network).
-        #[arg(long, env = "LEADRELAY_ALLOW_PRIVATE_DESTINATIONS")]
+        #[arg(long, env = "LEADRELAY_ALLOW_PRIVATE_DESTINATIONS", value_parser = clap::builder::BoolishValueParser::new())]
         allow_private_destinations: bool,
         /// A network outbound calls may reach whatever its class, such as a CRM at
         /// 10.1.2.0/24; repeat the flag or separate networks with commas.

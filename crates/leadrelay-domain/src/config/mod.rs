@@ -235,7 +235,7 @@ pub enum ChangeError {
     NotFound { kind: ConfigKind, id: String },
     #[error("{0}")]
     InUse(String),
-    #[error("{0}")]
+    #[error(transparent)]
     Invalid(#[from] ConfigError),
 }
 

@@ -31,6 +31,7 @@ fn apply_reports_changes_and_refuses_unknown_keys_by_name() {
     let output = run(dir.path(), &["apply", dangling.to_str().unwrap()]);
     assert!(!output.status.success());
     assert!(stderr(&output).contains("unknown destination \"nowhere\""), "{}", stderr(&output));
+    assert_eq!(stderr(&output).matches("unknown destination").count(), 1, "said once: {}", stderr(&output));
 }
 
 #[test]
