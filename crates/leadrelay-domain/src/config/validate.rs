@@ -203,7 +203,7 @@ fn is_header_name(name: &str) -> bool {
 /// its text with one): no request with it could be sent, so it is refused here rather than
 /// failing every delivery.
 fn check_header_value(at: &str, value: &str, problems: &mut Vec<String>) {
-    if let Some(bad) = value.chars().find(|&c| c != '\t' && (c.is_ascii_control())) {
+    if let Some(bad) = value.chars().find(|&c| c != '\t' && c.is_ascii_control()) {
         problems.push(format!("{at}: a header value cannot contain the control character {bad:?}"));
     }
 }
