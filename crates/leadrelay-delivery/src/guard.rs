@@ -37,6 +37,19 @@ impl AddressClass {
             AddressClass::Reserved => "reserved",
         }
     }
+
+    /// What lets a self-hoster reach an address of this class.
+    fn remedy(self) -> &'static str {
+        match self {
+            AddressClass::Loopback
+            | AddressClass::Private
+            | AddressClass::LinkLocal
+            | AddressClass::CarrierGradeNat => "--allow-private-destinations or --allow-network CIDR allows it",
+            AddressClass::Public | AddressClass::Multicast | AddressClass::Metadata | AddressClass::Reserved => {
+                "only an --allow-network CIDR that contains it allows it"
+            }
+        }
+    }
 }
 
 const METADATA_V4: [Ipv4Addr; 2] = [Ipv4Addr::new(169, 254, 169, 254), Ipv4Addr::new(100, 100, 100, 200)];
@@ -128,7 +141,7 @@ pub fn classify(ip: IpAddr) -> AddressClass {
 /// Why the guard refused a call.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    #[error("{address} is a {} address; outbound calls to it are not allowed (see --allow-private-destinations)", class.describe())]
+    #[error("{address} is a {} address; outbound calls to it are not allowed ({})", class.describe(), class.remedy())]
     Address { address: IpAddr, class: AddressClass },
     #[error("{host} resolves only to addresses that are not allowed ({addresses})")]
     Name { host: String, addresses: String },
@@ -339,7 +352,10 @@ mod tests {
         let mut policy = EgressPolicy::allow_private();
         assert!(policy.check("127.0.0.1".parse().unwrap()).is_ok());
         assert!(policy.check("192.168.0.10".parse().unwrap()).is_ok());
-        assert!(policy.check("169.254.169.254".parse().unwrap()).is_err());
+        let metadata = policy.check("169.254.169.254".parse().unwrap()).unwrap_err().to_string();
+        assert!(metadata.contains("only an --allow-network CIDR"), "the refusal names what allows it: {metadata}");
+        let private = EgressPolicy::default().check("10.0.0.1".parse().unwrap()).unwrap_err().to_string();
+        assert!(private.contains("--allow-private-destinations"), "{private}");
         assert!(policy.check("0.0.0.0".parse().unwrap()).is_err());
         policy.allow_list.push("169.254.169.254/32".parse().unwrap());
         assert!(policy.check("169.254.169.254".parse().unwrap()).is_ok());

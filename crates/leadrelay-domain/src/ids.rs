@@ -100,8 +100,10 @@ pub fn validate_slug(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Makes a slug out of a display name, for objects created without an id.
-pub fn slug_from_name(name: &str) -> String {
+/// Makes a slug out of a display name, for objects written without an id: the same name
+/// always gives the same slug, so applying a file twice names its objects the same way.
+/// `fallback` stands in for a name without a letter or digit.
+pub fn slug_from_name(name: &str, fallback: &str) -> String {
     let mut slug = String::new();
     for c in name.chars() {
         if c.is_ascii_alphanumeric() {
@@ -113,13 +115,18 @@ pub fn slug_from_name(name: &str) -> String {
             break;
         }
     }
-    let slug = slug.trim_end_matches('-').to_owned();
-    let suffix = &next_ulid().to_string().to_ascii_lowercase()[20..];
+    let slug = slug.trim_end_matches('-');
     if slug.is_empty() {
-        format!("obj-{suffix}")
+        fallback.to_owned()
     } else {
-        format!("{slug}-{suffix}")
+        slug.to_owned()
     }
+}
+
+/// A slug out of a display name with a random suffix, for an object created anew each time.
+pub fn unique_slug_from_name(name: &str, fallback: &str) -> String {
+    let suffix = &next_ulid().to_string().to_ascii_lowercase()[20..];
+    format!("{}-{suffix}", slug_from_name(name, fallback))
 }
 
 #[cfg(test)]
@@ -149,7 +156,10 @@ mod tests {
         assert!(validate_slug("Crm").is_err());
         assert!(validate_slug("").is_err());
         assert!(validate_slug("-x").is_err());
-        assert!(slug_from_name("Main CRM!").starts_with("main-crm-"));
-        assert!(validate_slug(&slug_from_name("Ünïcödé ☃")).is_ok());
+        assert_eq!(slug_from_name("Main CRM!", "destination"), "main-crm");
+        assert_eq!(slug_from_name("☃", "flow"), "flow");
+        assert!(unique_slug_from_name("Main CRM!", "destination").starts_with("main-crm-"));
+        assert_ne!(unique_slug_from_name("x", "flow"), unique_slug_from_name("x", "flow"));
+        assert!(validate_slug(&unique_slug_from_name("Ünïcödé ☃", "flow")).is_ok());
     }
 }

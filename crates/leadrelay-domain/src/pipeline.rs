@@ -156,13 +156,20 @@ fn inferred_type(name: &str) -> FieldType {
     }
 }
 
-/// The text form of a submitted value; `None` for null (treated as absent).
+/// The text form of a submitted value; `None` for null (treated as absent). A list of plain
+/// values (a group of checkboxes, a name repeated in a form) reads as its non-blank values
+/// joined by ", ", so that a field sent twice with one of them blank keeps the other as it
+/// is; `source.submitted` keeps the list itself.
 fn text_of(value: &Value) -> Option<String> {
     match value {
         Value::Null => None,
         Value::String(text) => Some(text.clone()),
         Value::Bool(flag) => Some(flag.to_string()),
         Value::Number(number) => Some(number.to_string()),
+        Value::Array(items) if items.iter().all(|item| !item.is_array() && !item.is_object()) => {
+            let texts: Vec<String> = items.iter().filter_map(text_of).filter(|text| !text.trim().is_empty()).collect();
+            Some(texts.join(", "))
+        }
         other => Some(other.to_string()),
     }
 }

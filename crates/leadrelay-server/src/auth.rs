@@ -50,20 +50,31 @@ pub async fn require_admin(
     let Some(record) = record.filter(|record| bool::from(record.hash.ct_eq(&hash))) else {
         return Err(ApiError::Unauthorized("invalid token"));
     };
-    let allowed = match record.role {
-        Role::Admin => true,
-        Role::Operator => operator_may(request.method(), request.uri().path()),
-        _ => false,
+    let (method, path) = (request.method(), request.uri().path());
+    let refusal = match record.role {
+        Role::Admin => None,
+        Role::Operator => (!operator_may(method, path)).then_some(
+            "this endpoint needs an admin token (operators read leads, events and the register, and resend)",
+        ),
+        Role::Viewer => (!viewer_may(method, path)).then_some(
+            "viewer tokens read the register, the not-integrated collection and jobs; leads, events and \
+             exports hold personal data and need an operator or admin token",
+        ),
+        Role::Source => Some("a source token only submits leads; this endpoint needs an admin or operator token"),
     };
-    if !allowed {
-        return Err(ApiError::Forbidden(if record.role == Role::Operator {
-            "this endpoint needs an admin token (operators read leads, events and the register, and resend)"
-        } else {
-            "this endpoint needs an admin token"
-        }));
+    if let Some(refusal) = refusal {
+        return Err(ApiError::Forbidden(refusal));
     }
     request.extensions_mut().insert(Caller { name: record.name });
     Ok(next.run(request).await)
+}
+
+/// What a viewer token may read: transfers and jobs, which carry no submitted field. Leads,
+/// events and exports carry personal data, which viewers may not see unmasked (SPEC 8).
+fn viewer_may(method: &axum::http::Method, path: &str) -> bool {
+    let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
+    matches!(*method, axum::http::Method::GET | axum::http::Method::HEAD)
+        && ["/api/v1/register", "/api/v1/not-integrated", "/api/v1/jobs"].into_iter().any(under)
 }
 
 /// What an operator token may do (SPEC 8: read, resend): read leads, events, the register, the

@@ -64,7 +64,7 @@ async fn fetch(State(state): State<Arc<AppState>>, kind: ConfigKind, Path(id): P
 
 /// Writes one object (its id already filled in) and answers it as stored.
 async fn write(state: &AppState, mut object: ConfigObject, mode: WriteMode) -> ApiResult<Value> {
-    object.fill_defaults();
+    object.fill_defaults(true);
     let kind = object.kind();
     let id = object.id().to_owned();
     let config = state.change_config(ConfigChange::Put { object, mode }).await?;
@@ -74,7 +74,7 @@ async fn write(state: &AppState, mut object: ConfigObject, mode: WriteMode) -> A
 async fn create(State(state): State<Arc<AppState>>, kind: ConfigKind, body: Bytes) -> ApiResult<Response> {
     let mut object = parse_object(kind, &body)?;
     // Generate the id here so that the answer names the object that was stored.
-    object.fill_defaults();
+    object.fill_defaults(true);
     let stored = write(&state, object, WriteMode::Create).await?;
     Ok((StatusCode::CREATED, Json(stored)).into_response())
 }

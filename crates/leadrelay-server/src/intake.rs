@@ -61,7 +61,7 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Map<String, Value>>
         let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body).map_err(|error| {
             ApiError::bad_request("invalid_form", format!("body is not valid form encoding: {error}"))
         })?;
-        Ok(pairs.into_iter().map(|(name, value)| (name, Value::String(value))).collect())
+        Ok(fields_of(pairs))
     } else {
         Err(ApiError::UnsupportedMediaType(format!(
             "content type {media_type:?} is not supported: send application/json, application/x-www-form-urlencoded, or a query string"
@@ -73,7 +73,23 @@ fn parse_query(query: Option<&str>) -> ApiResult<Map<String, Value>> {
     let Some(query) = query.filter(|query| !query.is_empty()) else { return Ok(Map::new()) };
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
         .map_err(|error| ApiError::bad_request("invalid_query", format!("query string is not valid: {error}")))?;
-    Ok(pairs.into_iter().map(|(name, value)| (name, Value::String(value))).collect())
+    Ok(fields_of(pairs))
+}
+
+/// Form or query pairs as fields. A name given more than once (a group of checkboxes, a
+/// multiple select) keeps every value, in order, as an array, as a JSON body would send it.
+fn fields_of(pairs: Vec<(String, String)>) -> Map<String, Value> {
+    let mut fields = Map::new();
+    for (name, value) in pairs {
+        match fields.get_mut(&name) {
+            None => {
+                fields.insert(name, Value::String(value));
+            }
+            Some(Value::Array(values)) => values.push(Value::String(value)),
+            Some(first) => *first = Value::Array(vec![first.take(), Value::String(value)]),
+        }
+    }
+    fields
 }
 
 fn check_limits(fields: &Map<String, Value>, settings: &crate::Settings) -> ApiResult<()> {

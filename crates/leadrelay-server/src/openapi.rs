@@ -218,17 +218,39 @@ pub struct EventParamsDoc {
     pub start: Option<String>,
     /// ISO 8601 time or a date (a date means its whole day), inclusive.
     pub end: Option<String>,
-    /// A rule set (JSON) over event fields and `lead.…` snapshot paths.
+    /// A rule set (JSON) over event fields and `lead.…` snapshot paths. Each page examines a
+    /// bounded number of events, so with `rules` a page may hold fewer items than `limit`, even
+    /// none, and still carry a `next_cursor`: follow it until it is null.
     pub rules: Option<String>,
     /// Comma-separated top-level fields to keep.
     pub include: Option<String>,
     /// Comma-separated top-level fields to drop.
     pub exclude: Option<String>,
+}
+
+/// Paging of `GET /api/v1/events`.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct EventPageDoc {
     /// 1 to 1000, default 100.
     pub limit: Option<u32>,
     /// `asc` or `desc` (default).
     pub sort: Option<String>,
     /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// How much of the log `GET /api/v1/export` streams, and in which order.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct ExportPageDoc {
+    /// At most this many events (a whole number from 1); every matching event when absent.
+    pub limit: Option<u64>,
+    /// `asc` (default, oldest first) or `desc`.
+    pub sort: Option<String>,
+    /// Start after this position: a `next_cursor` of `GET /api/v1/events` with the same `sort`.
     pub cursor: Option<String>,
 }
 

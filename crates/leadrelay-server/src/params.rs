@@ -42,6 +42,11 @@ impl Params {
             .transpose()
     }
 
+    /// Takes a parameter out, for an endpoint that reads it its own way.
+    pub fn take(&mut self, name: &str) -> Option<String> {
+        self.0.remove(name).map(|value| value.trim().to_owned()).filter(|value| !value.is_empty())
+    }
+
     pub fn limit(&self, default: usize) -> ApiResult<usize> {
         match self.text("limit") {
             None => Ok(default),

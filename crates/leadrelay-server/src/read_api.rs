@@ -95,7 +95,7 @@ async fn events_response(state: &AppState, query: EventQuery, projection: Projec
 }
 
 /// Events, newest first by default, with every filter of SPEC 5.
-#[utoipa::path(get, path = "/api/v1/events", tag = "events", params(crate::openapi::EventParamsDoc),
+#[utoipa::path(get, path = "/api/v1/events", tag = "events", params(crate::openapi::EventParamsDoc, crate::openapi::EventPageDoc),
     responses((status = 200, description = "A page of events", body = crate::openapi::PageDoc),
               (status = 400, description = "A parameter is invalid; the message names it", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn list_events(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> ApiResult<Response> {
@@ -106,7 +106,7 @@ pub(crate) async fn list_events(State(state): State<Arc<AppState>>, RawQuery(que
 
 /// The events of one flow.
 #[utoipa::path(get, path = "/api/v1/flows/{flow_id}/events", tag = "events",
-    params(("flow_id" = String, Path, description = "The flow's id"), crate::openapi::EventParamsDoc),
+    params(("flow_id" = String, Path, description = "The flow's id"), crate::openapi::EventParamsDoc, crate::openapi::EventPageDoc),
     responses((status = 200, description = "A page of events", body = crate::openapi::PageDoc),
               (status = 400, description = "A parameter is invalid", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn list_flow_events(
@@ -217,6 +217,19 @@ pub(crate) async fn list_register(
     json_response(&PageBody { items: page.items, next_cursor: page.next_cursor.as_ref().map(Cursor::encode) })
 }
 
+/// At most `remaining` of the `count` lines of `ndjson`, counting them off `remaining`.
+fn first_lines(mut ndjson: String, count: usize, remaining: &mut usize) -> String {
+    if count > *remaining {
+        // Every line ends with a newline, and JSON escapes any inside a value.
+        let end = ndjson.match_indices('\n').nth(*remaining - 1).map_or(ndjson.len(), |(at, _)| at + 1);
+        ndjson.truncate(end);
+        *remaining = 0;
+    } else {
+        *remaining -= count;
+    }
+    ndjson
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum ExportFormat {
     Csv,
@@ -225,13 +238,21 @@ enum ExportFormat {
 
 /// Streams every matching event, one page in memory at a time.
 #[utoipa::path(get, path = "/api/v1/export", tag = "events",
-    params(("format" = Option<String>, Query, description = "`ndjson` (default) or `csv`"), crate::openapi::EventParamsDoc),
+    params(("format" = Option<String>, Query, description = "`ndjson` (default) or `csv`"), crate::openapi::EventParamsDoc, crate::openapi::ExportPageDoc),
     responses((status = 200, description = "Every matching event, oldest first, streamed", content_type = "application/x-ndjson"),
               (status = 400, description = "A parameter is invalid", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn export(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> ApiResult<Response> {
     let mut known = EVENT_PARAMS.to_vec();
     known.push("format");
-    let params = Params::parse(query.as_deref(), &known)?;
+    let mut params = Params::parse(query.as_deref(), &known)?;
+    // Export streams every matching event unless `limit` caps how many.
+    let cap =
+        match params.take("limit") {
+            None => usize::MAX,
+            Some(text) => text.parse::<usize>().ok().filter(|cap| *cap >= 1).ok_or_else(|| {
+                ApiError::bad_request("invalid_parameter", "limit: must be a whole number of at least 1")
+            })?,
+        };
     let format = match params.text("format").as_deref() {
         None | Some("ndjson") => ExportFormat::Ndjson,
         Some("csv") => ExportFormat::Csv,
@@ -246,7 +267,7 @@ pub(crate) async fn export(State(state): State<Arc<AppState>>, RawQuery(query): 
     let stream = match format {
         ExportFormat::Csv => {
             let header = futures::stream::iter([Ok::<Bytes, std::io::Error>(csv_header(&projection.0))]);
-            let rows = export_events(state.store.clone(), events).chunks(500).map(move |chunk| {
+            let rows = export_events(state.store.clone(), events).take(cap).chunks(500).map(move |chunk| {
                 let events = chunk
                     .into_iter()
                     .collect::<Result<Vec<_>, _>>()
@@ -256,9 +277,12 @@ pub(crate) async fn export(State(state): State<Arc<AppState>>, RawQuery(query): 
             header.chain(rows).boxed()
         }
         ExportFormat::Ndjson => export_event_lines(state.store.clone(), events, projection.0)
-            .map(|page| {
-                let lines = page.map_err(|error| std::io::Error::other(error.to_string()))?;
-                Ok(Bytes::from(lines.ndjson))
+            .scan(cap, |remaining, page| {
+                let chunk = (*remaining > 0).then(|| {
+                    let lines = page.map_err(|error| std::io::Error::other(error.to_string()))?;
+                    Ok(Bytes::from(first_lines(lines.ndjson, lines.count, remaining)))
+                });
+                futures::future::ready(chunk)
             })
             .boxed(),
     };

@@ -32,12 +32,16 @@ struct CreateToken {
 }
 
 /// A token's new name and, optionally, its new role (kept when absent). Its value never
-/// changes: a new value is a new token.
+/// changes: a new value is a new token. The `id` and `created_at` that `GET` answers may come
+/// back as they were, so that a script can read, edit and put a token.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ReplaceToken {
     name: String,
     role: Option<Role>,
+    id: Option<String>,
+    #[serde(rename = "created_at")]
+    _created_at: Option<serde_json::Value>,
 }
 
 fn check_name(name: &str) -> ApiResult<()> {
@@ -93,10 +97,11 @@ pub(crate) async fn read(
 
 /// Rename a token or change its role; its value stays as it is.
 #[utoipa::path(put, path = "/api/v1/tokens/{token_id}", tag = "access", params(("token_id" = String, Path, description = "`tok_…`")),
-    request_body(content = Object, description = "{\"name\": …, \"role\": \"operator\"} (the role is kept when absent)"),
+    request_body(content = Object, description = "{\"name\": …, \"role\": \"operator\"} (the role is kept when absent; `id` and `created_at` as read are accepted and cannot change)"),
     responses((status = 200, description = "The token, without its value", body = Object),
               (status = 400, description = "Invalid request", body = crate::openapi::ErrorBody),
-              (status = 404, description = "No such token", body = crate::openapi::ErrorBody)))]
+              (status = 404, description = "No such token", body = crate::openapi::ErrorBody),
+              (status = 409, description = "It is the only admin token and would stop being one", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn replace(
     State(state): State<Arc<AppState>>,
     Path(token_id): Path<String>,
@@ -106,6 +111,12 @@ pub(crate) async fn replace(
         ApiError::bad_request("invalid_json", format!("body must be {{\"name\": …, \"role\": …}}: {error}"))
     })?;
     check_name(&request.name)?;
+    if let Some(id) = request.id.as_deref().filter(|id| *id != token_id) {
+        return Err(ApiError::bad_request(
+            "id_mismatch",
+            format!("the body's id {id:?} is not the token {token_id:?} of the path; a token's id cannot change"),
+        ));
+    }
     if !state.store.update_token(&token_id, &request.name, request.role).await? {
         return Err(ApiError::not_found("token_not_found", format!("no token {token_id:?}")));
     }
@@ -113,7 +124,8 @@ pub(crate) async fn replace(
 }
 
 #[utoipa::path(delete, path = "/api/v1/tokens/{token_id}", tag = "access", params(("token_id" = String, Path, description = "`tok_…`")),
-    responses((status = 204, description = "Revoked"), (status = 404, description = "No such token", body = crate::openapi::ErrorBody)))]
+    responses((status = 204, description = "Revoked"), (status = 404, description = "No such token", body = crate::openapi::ErrorBody),
+              (status = 409, description = "It is the only admin token", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn remove(State(state): State<Arc<AppState>>, Path(token_id): Path<String>) -> ApiResult<StatusCode> {
     if state.store.delete_token(&token_id).await? {
         Ok(StatusCode::NO_CONTENT)

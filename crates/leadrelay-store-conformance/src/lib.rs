@@ -17,8 +17,8 @@ use leadrelay_domain::time::now_millis;
 use leadrelay_store::{
     events_page, AttemptRow, ClaimedTransfer, CommitOutcome, ConfigWriteError, DeliveryClaim, DeliveryRecord,
     EventQuery, IdempotencyRecord, JobClaim, JobRecord, LoggedEvent, NewToken, OverviewQuery, OverviewRow,
-    RegisterQuery, ResendOutcome, ResendRequest, Role, SortOrder, Store, StoreSignal, StoredAnswer, Submission,
-    TransferState, TransferUpdate, LATENCY_BOUNDS_MS,
+    RegisterQuery, ResendOutcome, ResendRequest, Role, SortOrder, Store, StoreError, StoreSignal, StoredAnswer,
+    Submission, TransferState, TransferUpdate, LATENCY_BOUNDS_MS,
 };
 use serde_json::{json, Value};
 
@@ -238,13 +238,23 @@ pub async fn tokens_are_kept_by_hash(store: Arc<dyn Store>) {
     assert_eq!(store.list_tokens().await.expect("list").len(), 1);
     assert_eq!(store.find_token(&[7; 32]).await.expect("find").map(|t| t.id), Some("tok_1".into()));
     assert!(store.find_token(&[8; 32]).await.expect("find").is_none());
+    // The only admin token can be renamed but neither demoted nor deleted.
+    assert!(store.update_token("tok_1", "sole", None).await.expect("rename"));
+    let demoted = store.update_token("tok_1", "sole", Some(Role::Operator)).await;
+    assert!(matches!(demoted, Err(StoreError::Conflict(_))), "{demoted:?}");
+    assert!(matches!(store.delete_token("tok_1").await, Err(StoreError::Conflict(_))));
+    assert_eq!(store.find_token(&[7; 32]).await.expect("find").map(|t| t.role), Some(Role::Admin));
+    let second = NewToken { id: "tok_2".into(), name: "two".into(), role: Role::Admin, hash: [8; 32], created_at: 2 };
+    store.create_token(second).await.expect("a second admin");
     assert!(store.update_token("tok_1", "renamed", Some(Role::Operator)).await.expect("update"));
     assert!(store.update_token("tok_1", "again", None).await.expect("update keeps the role"));
     let found = store.find_token(&[7; 32]).await.expect("find").expect("still found by its hash");
     assert_eq!((found.name.as_str(), found.role), ("again", Role::Operator));
     assert!(!store.update_token("tok_9", "x", None).await.expect("update"), "no such token");
+    assert!(matches!(store.delete_token("tok_2").await, Err(StoreError::Conflict(_))), "tok_2 is now the only admin");
     assert!(store.delete_token("tok_1").await.expect("delete"));
     assert!(!store.delete_token("tok_1").await.expect("delete"));
+    assert!(store.find_token(&[8; 32]).await.expect("find").is_some());
 }
 
 /// An engine's own JSON rendering of events is byte for byte the general one.

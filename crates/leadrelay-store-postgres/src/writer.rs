@@ -23,6 +23,7 @@ use crate::rows::{
     update_transfers,
 };
 use crate::{corrupt, read, unavailable, CONFIG_CHANGED, SIGNAL_CHANNEL, TRANSFERS_QUEUED};
+use leadrelay_store_sql::{last_admin, KEEPS_AN_ADMIN};
 
 /// The longest a batch transaction may take before the writer gives its connection up.
 const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -56,6 +57,23 @@ impl Writer {
     }
 
     /// Runs a write, marking the connection suspect when it fails.
+    /// A token change that touched no row: an error when the token exists (it is the only
+    /// admin token), false when it does not.
+    async fn refuse_last_admin(&mut self, changed: bool, token_id: &str) -> StoreResult<bool> {
+        if changed {
+            return Ok(true);
+        }
+        let result = sqlx::query("SELECT 1 FROM tokens WHERE id = $1")
+            .bind(token_id)
+            .fetch_optional(self.connected().await?)
+            .await
+            .map_err(unavailable);
+        match self.watch(result)? {
+            Some(_) => Err(last_admin(token_id)),
+            None => Ok(false),
+        }
+    }
+
     fn watch<T>(&mut self, result: StoreResult<T>) -> StoreResult<T> {
         self.suspect |= result.is_err();
         result
@@ -143,13 +161,14 @@ impl BatchWriter for Writer {
     }
 
     async fn delete_token(&mut self, token_id: &str) -> StoreResult<bool> {
-        let result = sqlx::query("DELETE FROM tokens WHERE id = $1")
+        let result = sqlx::query(&format!("DELETE FROM tokens WHERE id = $1 AND {KEEPS_AN_ADMIN}"))
             .bind(token_id)
             .execute(self.connected().await?)
             .await
             .map(|done| done.rows_affected() > 0)
             .map_err(unavailable);
-        self.watch(result)
+        let deleted = self.watch(result)?;
+        self.refuse_last_admin(deleted, token_id).await
     }
 
     async fn replace_answer(&mut self, source_id: &str, key: &str, answer: &StoredAnswer) -> StoreResult<()> {
@@ -167,7 +186,10 @@ impl BatchWriter for Writer {
     }
 
     async fn update_token(&mut self, token_id: &str, name: &str, role: Option<Role>) -> StoreResult<bool> {
-        let result = sqlx::query("UPDATE tokens SET name = $1, role = COALESCE($2, role) WHERE id = $3")
+        let sql = format!(
+            "UPDATE tokens SET name = $1, role = COALESCE($2, role) WHERE id = $3 AND (COALESCE($2, role) = 'admin' OR {KEEPS_AN_ADMIN})"
+        );
+        let result = sqlx::query(&sql)
             .bind(name)
             .bind(role.map(Role::as_str))
             .bind(token_id)
@@ -175,7 +197,8 @@ impl BatchWriter for Writer {
             .await
             .map(|done| done.rows_affected() > 0)
             .map_err(unavailable);
-        self.watch(result)
+        let updated = self.watch(result)?;
+        self.refuse_last_admin(updated, token_id).await
     }
 
     async fn release(&mut self, owner: &str, now: i64) -> StoreResult<u64> {

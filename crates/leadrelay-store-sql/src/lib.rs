@@ -36,6 +36,17 @@ macro_rules! decoders {
     )*};
 }
 
+/// A condition on a token row that holds unless it is the only admin token, so that deleting
+/// or demoting it cannot lock every administrator out.
+pub const KEEPS_AN_ADMIN: &str = "(role <> 'admin' OR (SELECT COUNT(*) FROM tokens WHERE role = 'admin') > 1)";
+
+/// Why a token was neither deleted nor demoted although it exists.
+pub fn last_admin(token_id: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "token {token_id} is the only admin token: create another admin token before revoking or demoting it"
+    ))
+}
+
 /// A stored value that cannot be read back.
 pub fn corrupt(error: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(error.to_string())

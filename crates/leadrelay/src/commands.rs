@@ -48,6 +48,22 @@ pub async fn open_existing_store(database_url: &str) -> anyhow::Result<Arc<dyn S
     open_store(database_url).await
 }
 
+/// Opens the store for a command that may be the first to run on a new machine (`apply`,
+/// `token create`), creating an SQLite file that does not exist yet and saying so, so that a
+/// mistyped `--database-url` does not pass unnoticed.
+pub async fn open_or_create_store(database_url: &str) -> anyhow::Result<Arc<dyn Store>> {
+    let new_file = if database_url.starts_with("sqlite:") {
+        leadrelay_store_sqlite::database_file(database_url)?.filter(|path| !path.exists())
+    } else {
+        None
+    };
+    let store = open_store(database_url).await?;
+    if let Some(path) = new_file {
+        eprintln!("created a new database at {} (none was there)", path.display());
+    }
+    Ok(store)
+}
+
 pub async fn open_store(database_url: &str) -> anyhow::Result<Arc<dyn Store>> {
     if database_url.starts_with("sqlite:") {
         let store = SqliteStore::open(database_url, SqliteOptions::default())
@@ -156,7 +172,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<ExitCode> {
 
 pub async fn apply(database_url: &str, file: &Path) -> anyhow::Result<ExitCode> {
     let document = read_document(file)?;
-    let store = open_store(database_url).await?;
+    let store = open_or_create_store(database_url).await?;
     let before = store.load_config().await?;
     let result = store.change_config(ConfigChange::Apply(document)).await;
     store.close().await;
@@ -198,7 +214,7 @@ pub async fn verify(database_url: &str) -> anyhow::Result<ExitCode> {
 
 pub async fn token_create(database_url: &str, name: &str, role: &str) -> anyhow::Result<ExitCode> {
     let Some(role) = Role::parse(role) else { bail!("unknown role {role:?}: use admin, operator, viewer or source") };
-    let store = open_store(database_url).await?;
+    let store = open_or_create_store(database_url).await?;
     let value = new_token_value();
     let token = NewToken {
         id: TokenId::generate().into_string(),

@@ -13,7 +13,7 @@ use serde_json::Value;
 pub use objects::*;
 pub use validate::{parse_json_path, parse_status_range, validate_http_url};
 
-use crate::ids::slug_from_name;
+use crate::ids::{slug_from_name, unique_slug_from_name};
 use crate::time::Millis;
 
 /// The kinds of configuration object that have their own REST collection.
@@ -113,11 +113,17 @@ pub fn to_yaml<T: serde::Serialize>(document: &T) -> Result<String, String> {
 
 fn describe_path_error<E: fmt::Display>(error: &serde_path_to_error::Error<E>) -> String {
     let path = error.path().to_string();
+    let inner = error.inner().to_string();
     if path == "." || path.is_empty() {
-        error.inner().to_string()
-    } else {
-        format!("{path}: {}", error.inner())
+        return inner;
     }
+    // The YAML reader names the enclosing path itself (`flows[0]: unknown field ...`); the
+    // full path said first is enough.
+    let inner = match inner.split_once(": ") {
+        Some((said, rest)) if !said.contains(' ') && path.starts_with(said) => rest.to_owned(),
+        _ => inner,
+    };
+    format!("{path}: {inner}")
 }
 
 /// The whole current configuration, keyed by id in creation order.
@@ -171,14 +177,18 @@ impl ConfigObject {
     }
 
     /// Fills in a generated id (from the name) and a name (from the id) where they are absent.
-    pub fn fill_defaults(&mut self) {
+    /// A `unique` id has a random suffix, for a `POST` that creates a new object each time;
+    /// otherwise the same name gives the same id, so that applying a file twice replaces
+    /// what the first time created.
+    pub fn fill_defaults(&mut self, unique: bool) {
+        let kind = self.kind().as_str();
         let (id, name) = match self {
             ConfigObject::Flow(flow) => (&mut flow.id, &mut flow.name),
             ConfigObject::Source(source) => (&mut source.id, &mut source.name),
             ConfigObject::Destination(destination) => (&mut destination.id, &mut destination.name),
         };
         if id.is_empty() {
-            *id = slug_from_name(name);
+            *id = if unique { unique_slug_from_name(name, kind) } else { slug_from_name(name, kind) };
         }
         if name.is_empty() {
             *name = id.clone();
@@ -304,7 +314,7 @@ impl Config {
         let mut writes = Vec::new();
         match change {
             ConfigChange::Put { mut object, mode } => {
-                object.fill_defaults();
+                object.fill_defaults(true);
                 self.give_signing_secret(&mut object, now);
                 let exists = self.contains(object.kind(), object.id());
                 match (mode, exists) {
@@ -349,11 +359,17 @@ impl Config {
                     .chain(document.sources.into_iter().map(ConfigObject::Source));
                 let mut seen = std::collections::HashSet::new();
                 for mut object in objects {
-                    object.fill_defaults();
+                    let named = object.id().is_empty();
+                    object.fill_defaults(false);
                     self.give_signing_secret(&mut object, now);
                     if !seen.insert((object.kind(), object.id().to_owned())) {
+                        let hint = if named {
+                            " (an object without an id is named after its name: give each an id)"
+                        } else {
+                            ""
+                        };
                         return Err(ConfigError::one(format!(
-                            "{} {:?} appears twice in the document",
+                            "{} {:?} appears twice in the document{hint}",
                             object.kind(),
                             object.id()
                         ))
@@ -470,6 +486,17 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn an_unknown_key_is_named_once_with_its_path() {
+        let yaml = "flows:\n  - id: solar\n    colour: blue\n";
+        let error = parse_yaml::<ConfigDocument>(yaml).expect_err("unknown key").to_string();
+        assert!(error.starts_with("flows[0].colour: unknown field `colour`"), "{error}");
+        assert_eq!(error.matches("flows[0]").count(), 1, "{error}");
+        let json = r#"{"flows": [{"id": "solar", "colour": "blue"}]}"#;
+        let error = parse_json::<ConfigDocument>(json).expect_err("unknown key").to_string();
+        assert!(error.starts_with("flows[0].colour: unknown field `colour`"), "{error}");
+    }
 
     #[test]
     fn disabling_a_destination_keeps_what_is_stored() {

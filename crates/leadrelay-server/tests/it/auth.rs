@@ -50,9 +50,17 @@ async fn tokens_created_through_the_api_work_and_can_be_revoked() {
     assert_eq!(with_new.status(), StatusCode::OK);
     let viewer = app.post_admin("/api/v1/tokens", &json!({"name": "viewer", "role": "viewer"})).await;
     let viewer: Value = viewer.json().await.unwrap();
-    let as_viewer =
-        app.client.get(app.url("/api/v1/flows")).bearer_auth(viewer["token"].as_str().unwrap()).send().await.unwrap();
-    assert_eq!(as_viewer.status(), StatusCode::FORBIDDEN);
+    let as_viewer = |path: &'static str| {
+        app.client.get(app.url(path)).bearer_auth(viewer["token"].as_str().unwrap().to_owned()).send()
+    };
+    // Viewers read transfers, which carry no submitted field; not leads, events or configuration.
+    for path in ["/api/v1/register", "/api/v1/not-integrated"] {
+        assert_eq!(as_viewer(path).await.unwrap().status(), StatusCode::OK, "{path}");
+    }
+    for path in ["/api/v1/flows", "/api/v1/events", "/api/v1/leads", "/api/v1/export", "/api/v1/tokens"] {
+        let (status, _) = error_code(as_viewer(path).await.unwrap()).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+    }
     let revoked = app.delete_admin(&format!("/api/v1/tokens/{}", created["id"].as_str().unwrap())).await;
     assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
     let after = app.client.get(app.url("/api/v1/flows")).bearer_auth(&token).send().await.unwrap();
@@ -90,6 +98,32 @@ async fn a_token_can_be_renamed_and_given_another_role_without_changing_its_valu
         assert_eq!(refused.status(), StatusCode::BAD_REQUEST, "{bad}");
     }
     assert_eq!(app.get_json(&path).await["role"], "admin", "refused changes change nothing");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_read_can_be_put_back_and_the_only_admin_stays_one() {
+    let app = spawn_app().await;
+    let listed = app.get_json("/api/v1/tokens").await;
+    let mut admin = listed["items"][0].clone();
+    let path = format!("/api/v1/tokens/{}", admin["id"].as_str().unwrap());
+    admin["name"] = json!("renamed as read");
+    let put_back = app.put_admin(&path, &admin).await;
+    assert_eq!(put_back.status(), StatusCode::OK, "what GET answers goes back with PUT");
+    assert_eq!(app.get_json(&path).await["name"], "renamed as read");
+    let moved = app.put_admin(&path, &json!({"id": "tok_other", "name": "x"})).await;
+    assert_eq!(error_code(moved).await, (StatusCode::BAD_REQUEST, "id_mismatch".to_owned()));
+
+    // The only admin token can neither be demoted nor revoked: nobody could administer again.
+    let demoted = app.put_admin(&path, &json!({"name": "x", "role": "operator"})).await;
+    assert_eq!(error_code(demoted).await, (StatusCode::CONFLICT, "conflict".to_owned()));
+    let revoked = app.delete_admin(&path).await;
+    assert_eq!(error_code(revoked).await, (StatusCode::CONFLICT, "conflict".to_owned()));
+    assert_eq!(app.get_json(&path).await["role"], "admin");
+    // With a second admin, the first may go.
+    let second = app.post_admin("/api/v1/tokens", &json!({"name": "second", "role": "admin"})).await;
+    assert_eq!(second.status(), StatusCode::CREATED);
+    assert_eq!(app.put_admin(&path, &json!({"name": "x", "role": "viewer"})).await.status(), StatusCode::OK);
     app.stop().await;
 }
 

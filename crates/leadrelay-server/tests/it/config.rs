@@ -200,6 +200,18 @@ destinations:
     let again: Value = again.json().await.unwrap();
     assert_eq!(again["changed"], 0, "the YAML export applies again as it is: {again}");
 
+    // An object without an id is named after its name, so applying the file again replaces it.
+    let unnamed = json!({"destinations": [{"name": "Backup CRM", "url": "https://backup.example.com/leads"}]});
+    for changed in [1, 0] {
+        let applied: Value = app.post_admin("/api/v1/config", &unnamed).await.json().await.unwrap();
+        assert_eq!(applied["changed"], changed, "{applied}");
+    }
+    assert_eq!(app.get_json("/api/v1/destinations/backup-crm").await["name"], "Backup CRM");
+    assert_eq!(app.get_json("/api/v1/destinations").await["items"].as_array().unwrap().len(), 2);
+    let twins = json!({"flows": [{"name": "Twin", "fields": []}, {"name": "twin!", "fields": []}]});
+    let twins: Value = app.post_admin("/api/v1/config", &twins).await.json().await.unwrap();
+    assert!(twins["error"]["message"].as_str().unwrap().contains("give each an id"), "{twins}");
+
     let unbuilt = app.post_admin("/api/v1/config", &json!({"alerts": [{"id": "a"}]})).await;
     let body: Value = unbuilt.json().await.unwrap();
     assert!(body["error"]["message"].as_str().unwrap().contains("alerts"), "{body}");

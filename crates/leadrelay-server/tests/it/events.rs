@@ -157,6 +157,8 @@ async fn bad_list_parameters_are_refused_by_name() {
         "/api/v1/register?status=maybe",
         "/api/v1/leads?outcome=perhaps",
         "/api/v1/export?format=xlsx",
+        "/api/v1/export?limit=0",
+        "/api/v1/export?limit=lots",
     ] {
         let response = app.get_admin(path).await;
         let (status, code) = error_code(response).await;
@@ -240,6 +242,15 @@ async fn exports_stream_every_event_and_neutralise_formulas() {
     let lines: Vec<Value> = text.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
     assert_eq!(lines.len(), 31 * 3);
     assert_eq!(lines[0]["lead_id"], lead_id, "exports run oldest first");
+    // `limit` caps an export (there is no page size); `sort=desc` runs it newest first.
+    let capped = app.get_admin("/api/v1/export?format=ndjson&limit=10").await.text().await.unwrap();
+    let capped: Vec<Value> = capped.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(capped, lines[..10]);
+    let newest = app.get_admin("/api/v1/export?format=ndjson&sort=desc&limit=1").await.text().await.unwrap();
+    assert_eq!(serde_json::from_str::<Value>(newest.trim_end()).unwrap(), lines[lines.len() - 1]);
+    let capped_csv = app.get_admin("/api/v1/export?format=csv&limit=4&include=id").await.text().await.unwrap();
+    let ids: Vec<&str> = capped_csv.lines().skip(1).collect();
+    assert_eq!(ids, lines[..4].iter().map(|line| line["id"].as_str().unwrap()).collect::<Vec<_>>());
 
     let csv = app.get_admin(&format!("/api/v1/export?format=csv&lead_id={lead_id}&include=id,type,reason,lead")).await;
     assert!(csv.headers()["content-type"].to_str().unwrap().starts_with("text/csv"));

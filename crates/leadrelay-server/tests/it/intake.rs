@@ -34,15 +34,21 @@ async fn form_encoded_and_query_string_submissions_are_accepted() {
         .client
         .post(app.url("/api/v1/sources/web/submit"))
         .header("content-type", "application/x-www-form-urlencoded")
-        .body("e-mail=form%40example.com&state=California")
+        .body("e-mail=form%40example.com&state=California&interests=solar&interests=roof&state=")
         .send()
         .await
         .unwrap();
     assert_eq!(form.status(), StatusCode::CREATED);
     let answer: Value = form.json().await.unwrap();
-    let lead = app.get_json(&format!("/api/v1/leads/{}", answer["lead_id"].as_str().unwrap())).await;
+    let lead_id = answer["lead_id"].as_str().unwrap();
+    let lead = app.get_json(&format!("/api/v1/leads/{lead_id}")).await;
     assert_eq!(lead["email"]["value"], "form@example.com", "field_map renames e-mail");
-    assert_eq!(lead["state"]["value"], "CA");
+    assert_eq!(lead["state"]["value"], "CA", "a blank repeat keeps the value given");
+    assert_eq!(lead["interests"]["raw"], "solar, roof", "a checkbox group keeps every value");
+    let submitted = app.get_json(&format!("/api/v1/leads/{lead_id}/events?type=source.submitted")).await;
+    let submitted = &submitted["items"][0]["data"]["submitted"];
+    assert_eq!(submitted["interests"], json!(["solar", "roof"]), "the log keeps what was sent: {submitted}");
+    assert_eq!(submitted["state"], json!(["California", ""]));
 
     let post_query =
         app.client.post(app.url("/api/v1/sources/web/submit?email=q1%40example.com&state=TX")).send().await.unwrap();

@@ -18,6 +18,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Connection, Row, SqliteConnection};
 
 use crate::{read, unavailable};
+use leadrelay_store_sql::{last_admin, KEEPS_AN_ADMIN};
 
 mod delivery;
 mod submission;
@@ -57,6 +58,23 @@ impl Writer {
     pub(crate) async fn start(mut connection: SqliteConnection, options: SqliteConnectOptions) -> StoreResult<Self> {
         let head = load_head(&mut connection).await?;
         Ok(Self { connection, options, head })
+    }
+
+    /// A token change that touched no row: an error when the token exists (it is the only
+    /// admin token), false when it does not.
+    async fn refuse_last_admin(&mut self, changed: bool, token_id: &str) -> StoreResult<bool> {
+        if changed {
+            return Ok(true);
+        }
+        let exists = sqlx::query("SELECT 1 FROM tokens WHERE id = ?")
+            .bind(token_id)
+            .fetch_optional(&mut self.connection)
+            .await
+            .map_err(unavailable)?;
+        match exists {
+            Some(_) => Err(last_admin(token_id)),
+            None => Ok(false),
+        }
     }
 
     /// Replaces the connection after a failed transaction. sqlx counts the transactions it
@@ -214,12 +232,13 @@ impl BatchWriter for Writer {
     }
 
     async fn delete_token(&mut self, token_id: &str) -> StoreResult<bool> {
-        sqlx::query("DELETE FROM tokens WHERE id = ?")
+        let deleted = sqlx::query(&format!("DELETE FROM tokens WHERE id = ? AND {KEEPS_AN_ADMIN}"))
             .bind(token_id)
             .execute(&mut self.connection)
             .await
             .map(|done| done.rows_affected() > 0)
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        self.refuse_last_admin(deleted, token_id).await
     }
 
     async fn replace_answer(&mut self, source_id: &str, key: &str, answer: &StoredAnswer) -> StoreResult<()> {
@@ -235,14 +254,19 @@ impl BatchWriter for Writer {
     }
 
     async fn update_token(&mut self, token_id: &str, name: &str, role: Option<Role>) -> StoreResult<bool> {
-        sqlx::query("UPDATE tokens SET name = ?, role = COALESCE(?, role) WHERE id = ?")
+        let sql = format!(
+            "UPDATE tokens SET name = ?, role = COALESCE(?, role) WHERE id = ? AND (COALESCE(?, role) = 'admin' OR {KEEPS_AN_ADMIN})"
+        );
+        let updated = sqlx::query(&sql)
             .bind(name)
             .bind(role.map(Role::as_str))
             .bind(token_id)
+            .bind(role.map(Role::as_str))
             .execute(&mut self.connection)
             .await
             .map(|done| done.rows_affected() > 0)
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        self.refuse_last_admin(updated, token_id).await
     }
 
     async fn save_job(&mut self, job: &JobRecord) -> StoreResult<()> {

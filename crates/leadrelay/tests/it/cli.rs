@@ -79,6 +79,9 @@ async fn token_create_prints_a_working_token() {
     assert!(output.status.success(), "{}", stderr(&output));
     let token = stdout(&output).trim().to_owned();
     assert!(token.starts_with("lr_"));
+    assert!(stderr(&output).contains("created a new database at"), "a new file is announced: {}", stderr(&output));
+    let again = run(dir.path(), &["token", "create", "--name", "second"]);
+    assert!(again.status.success() && !stderr(&again).contains("created"), "{}", stderr(&again));
     let server = Server::start(dir.path());
     let client = reqwest::Client::new();
     let response = client.get(server.url("/api/v1/tokens")).bearer_auth(&token).send().await.unwrap();
