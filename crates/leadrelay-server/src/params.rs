@@ -44,7 +44,9 @@ impl Params {
 
     /// Takes a parameter out, for an endpoint that reads it its own way.
     pub fn take(&mut self, name: &str) -> Option<String> {
-        self.0.remove(name).map(|value| value.trim().to_owned()).filter(|value| !value.is_empty())
+        let value = self.text(name);
+        self.0.remove(name);
+        value
     }
 
     pub fn limit(&self, default: usize) -> ApiResult<usize> {

@@ -14,6 +14,7 @@ use leadrelay_store::group_commit::{BatchAnswer, BatchRefs, BatchWriter};
 use leadrelay_store::{
     ConfigWriteError, DeliveryRecord, JobClaim, JobRecord, NewToken, Role, StoreError, StoreResult, StoredAnswer,
 };
+use leadrelay_store_sql::{last_admin, KEEPS_AN_ADMIN};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection, Row};
 
@@ -23,7 +24,6 @@ use crate::rows::{
     update_transfers,
 };
 use crate::{corrupt, read, unavailable, CONFIG_CHANGED, SIGNAL_CHANNEL, TRANSFERS_QUEUED};
-use leadrelay_store_sql::{last_admin, KEEPS_AN_ADMIN};
 
 /// The longest a batch transaction may take before the writer gives its connection up.
 const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -56,7 +56,6 @@ impl Writer {
         Ok(&mut self.connection)
     }
 
-    /// Runs a write, marking the connection suspect when it fails.
     /// A token change that touched no row: an error when the token exists (it is the only
     /// admin token), false when it does not.
     async fn refuse_last_admin(&mut self, changed: bool, token_id: &str) -> StoreResult<bool> {
@@ -74,6 +73,7 @@ impl Writer {
         }
     }
 
+    /// Runs a write, marking the connection suspect when it fails.
     fn watch<T>(&mut self, result: StoreResult<T>) -> StoreResult<T> {
         self.suspect |= result.is_err();
         result

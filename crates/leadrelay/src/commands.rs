@@ -40,23 +40,25 @@ pub fn redacted_database_url(database_url: &str) -> String {
 /// Opens a store that must exist already: commands that only read never create an empty
 /// database where a mistyped path points, and report on it as if it were the real one.
 pub async fn open_existing_store(database_url: &str) -> anyhow::Result<Arc<dyn Store>> {
-    if database_url.starts_with("sqlite:") {
-        if let Some(path) = leadrelay_store_sqlite::database_file(database_url)?.filter(|path| !path.exists()) {
-            bail!("no database at {}: check --database-url (or LEADRELAY_DATABASE_URL)", path.display());
-        }
+    if let Some(path) = missing_sqlite_file(database_url)? {
+        bail!("no database at {}: check --database-url (or LEADRELAY_DATABASE_URL)", path.display());
     }
     open_store(database_url).await
+}
+
+/// The file of a `sqlite:` URL when it does not exist yet.
+fn missing_sqlite_file(database_url: &str) -> anyhow::Result<Option<std::path::PathBuf>> {
+    if !database_url.starts_with("sqlite:") {
+        return Ok(None);
+    }
+    Ok(leadrelay_store_sqlite::database_file(database_url)?.filter(|path| !path.exists()))
 }
 
 /// Opens the store for a command that may be the first to run on a new machine (`apply`,
 /// `token create`), creating an SQLite file that does not exist yet and saying so, so that a
 /// mistyped `--database-url` does not pass unnoticed.
 pub async fn open_or_create_store(database_url: &str) -> anyhow::Result<Arc<dyn Store>> {
-    let new_file = if database_url.starts_with("sqlite:") {
-        leadrelay_store_sqlite::database_file(database_url)?.filter(|path| !path.exists())
-    } else {
-        None
-    };
+    let new_file = missing_sqlite_file(database_url)?;
     let store = open_store(database_url).await?;
     if let Some(path) = new_file {
         eprintln!("created a new database at {} (none was there)", path.display());

@@ -14,11 +14,11 @@ use leadrelay_store::group_commit::{BatchAnswer, BatchRefs, BatchWriter};
 use leadrelay_store::{
     ConfigWriteError, DeliveryRecord, JobClaim, JobRecord, NewToken, Role, StoreError, StoreResult, StoredAnswer,
 };
+use leadrelay_store_sql::{last_admin, KEEPS_AN_ADMIN};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Connection, Row, SqliteConnection};
 
 use crate::{read, unavailable};
-use leadrelay_store_sql::{last_admin, KEEPS_AN_ADMIN};
 
 mod delivery;
 mod submission;
