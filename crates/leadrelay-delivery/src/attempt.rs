@@ -373,7 +373,20 @@ pub async fn attempt(clients: &HttpClients, input: AttemptInput<'_>) -> AttemptR
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| parse_retry_after(value, input.now.div_euclid(1000)));
-    let verdict = judge(destination, status, retry_after, &text);
+    let mut verdict = judge(destination, status, retry_after, &text);
+    if let Verdict::Refused { reason } = &mut verdict {
+        let body_checked = destination.success.body_contains.is_some()
+            || destination.success.body_regex.is_some()
+            || destination.success.json_path.is_some();
+        let (low, high) =
+            leadrelay_domain::config::parse_status_range(&destination.success.status).unwrap_or((200, 399));
+        if !complete && body_checked && (low..=high).contains(&status) {
+            reason.push_str(&format!(
+                " (the answer was longer than {} MiB; only that much was checked)",
+                READ_BODY_BYTES >> 20
+            ));
+        }
+    }
     let captured = if verdict == Verdict::Delivered { capture(destination, &text) } else { Map::new() };
     let price = (verdict == Verdict::Delivered).then(|| revenue(destination, &captured)).flatten();
     let response_headers: Map<String, Value> = headers

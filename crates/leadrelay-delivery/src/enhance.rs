@@ -9,15 +9,7 @@ use leadrelay_domain::pipeline::{EnhancementOutcome, EnhancementResult};
 use serde_json::{json, Map, Value};
 
 use crate::attempt::{send, Answer, HttpClients, SendFailure, RECORDED_BODY_BYTES};
-use crate::request::{redacted_url, OutboundRequest};
-
-fn text_of(value: &Value) -> String {
-    match value {
-        Value::String(text) => text.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    }
-}
+use crate::request::{form_pairs, redacted_url, OutboundRequest};
 
 /// The request an enhancement receives: the lead's id and field values, as JSON (or in the
 /// query string for `GET`).
@@ -32,8 +24,8 @@ pub fn enhancement_request(
     if enhancement.method == HttpMethod::GET {
         let mut pairs = url.query_pairs_mut();
         pairs.append_pair("lead_id", lead_id);
-        for (name, value) in fields {
-            pairs.append_pair(name, &text_of(value));
+        for (name, value) in form_pairs(fields) {
+            pairs.append_pair(&name, &value);
         }
     } else {
         let mut document = Map::new();

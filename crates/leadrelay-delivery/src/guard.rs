@@ -17,7 +17,8 @@ pub enum AddressClass {
     LinkLocal,
     CarrierGradeNat,
     Multicast,
-    /// Cloud instance metadata services (`169.254.169.254`, `fd00:ec2::254`, `100.100.100.200`).
+    /// Cloud instance metadata and credential services (`169.254.169.254`, `fd00:ec2::254`,
+    /// `100.100.100.200`, the container credential endpoints, Azure's WireServer).
     Metadata,
     /// Unspecified, broadcast, documentation, benchmarking and reserved ranges: never a
     /// legitimate destination.
@@ -52,8 +53,20 @@ impl AddressClass {
     }
 }
 
-const METADATA_V4: [Ipv4Addr; 2] = [Ipv4Addr::new(169, 254, 169, 254), Ipv4Addr::new(100, 100, 100, 200)];
-const METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254);
+/// Addresses that hand out instance or workload credentials: the instance metadata service
+/// of AWS, GCP, Azure and others (`169.254.169.254`), Alibaba's (`100.100.100.200`), the ECS
+/// task and EKS Pod Identity credential endpoints (`169.254.170.2`, `169.254.170.23`), and
+/// Azure's WireServer (`168.63.129.16`, a public address that every Azure VM reaches).
+const METADATA_V4: [Ipv4Addr; 5] = [
+    Ipv4Addr::new(169, 254, 169, 254),
+    Ipv4Addr::new(100, 100, 100, 200),
+    Ipv4Addr::new(169, 254, 170, 2),
+    Ipv4Addr::new(169, 254, 170, 23),
+    Ipv4Addr::new(168, 63, 129, 16),
+];
+/// The IPv6 forms of AWS's instance metadata service and EKS Pod Identity endpoint.
+const METADATA_V6: [Ipv6Addr; 2] =
+    [Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254), Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0023)];
 
 fn classify_v4(ip: Ipv4Addr) -> AddressClass {
     let [a, b, c, _] = ip.octets();
@@ -105,7 +118,7 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
 }
 
 fn classify_v6(ip: Ipv6Addr) -> AddressClass {
-    if ip == METADATA_V6 {
+    if METADATA_V6.contains(&ip) {
         return AddressClass::Metadata;
     }
     if let Some(v4) = embedded_v4(ip) {
@@ -318,6 +331,11 @@ mod tests {
         check("169.254.169.254", AddressClass::Metadata);
         check("fd00:ec2::254", AddressClass::Metadata);
         check("100.100.100.200", AddressClass::Metadata);
+        check("169.254.170.2", AddressClass::Metadata);
+        check("169.254.170.23", AddressClass::Metadata);
+        check("fd00:ec2::23", AddressClass::Metadata);
+        check("168.63.129.16", AddressClass::Metadata);
+        check("168.63.129.17", AddressClass::Public);
         check("0.0.0.0", AddressClass::Reserved);
         check("255.255.255.255", AddressClass::Reserved);
         check("::", AddressClass::Reserved);
@@ -357,6 +375,10 @@ mod tests {
         let private = EgressPolicy::default().check("10.0.0.1".parse().unwrap()).unwrap_err().to_string();
         assert!(private.contains("--allow-private-destinations"), "{private}");
         assert!(policy.check("0.0.0.0".parse().unwrap()).is_err());
+        // The credential endpoints of containers and Azure's WireServer too.
+        for address in ["169.254.170.2", "169.254.170.23", "fd00:ec2::23", "168.63.129.16", "::ffff:168.63.129.16"] {
+            assert!(policy.check(address.parse().unwrap()).is_err(), "{address} is reachable");
+        }
         policy.allow_list.push("169.254.169.254/32".parse().unwrap());
         assert!(policy.check("169.254.169.254".parse().unwrap()).is_ok());
     }

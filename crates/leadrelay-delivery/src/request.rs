@@ -139,18 +139,26 @@ pub fn render_template(
         .map_err(|error| BuildError::Template(error.to_string()))
 }
 
-/// Checks that a template compiles, for configuration validation.
-pub fn check_template(template: &str) -> Result<(), String> {
-    let environment = minijinja::Environment::new();
-    environment.template_from_str(template).map(|_| ()).map_err(|error| error.to_string())
-}
-
 fn text_of(value: &Value) -> String {
     match value {
         Value::Null => String::new(),
         Value::String(text) => text.clone(),
         other => other.to_string(),
     }
+}
+
+/// The fields as name-value pairs for a form body or a query string: a list (a group of
+/// checkboxes) gives one pair per item under the same name, as a browser's form sends it; a
+/// map is sent as its JSON text.
+pub(crate) fn form_pairs<'a>(fields: impl IntoIterator<Item = (&'a String, &'a Value)>) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    for (name, value) in fields {
+        match value {
+            Value::Array(items) => pairs.extend(items.iter().map(|item| (name.clone(), text_of(item)))),
+            other => pairs.push((name.clone(), text_of(other))),
+        }
+    }
+    pairs
 }
 
 /// XML 1.0 allows no control character but tab and line breaks, even escaped: text pasted
@@ -176,19 +184,41 @@ fn xml_name(name: &str) -> String {
 }
 
 fn xml_document(fields: &Map<String, Value>) -> Vec<u8> {
-    use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event};
+    use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, Event};
     let mut writer = quick_xml::Writer::new(Vec::new());
     // Writing into a Vec cannot fail.
     let _ = writer.write_event(Event::Decl(BytesDecl::new("1.0", Some("UTF-8"), None)));
     let _ = writer.write_event(Event::Start(BytesStart::new("lead")));
     for (name, value) in fields {
-        let name = xml_name(name);
-        let _ = writer.write_event(Event::Start(BytesStart::new(name.as_str())));
-        let _ = writer.write_event(Event::Text(BytesText::new(&xml_chars(&text_of(value)))));
-        let _ = writer.write_event(Event::End(BytesEnd::new(name.as_str())));
+        xml_element(&mut writer, &xml_name(name), value);
     }
     let _ = writer.write_event(Event::End(BytesEnd::new("lead")));
     writer.into_inner()
+}
+
+/// One field as XML: a list repeats its element once per item, a map nests an element per
+/// key, and anything else is the element's text.
+fn xml_element(writer: &mut quick_xml::Writer<Vec<u8>>, name: &str, value: &Value) {
+    use quick_xml::events::{BytesEnd, BytesStart, BytesText, Event};
+    if let Value::Array(items) = value {
+        for item in items {
+            xml_element(writer, name, item);
+        }
+        return;
+    }
+    // Writing into a Vec cannot fail.
+    let _ = writer.write_event(Event::Start(BytesStart::new(name)));
+    match value {
+        Value::Object(map) => {
+            for (key, inner) in map {
+                xml_element(writer, &xml_name(key), inner);
+            }
+        }
+        other => {
+            let _ = writer.write_event(Event::Text(BytesText::new(&xml_chars(&text_of(other)))));
+        }
+    }
+    let _ = writer.write_event(Event::End(BytesEnd::new(name)));
 }
 
 /// Builds the request a webhook destination receives for a lead snapshot.
@@ -229,11 +259,7 @@ pub fn build_request(
         BodyFormat::Form => {
             body = match rendered {
                 Some(text) => text.into_bytes(),
-                None => {
-                    let pairs: Vec<(String, String)> =
-                        fields.iter().map(|(name, value)| (name.clone(), text_of(value))).collect();
-                    serde_urlencoded::to_string(pairs).unwrap_or_default().into_bytes()
-                }
+                None => serde_urlencoded::to_string(form_pairs(&fields)).unwrap_or_default().into_bytes(),
             };
             headers.insert("Content-Type".to_owned(), "application/x-www-form-urlencoded".to_owned());
         }
@@ -249,8 +275,8 @@ pub fn build_request(
                 }
                 None => {
                     let mut pairs = url.query_pairs_mut();
-                    for (name, value) in &fields {
-                        pairs.append_pair(name, &text_of(value));
+                    for (name, value) in form_pairs(&fields) {
+                        pairs.append_pair(&name, &value);
                     }
                 }
             };
@@ -276,7 +302,9 @@ pub fn build_request(
         }
         None => {}
     }
-    // The destination's own headers win over the defaults, except the ones set for auth.
+    headers.insert("User-Agent".to_owned(), concat!("leadrelay/", env!("CARGO_PKG_VERSION")).to_owned());
+    // The destination's own headers win over the defaults (`Content-Type`, `User-Agent`);
+    // configuration refuses one that `auth` or the signature sets.
     for (name, value) in &destination.headers {
         let existing = headers.keys().find(|key| key.eq_ignore_ascii_case(name)).cloned();
         if let Some(key) = existing {
@@ -284,7 +312,6 @@ pub fn build_request(
         }
         headers.insert(name.clone(), value.clone());
     }
-    headers.insert("User-Agent".to_owned(), concat!("leadrelay/", env!("CARGO_PKG_VERSION")).to_owned());
     Ok(OutboundRequest { method, url, headers: headers.into_iter().collect(), body })
 }
 
@@ -522,5 +549,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(request.header("x-token"), Some("t"));
+        // A destination's own User-Agent and Content-Type win over leadrelay's.
+        let request = build_request(
+            &destination(json!({"headers": {"user-agent": "acme-bridge/2", "Content-Type": "text/plain"}})),
+            &snapshot(),
+            &context(),
+        )
+        .unwrap();
+        assert_eq!(request.header("User-Agent"), Some("acme-bridge/2"));
+        assert_eq!(request.header("content-type"), Some("text/plain"));
+        assert_eq!(request.headers.iter().filter(|(name, _)| name.eq_ignore_ascii_case("user-agent")).count(), 1);
     }
 }

@@ -156,10 +156,10 @@ fn inferred_type(name: &str) -> FieldType {
     }
 }
 
-/// The text form of a submitted value; `None` for null (treated as absent). A list of plain
-/// values (a group of checkboxes, a name repeated in a form) reads as its non-blank values
+/// The text form of a submitted value for a typed field; `None` for null (treated as
+/// absent). A list of plain values (a name repeated in a form) reads as its non-blank values
 /// joined by ", ", so that a field sent twice with one of them blank keeps the other as it
-/// is; `source.submitted` keeps the list itself.
+/// is. Text fields keep lists and maps whole (`parse_structured`).
 fn text_of(value: &Value) -> Option<String> {
     match value {
         Value::Null => None,
@@ -178,8 +178,38 @@ fn is_blank(field: &Map<String, Value>) -> bool {
     match field.get("value") {
         None | Some(Value::Null) => true,
         Some(Value::String(text)) => text.trim().is_empty(),
+        Some(Value::Array(items)) => items.is_empty(),
+        Some(Value::Object(map)) => map.is_empty(),
         Some(_) => false,
     }
+}
+
+/// A text field submitted as a list or a map: `raw` is the JSON value as it came, `value` the
+/// same without null and blank items (strings trimmed), `valid` when anything is left.
+fn parse_structured(value: &Value) -> Map<String, Value> {
+    fn clean(value: &Value) -> Option<Value> {
+        match value {
+            Value::Null => None,
+            Value::String(text) if text.trim().is_empty() => None,
+            Value::String(text) => Some(Value::String(text.trim().to_owned())),
+            Value::Array(items) => Some(Value::Array(items.iter().filter_map(clean).collect())),
+            Value::Object(map) => {
+                Some(Value::Object(map.iter().filter_map(|(key, item)| Some((key.clone(), clean(item)?))).collect()))
+            }
+            other => Some(other.clone()),
+        }
+    }
+    let cleaned = clean(value).unwrap_or(Value::Null);
+    let valid = match &cleaned {
+        Value::Array(items) => !items.is_empty(),
+        Value::Object(map) => !map.is_empty(),
+        _ => false,
+    };
+    let mut field = Map::with_capacity(3);
+    field.insert("raw".into(), value.clone());
+    field.insert("value".into(), cleaned);
+    field.insert("valid".into(), Value::Bool(valid));
+    field
 }
 
 fn is_valid(field: Option<&Map<String, Value>>) -> bool {
@@ -192,11 +222,19 @@ pub fn prepare(intake: &Intake<'_>, submitted: Map<String, Value>, received_at: 
     let flow = intake.flow;
     let mut fields: IndexMap<String, Map<String, Value>> = IndexMap::new();
     for (name, value) in &submitted {
-        let Some(text) = text_of(value) else { continue };
         let target = intake.source.field_map.get(name).unwrap_or(name);
         let field_type = flow.field(target).map(|def| def.field_type).unwrap_or_else(|| inferred_type(target));
-        let mut parsed = parse_field(field_type, &text);
-        validate_as_of(field_type, &mut parsed, received_at);
+        let parsed = match (field_type, value) {
+            // A text field keeps a list or a map as it came (a group of checkboxes, a nested
+            // answer), so that rules, templates and destinations see its items.
+            (FieldType::Text, Value::Array(_) | Value::Object(_)) => parse_structured(value),
+            _ => {
+                let Some(text) = text_of(value) else { continue };
+                let mut parsed = parse_field(field_type, &text);
+                validate_as_of(field_type, &mut parsed, received_at);
+                parsed
+            }
+        };
         // A blank value never overrides a value another submitted name mapped to the same field.
         if fields.get(target).is_some_and(|existing| !is_blank(existing)) && is_blank(&parsed) {
             continue;

@@ -31,13 +31,13 @@ struct CreateToken {
     role: Role,
 }
 
-/// A token's new name and, optionally, its new role (kept when absent). Its value never
-/// changes: a new value is a new token. The `id` and `created_at` that `GET` answers may come
-/// back as they were, so that a script can read, edit and put a token.
+/// A token's new name and role, each kept when absent. Its value never changes: a new value
+/// is a new token. The `id` and `created_at` that `GET` answers may come back as they were,
+/// so that a script can read, edit and put a token.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ReplaceToken {
-    name: String,
+    name: Option<String>,
     role: Option<Role>,
     id: Option<String>,
     #[serde(rename = "created_at")]
@@ -97,7 +97,7 @@ pub(crate) async fn read(
 
 /// Rename a token or change its role; its value stays as it is.
 #[utoipa::path(put, path = "/api/v1/tokens/{token_id}", tag = "access", params(("token_id" = String, Path, description = "`tok_…`")),
-    request_body(content = Object, description = "{\"name\": …, \"role\": \"operator\"} (the role is kept when absent; `id` and `created_at` as read are accepted and cannot change)"),
+    request_body(content = Object, description = "{\"name\": …, \"role\": \"operator\"} (each is kept when absent; `id` and `created_at` as read are accepted and cannot change)"),
     responses((status = 200, description = "The token, without its value", body = Object),
               (status = 400, description = "Invalid request", body = crate::openapi::ErrorBody),
               (status = 404, description = "No such token", body = crate::openapi::ErrorBody),
@@ -110,14 +110,24 @@ pub(crate) async fn replace(
     let request: ReplaceToken = serde_json::from_slice(&body).map_err(|error| {
         ApiError::bad_request("invalid_json", format!("body must be {{\"name\": …, \"role\": …}}: {error}"))
     })?;
-    check_name(&request.name)?;
     if let Some(id) = request.id.as_deref().filter(|id| *id != token_id) {
         return Err(ApiError::bad_request(
             "id_mismatch",
             format!("the body's id {id:?} is not the token {token_id:?} of the path; a token's id cannot change"),
         ));
     }
-    if !state.store.update_token(&token_id, &request.name, request.role).await? {
+    let name = match request.name {
+        Some(name) => {
+            check_name(&name)?;
+            name
+        }
+        None => {
+            let tokens = state.store.list_tokens().await?;
+            let current = tokens.into_iter().find(|token| token.id == token_id);
+            current.ok_or_else(|| ApiError::not_found("token_not_found", format!("no token {token_id:?}")))?.name
+        }
+    };
+    if !state.store.update_token(&token_id, &name, request.role).await? {
         return Err(ApiError::not_found("token_not_found", format!("no token {token_id:?}")));
     }
     read(State(state), Path(token_id)).await

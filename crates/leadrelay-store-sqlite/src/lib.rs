@@ -40,11 +40,24 @@ pub struct SqliteOptions {
     pub read_connections: u32,
     /// How often the WAL is checkpointed off the request path.
     pub checkpoint_interval: Duration,
+    /// This process serves the file (`leadrelay serve`): it holds the file's server lock for
+    /// as long as the store is open, so that no second server uses the file meanwhile, and
+    /// voids the leases and job claims a server that died left behind. Other openers (the
+    /// CLI's commands) leave leases alone, so a running server's deliveries in flight are
+    /// never claimed twice.
+    pub serving: bool,
 }
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        Self { max_batch: 512, read_connections: 4, checkpoint_interval: Duration::from_millis(500) }
+        Self { max_batch: 512, read_connections: 4, checkpoint_interval: Duration::from_millis(500), serving: false }
+    }
+}
+
+impl SqliteOptions {
+    /// The options of the process that serves the file.
+    pub fn serving() -> Self {
+        Self { serving: true, ..Self::default() }
     }
 }
 
@@ -55,6 +68,9 @@ pub struct SqliteStore {
     /// How the writer's last batch ended (`ping`).
     health: group_commit::WriterHealth,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    /// The server lock of the file while this store serves it (`SqliteOptions::serving`);
+    /// the operating system lets go of it when the process ends, however it ends.
+    _server_lock: Option<std::fs::File>,
 }
 
 fn unavailable(error: impl std::fmt::Display) -> StoreError {
@@ -72,6 +88,10 @@ pub fn database_file(url: &str) -> StoreResult<Option<std::path::PathBuf>> {
 impl SqliteStore {
     /// Opens (creating if missing) the database at a `sqlite://path` URL and migrates it.
     pub async fn open(url: &str, options: SqliteOptions) -> StoreResult<Arc<Self>> {
+        let server_lock = match (options.serving, database_file(url)?) {
+            (true, Some(file)) => Some(take_server_lock(&file)?),
+            _ => None,
+        };
         let connect = SqliteConnectOptions::from_str(url)
             .map_err(|error| unavailable(format!("invalid SQLite URL {url:?}: {error}")))?
             .create_if_missing(true)
@@ -99,27 +119,66 @@ impl SqliteStore {
             .await
             .map_err(unavailable)?;
 
-        // One process serves a SQLite file: leases left by a process that died are void: its
-        // transfers are due again at once, and its running jobs resume here.
-        sqlx::query("UPDATE transfers SET due_at = MIN(due_at, ?), lease_owner = NULL WHERE state = 'pending' AND lease_owner IS NOT NULL")
-            .bind(leadrelay_domain::time::now_millis())
-            .execute(&mut write_connection)
-            .await
-            .map_err(unavailable)?;
-        sqlx::query("UPDATE jobs SET owner = NULL, lease_until = NULL WHERE status = 'running'")
-            .execute(&mut write_connection)
-            .await
-            .map_err(unavailable)?;
+        if options.serving {
+            // One server at a time holds the file's lock, so every lease and job claim on it
+            // is a dead server's: its transfers are due again at once, its jobs resume here.
+            sqlx::query("UPDATE transfers SET due_at = MIN(due_at, ?), lease_owner = NULL WHERE state = 'pending' AND lease_owner IS NOT NULL")
+                .bind(leadrelay_domain::time::now_millis())
+                .execute(&mut write_connection)
+                .await
+                .map_err(unavailable)?;
+            sqlx::query("UPDATE jobs SET owner = NULL, lease_until = NULL WHERE status = 'running'")
+                .execute(&mut write_connection)
+                .await
+                .map_err(unavailable)?;
+        }
         let writer = Writer::start(write_connection, connect.clone()).await?;
         let (writes, receiver) = mpsc::channel(options.max_batch.max(1) * 4);
         let health = group_commit::WriterHealth::default();
         let writer_task = tokio::spawn(group_commit::run(writer, receiver, options.max_batch, health.clone()));
         let checkpoint_task = tokio::spawn(checkpoint_loop(readers.clone(), options.checkpoint_interval));
-        Ok(Arc::new(Self { readers, writes, health, tasks: std::sync::Mutex::new(vec![writer_task, checkpoint_task]) }))
+        Ok(Arc::new(Self {
+            readers,
+            writes,
+            health,
+            tasks: std::sync::Mutex::new(vec![writer_task, checkpoint_task]),
+            _server_lock: server_lock,
+        }))
     }
 
     async fn write<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> WriteCommand) -> StoreResult<T> {
         group_commit::send(&self.writes, make).await
+    }
+}
+
+/// The lock file beside a database file that its server holds: `leadrelay.db-serve.lock`.
+pub fn server_lock_file(database: &std::path::Path) -> std::path::PathBuf {
+    let mut name = database.file_name().unwrap_or_default().to_owned();
+    name.push("-serve.lock");
+    database.with_file_name(name)
+}
+
+/// Takes the server lock of a database file, refusing when another process holds it. The
+/// lock is the kernel's (`flock`), so a server killed with SIGKILL leaves none behind.
+fn take_server_lock(database: &std::path::Path) -> StoreResult<std::fs::File> {
+    let path = server_lock_file(database);
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|error| unavailable(format!("opening the server lock {}: {error}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Conflict(format!(
+            "another leadrelay server is using {} (it holds {}): one server serves a SQLite file; \
+             stop it first, or run several nodes on PostgreSQL",
+            database.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(error)) => {
+            Err(unavailable(format!("locking the server lock {}: {error}", path.display())))
+        }
     }
 }
 

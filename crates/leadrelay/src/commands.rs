@@ -36,7 +36,6 @@ pub fn redacted_database_url(database_url: &str) -> String {
     }
 }
 
-/// Opens the engine the URL's scheme names.
 /// Opens a store that must exist already: commands that only read never create an empty
 /// database where a mistyped path points, and report on it as if it were the real one.
 pub async fn open_existing_store(database_url: &str) -> anyhow::Result<Arc<dyn Store>> {
@@ -66,11 +65,23 @@ pub async fn open_or_create_store(database_url: &str) -> anyhow::Result<Arc<dyn 
     Ok(store)
 }
 
+/// Opens the engine the URL's scheme names.
 pub async fn open_store(database_url: &str) -> anyhow::Result<Arc<dyn Store>> {
+    open_store_as(database_url, SqliteOptions::default()).await
+}
+
+/// Opens the store for the process that serves it (`serve`, `demo`): on SQLite it takes the
+/// file's server lock, refusing to start beside another server, and frees what a server that
+/// died left claimed. Only a server does this, so that a command run beside it (`apply`,
+/// `verify`, …) never makes its deliveries in flight due again.
+pub async fn open_server_store(database_url: &str) -> anyhow::Result<Arc<dyn Store>> {
+    open_store_as(database_url, SqliteOptions::serving()).await
+}
+
+async fn open_store_as(database_url: &str, sqlite: SqliteOptions) -> anyhow::Result<Arc<dyn Store>> {
     if database_url.starts_with("sqlite:") {
-        let store = SqliteStore::open(database_url, SqliteOptions::default())
-            .await
-            .with_context(|| format!("while opening {database_url}"))?;
+        let store =
+            SqliteStore::open(database_url, sqlite).await.with_context(|| format!("while opening {database_url}"))?;
         Ok(store)
     } else if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
         let store = PostgresStore::open(database_url, PostgresOptions::default())
@@ -139,7 +150,7 @@ pub(crate) async fn shutdown_signal() {
 }
 
 pub async fn serve(options: ServeOptions) -> anyhow::Result<ExitCode> {
-    let store = open_store(&options.database_url).await?;
+    let store = open_server_store(&options.database_url).await?;
     ensure_admin_token(store.as_ref()).await?;
     if let Some(file) = &options.config {
         let document = read_document(file)?;

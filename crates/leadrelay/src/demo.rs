@@ -225,7 +225,7 @@ pub async fn demo(options: DemoOptions) -> anyhow::Result<ExitCode> {
     let dir =
         tempfile::Builder::new().prefix("leadrelay-demo-").tempdir().context("while making a temporary directory")?;
     let database = dir.path().join("demo.db");
-    let store = crate::commands::open_store(&format!("sqlite://{}", database.display())).await?;
+    let store = crate::commands::open_server_store(&format!("sqlite://{}", database.display())).await?;
     let token = new_token_value();
     store
         .create_token(NewToken {

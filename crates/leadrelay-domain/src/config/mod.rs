@@ -544,4 +544,71 @@ mod tests {
             ]
         );
     }
+
+    fn problems_of(destinations: serde_json::Value) -> Vec<String> {
+        let document: ConfigDocument = parse_value(json!({ "destinations": destinations })).expect("document");
+        match Config::default().change(ConfigChange::Apply(document), 0) {
+            Ok(_) => Vec::new(),
+            Err(ChangeError::Invalid(error)) => error.problems,
+            Err(other) => panic!("unexpected error {other}"),
+        }
+    }
+
+    #[test]
+    fn a_get_destination_sends_its_fields_in_the_url() {
+        let url = "https://crm.example.com/leads";
+        assert_eq!(
+            problems_of(json!([{"id": "crm", "url": url, "method": "GET"}])),
+            ["destinations[crm].method: a GET sends no body, so format json would lose the lead: use format query \
+              (the fields in the URL) or another method"]
+        );
+        assert_eq!(problems_of(json!([{"id": "crm", "url": url, "method": "GET", "format": "form"}])).len(), 1);
+        assert!(problems_of(json!([{"id": "crm", "url": url, "method": "GET", "format": "query"}])).is_empty());
+        // A query destination's template renders the query string.
+        let template = "email={{ lead.email }}&src=web";
+        assert!(
+            problems_of(json!([{"id": "crm", "url": url, "format": "query", "body_template": template}])).is_empty()
+        );
+    }
+
+    #[test]
+    fn a_template_naming_an_unknown_filter_is_refused_before_any_lead_meets_it() {
+        let url = "https://crm.example.com/leads";
+        let problems =
+            problems_of(json!([{"id": "crm", "url": url, "body_template": "{\"e\": {{ lead.email | shout }}}"}]));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("destinations[crm].body_template: ") && problems[0].contains("shout"),
+            "{problems:?}"
+        );
+        let problems =
+            problems_of(json!([{"id": "crm", "url": url, "body_template": "{% if lead is shouting %}{% endif %}"}]));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        // Known filters, and values a lead may lack, are fine.
+        let fine =
+            "{\"e\": {{ lead.email | default('none') | tojson }}, \"d\": \"{{ lead.fields.email.domain | upper }}\"}";
+        assert!(problems_of(json!([{"id": "crm", "url": url, "body_template": fine}])).is_empty());
+    }
+
+    #[test]
+    fn headers_that_auth_or_the_signature_set_are_refused() {
+        let url = "https://crm.example.com/leads";
+        let problems = problems_of(json!([{
+            "id": "crm", "url": url,
+            "headers": {"Webhook-Id": "mine", "authorization": "Bearer x", "User-Agent": "acme/1"},
+            "auth": {"type": "bearer", "token": "t"}
+        }]));
+        assert_eq!(
+            problems,
+            [
+                "destinations[crm].headers.Webhook-Id: set by leadrelay on every webhook (Standard Webhooks signature) \
+                 and cannot be configured",
+                "destinations[crm].headers.authorization: auth sets this header already; keep one of the two",
+            ]
+        );
+        let custom = json!([{"id": "crm", "url": url, "headers": {"X-Key": "k"}, "auth": {"type": "header", "name": "x-key", "value": "v"}}]);
+        assert_eq!(problems_of(custom).len(), 1);
+        // Without auth, an Authorization header is the destination's own.
+        assert!(problems_of(json!([{"id": "crm", "url": url, "headers": {"Authorization": "Token abc"}}])).is_empty());
+    }
 }

@@ -187,6 +187,18 @@ pub enum BodyFormat {
     Xml,
 }
 
+impl BodyFormat {
+    /// The name a configuration writes (`json`, `form`, `query`, `xml`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BodyFormat::Json => "json",
+            BodyFormat::Form => "form",
+            BodyFormat::Query => "query",
+            BodyFormat::Xml => "xml",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryMode {

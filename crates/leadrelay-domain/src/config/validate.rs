@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use base64::Engine;
 use chrono_tz::Tz;
 
-use super::{Auth, BodyFormat, Config, ConfigError, Destination, DestinationKind, Flow, Source};
+use super::{Auth, BodyFormat, Config, ConfigError, Destination, DestinationKind, Flow, HttpMethod, Source};
 use crate::ids::validate_slug;
 
 /// Most fields a flow may declare; submissions are limited separately.
@@ -239,14 +239,30 @@ fn validate_destination(destination: &Destination, problems: &mut Vec<String>) {
     if destination.kind == DestinationKind::Email {
         problems.push(format!("{at}.kind: email destinations are not supported by this version yet"));
     }
-    if destination.format == BodyFormat::Query && destination.body_template.is_some() {
-        problems.push(format!("{at}.body_template: a query-format destination sends no body"));
+    // A GET carries no body (servers drop one), so its fields can only travel in the URL.
+    if destination.kind == DestinationKind::Webhook
+        && destination.method == HttpMethod::GET
+        && destination.format != BodyFormat::Query
+    {
+        problems.push(format!(
+            "{at}.method: a GET sends no body, so format {} would lose the lead: use format query (the fields \
+             in the URL) or another method",
+            destination.format.as_str()
+        ));
     }
     for (name, value) in &destination.headers {
         if !is_header_name(name) {
             problems.push(format!("{at}.headers: invalid header name {name:?}"));
         }
         check_header_value(&format!("{at}.headers.{name}"), value, problems);
+        if SIGNATURE_HEADERS.iter().any(|reserved| reserved.eq_ignore_ascii_case(name)) {
+            problems.push(format!(
+                "{at}.headers.{name}: set by leadrelay on every webhook (Standard Webhooks signature) and cannot be configured"
+            ));
+        }
+        if destination.auth.is_some() && name.eq_ignore_ascii_case(auth_header_name(destination.auth.as_ref())) {
+            problems.push(format!("{at}.headers.{name}: auth sets this header already; keep one of the two"));
+        }
     }
     match &destination.auth {
         Some(Auth::Header { name, value }) => {
@@ -280,8 +296,8 @@ fn validate_destination(destination: &Destination, problems: &mut Vec<String>) {
         }
     }
     if let Some(template) = &destination.body_template {
-        if let Err(error) = minijinja::Environment::new().template_from_str(template) {
-            problems.push(format!("{at}.body_template: {error}"));
+        if let Err(problem) = check_template(template) {
+            problems.push(format!("{at}.body_template: {problem}"));
         }
     }
     if destination.circuit_breaker.as_ref().is_some_and(|breaker| breaker.failures == 0 || breaker.failures > 100_000) {
@@ -336,5 +352,40 @@ fn validate_destination(destination: &Destination, problems: &mut Vec<String>) {
         if !valid {
             problems.push(format!("{at}.proxy: must be an http or https URL"));
         }
+    }
+}
+
+/// The headers of the Standard Webhooks signature, which every webhook carries as signed.
+const SIGNATURE_HEADERS: [&str; 3] = ["webhook-id", "webhook-timestamp", "webhook-signature"];
+
+/// The header an `auth` block sets.
+fn auth_header_name(auth: Option<&Auth>) -> &str {
+    match auth {
+        Some(Auth::Header { name, .. }) => name,
+        _ => "Authorization",
+    }
+}
+
+/// Refuses a template that does not compile, or that names a filter, test or function
+/// MiniJinja does not have: those are looked up only when the template runs, so a trial run
+/// over an empty lead finds the ones outside conditions before any lead meets them.
+fn check_template(template: &str) -> Result<(), String> {
+    let mut environment = minijinja::Environment::new();
+    environment.set_undefined_behavior(minijinja::UndefinedBehavior::Lenient);
+    let compiled = environment.template_from_str(template).map_err(|error| error.to_string())?;
+    let empty = minijinja::context! { lead => minijinja::context! { fields => minijinja::context! {} } };
+    match compiled.render(empty) {
+        Err(error)
+            if matches!(
+                error.kind(),
+                minijinja::ErrorKind::UnknownFilter
+                    | minijinja::ErrorKind::UnknownTest
+                    | minijinja::ErrorKind::UnknownFunction
+                    | minijinja::ErrorKind::UnknownMethod
+            ) =>
+        {
+            Err(error.to_string())
+        }
+        _ => Ok(()),
     }
 }

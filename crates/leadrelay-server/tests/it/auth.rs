@@ -111,6 +111,12 @@ async fn a_token_read_can_be_put_back_and_the_only_admin_stays_one() {
     let put_back = app.put_admin(&path, &admin).await;
     assert_eq!(put_back.status(), StatusCode::OK, "what GET answers goes back with PUT");
     assert_eq!(app.get_json(&path).await["name"], "renamed as read");
+    // A role alone keeps the name.
+    assert_eq!(app.put_admin(&path, &json!({"role": "admin"})).await.status(), StatusCode::OK);
+    let changed = app.get_json(&path).await;
+    assert_eq!((changed["name"].as_str(), changed["role"].as_str()), (Some("renamed as read"), Some("admin")));
+    let missing = app.put_admin("/api/v1/tokens/tok_nope", &json!({"role": "operator"})).await;
+    assert_eq!(error_code(missing).await.0, StatusCode::NOT_FOUND);
     let moved = app.put_admin(&path, &json!({"id": "tok_other", "name": "x"})).await;
     assert_eq!(error_code(moved).await, (StatusCode::BAD_REQUEST, "id_mismatch".to_owned()));
 

@@ -44,7 +44,7 @@ async fn form_encoded_and_query_string_submissions_are_accepted() {
     let lead = app.get_json(&format!("/api/v1/leads/{lead_id}")).await;
     assert_eq!(lead["email"]["value"], "form@example.com", "field_map renames e-mail");
     assert_eq!(lead["state"]["value"], "CA", "a blank repeat keeps the value given");
-    assert_eq!(lead["interests"]["raw"], "solar, roof", "a checkbox group keeps every value");
+    assert_eq!(lead["interests"]["value"], json!(["solar", "roof"]), "a checkbox group keeps every value");
     let submitted = app.get_json(&format!("/api/v1/leads/{lead_id}/events?type=source.submitted")).await;
     let submitted = &submitted["items"][0]["data"]["submitted"];
     assert_eq!(submitted["interests"], json!(["solar", "roof"]), "the log keeps what was sent: {submitted}");

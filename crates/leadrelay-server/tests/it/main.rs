@@ -5,6 +5,7 @@ mod browser;
 mod config;
 mod delivery;
 mod events;
+mod formats;
 mod helpers;
 mod intake;
 mod pipeline;

@@ -9,7 +9,7 @@ use axum::http::HeaderMap;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
-use crate::process::{run, write_config, Server, ADMIN_TOKEN};
+use crate::process::{one_destination_config, run, write_config, Server};
 
 const LEADS: usize = 150;
 
@@ -64,28 +64,11 @@ impl SlowReceiver {
     }
 }
 
-/// An admin GET, answered with JSON.
-async fn get_json(client: &reqwest::Client, server: &Server, path: &str) -> Value {
-    client.get(server.url(path)).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_queued_delivery_arrives_after_a_sigkill() {
     let receiver = SlowReceiver::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        r#"
-flows:
-  - id: solar
-    fields: [{{name: email, type: email}}]
-    destinations: [crm]
-sources:
-  - {{id: web, flow_id: solar}}
-destinations:
-  - {{id: crm, url: "{}/leads", concurrency: 4, retry: {{schedule_ms: [50], jitter: 0}}}}
-"#,
-        receiver.address
-    );
+    let config = one_destination_config(&receiver.address, "concurrency: 4, retry: {schedule_ms: [50], jitter: 0}");
     let path = write_config(dir.path(), &config);
     assert!(run(dir.path(), &["apply", path.to_str().unwrap()]).status.success());
 
@@ -113,7 +96,7 @@ destinations:
     // Every transfer ends delivered in the register.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let page = get_json(&client, &server, "/api/v1/register?status=success&limit=1000").await;
+        let page = server.get_json(&client, "/api/v1/register?status=success&limit=1000").await;
         let delivered = page["items"].as_array().unwrap().len();
         if delivered == LEADS {
             break;
@@ -123,7 +106,7 @@ destinations:
     }
     // And every lead's timeline says so.
     for lead_id in &leads {
-        let page = get_json(&client, &server, &format!("/api/v1/leads/{lead_id}/events")).await;
+        let page = server.get_json(&client, &format!("/api/v1/leads/{lead_id}/events")).await;
         let types: Vec<&str> = page["items"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
         assert!(types.contains(&"recipient.delivered"), "{lead_id}: {types:?}");
     }

@@ -7,3 +7,4 @@ mod demo;
 mod disk_full;
 mod multinode;
 mod process;
+mod server_lock;

@@ -13,7 +13,7 @@ use leadrelay_store_conformance::postgres::TestDatabase;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
-use crate::process::{run_on, write_config, Server, ADMIN_TOKEN};
+use crate::process::{one_destination_config, run_on, write_config, Server, ADMIN_TOKEN};
 
 const FIRST_WAVE: usize = 600;
 const SECOND_WAVE: usize = 1400;
@@ -112,18 +112,8 @@ async fn three_nodes_share_the_work_and_survive_losing_one() {
     let arrivals = Arrivals::default();
     let address = receiver(arrivals.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        r#"
-flows:
-  - id: solar
-    fields: [{{name: email, type: email}}]
-    destinations: [crm]
-sources:
-  - {{id: web, flow_id: solar}}
-destinations:
-  - {{id: crm, url: "{address}/leads", concurrency: 4, timeout_ms: 2000, retry: {{schedule_ms: [50], jitter: 0}}}}
-"#
-    );
+    let config =
+        one_destination_config(&address, "concurrency: 4, timeout_ms: 2000, retry: {schedule_ms: [50], jitter: 0}");
     let path = write_config(dir.path(), &config);
     let applied = run_on(&database.url, dir.path(), &["apply", path.to_str().unwrap()]);
     assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));

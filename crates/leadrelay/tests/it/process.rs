@@ -57,6 +57,23 @@ destinations:
   - {id: crm, url: "http://127.0.0.1:9/leads", enabled: false}
 "#;
 
+/// A flow `solar` with one email field and a source `web`, delivering to one destination
+/// `crm` at `{receiver}/leads` with the given extra settings (YAML flow-map entries).
+pub fn one_destination_config(receiver: &str, settings: &str) -> String {
+    format!(
+        r#"
+flows:
+  - id: solar
+    fields: [{{name: email, type: email}}]
+    destinations: [crm]
+sources:
+  - {{id: web, flow_id: solar}}
+destinations:
+  - {{id: crm, url: "{receiver}/leads", {settings}}}
+"#
+    )
+}
+
 /// A `serve` child process and the address it listens on.
 pub struct Server {
     pub child: Child,
@@ -123,6 +140,11 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
+    }
+
+    /// An admin GET, answered with JSON.
+    pub async fn get_json(&self, client: &reqwest::Client, path: &str) -> serde_json::Value {
+        client.get(self.url(path)).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap()
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns its exit status.
