@@ -147,6 +147,11 @@ pub struct Decision {
     pub pending_completion: Option<NewEvent>,
 }
 
+/// Why a transfer waits for a disabled destination, in the register and on its events.
+pub fn held_reason(destination: &Destination) -> String {
+    format!("Held: destination {} is disabled; delivered once it is enabled", destination.name)
+}
+
 /// Names that look like contact fields get their type even when the flow does not declare them.
 fn inferred_type(name: &str) -> FieldType {
     match name {
@@ -607,8 +612,7 @@ fn route(timeline: &mut Timeline<'_>, now: Millis) {
             _ if !destination.enabled => {
                 // Held, not dropped (SPEC 3: `recipient.skipped`, destination disabled): the
                 // transfer stays queued and is delivered once the destination is enabled.
-                let reason =
-                    format!("Held: destination {} is disabled; delivered once it is enabled", destination.name);
+                let reason = held_reason(destination);
                 let transfer_id =
                     timeline.push_transfer(Some(&destination.id), RegisterStatus::Skip, reason.clone(), true, false);
                 skip_event(timeline, &destination.id, transfer_id, reason, json!({"held": true}), now);

@@ -99,6 +99,23 @@ impl AppState {
         self.configuration.current()
     }
 
+    /// A page of the register as people read it: a transfer waiting for a destination that
+    /// is disabled says it is held, whatever its last step said ("Retry 1 of 3 at …").
+    pub async fn register_page(
+        &self,
+        query: &leadrelay_store::RegisterQuery,
+    ) -> leadrelay_store::StoreResult<leadrelay_store::Page<leadrelay_store::TransferRow>> {
+        let mut page = self.store.register_page(query).await?;
+        let config = self.config();
+        for row in page.items.iter_mut().filter(|row| row.status == leadrelay_domain::event::RegisterStatus::New) {
+            let destination = row.destination_id.as_deref().and_then(|id| config.destinations.get(id));
+            if let Some(destination) = destination.filter(|destination| !destination.enabled) {
+                row.description = leadrelay_domain::pipeline::held_reason(destination);
+            }
+        }
+        Ok(page)
+    }
+
     /// Applies a change through the store and puts the result in force.
     async fn change_config(
         &self,

@@ -213,7 +213,7 @@ pub(crate) async fn list_register(
     RawQuery(query): RawQuery,
 ) -> ApiResult<Response> {
     let params = Params::parse(query.as_deref(), REGISTER_PARAMS)?;
-    let page = state.store.register_page(&register_query(&params)?).await?;
+    let page = state.register_page(&register_query(&params)?).await?;
     json_response(&PageBody { items: page.items, next_cursor: page.next_cursor.as_ref().map(Cursor::encode) })
 }
 

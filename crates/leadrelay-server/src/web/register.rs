@@ -180,7 +180,7 @@ fn pager(path: &str, filters: &Filters, page: &Page<TransferRow>) -> Markup {
 /// The register page a URL names: its filters, the page, and the URL a resend returns to.
 async fn read_register(state: &AppState, raw: Option<&str>) -> WebResult<(Filters, Page<TransferRow>, String)> {
     let filters = Filters::parse(raw)?;
-    let page = state.store.register_page(&filters.query).await?;
+    let page = state.register_page(&filters.query).await?;
     Ok((filters, page, with_query("/", raw.unwrap_or(""))))
 }
 
@@ -296,7 +296,7 @@ pub(crate) async fn transfer(
     let fragment = raw.as_deref() == Some("fragment=1");
     let query =
         RegisterQuery { lead_id: Some(lead_id.clone()), limit: leadrelay_store::MAX_PAGE, ..Default::default() };
-    let rows = state.store.register_page(&query).await?;
+    let rows = state.register_page(&query).await?;
     let Some(transfer) = rows.items.into_iter().find(|row| row.transfer_id == transfer_id) else {
         return Err(WebError::not_found(format!("Lead {lead_id} has no transfer {transfer_id}.")));
     };

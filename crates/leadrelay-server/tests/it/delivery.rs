@@ -550,8 +550,11 @@ async fn a_circuit_breaker_disables_a_failing_destination_and_holds_its_transfer
     assert_eq!(tripped["reason"], "Disabled after 2 failures in a row (last: HTTP 500 from destination)");
     let mut current = app.get_json("/api/v1/destinations/crm").await;
     assert_eq!(current["enabled"], false);
-    // Held, not dropped: still waiting in the register.
-    assert_eq!(app.transfer(&lead_id, "crm").await["status"], "new");
+    // Held, not dropped: still waiting in the register, which says why rather than the
+    // retry it had planned.
+    let held = app.transfer(&lead_id, "crm").await;
+    assert_eq!(held["status"], "new");
+    assert_eq!(held["description"], "Held: destination Buyer crm is disabled; delivered once it is enabled");
     assert_eq!(receiver.received().len(), 2);
 
     current["enabled"] = json!(true);
