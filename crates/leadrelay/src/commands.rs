@@ -133,20 +133,21 @@ fn read_document(file: &Path) -> anyhow::Result<ConfigDocument> {
     document.with_context(|| format!("{} is not a valid configuration", file.display()))
 }
 
-pub(crate) async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Listens for SIGTERM and SIGINT (Ctrl-C) from now on, and answers a future that completes at
+/// the first of them. The handlers are installed before the caller announces that it listens:
+/// a signal that arrived between the two would otherwise kill the process with its default
+/// action instead of stopping it gracefully.
+pub(crate) fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("while listening for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("while listening for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {},
+            _ = interrupt.recv() => {},
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = terminate => {},
-    }
-    tracing::info!("shutting down: finishing in-flight requests");
+        tracing::info!("shutting down: finishing in-flight requests");
+    })
 }
 
 pub async fn serve(options: ServeOptions) -> anyhow::Result<ExitCode> {
@@ -173,12 +174,13 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("while binding {}", options.listen))?;
     let address = listener.local_addr().context("while reading the bound address")?;
+    let shutdown = shutdown_signal()?;
     tracing::info!(%address, database = %redacted_database_url(&options.database_url), "listening");
     // A plain line on standard output, so scripts (and tests) learn the bound port.
     println!("leadrelay listening on http://{address}");
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
-    leadrelay_server::serve(listener, state, shutdown_signal()).await.context("while serving")?;
+    leadrelay_server::serve(listener, state, shutdown).await.context("while serving")?;
     store.close().await;
     Ok(ExitCode::SUCCESS)
 }
@@ -227,6 +229,9 @@ pub async fn verify(database_url: &str) -> anyhow::Result<ExitCode> {
 
 pub async fn token_create(database_url: &str, name: &str, role: &str) -> anyhow::Result<ExitCode> {
     let Some(role) = Role::parse(role) else { bail!("unknown role {role:?}: use admin, operator, viewer or source") };
+    if name.trim().is_empty() || name.len() > 200 {
+        bail!("--name must be 1 to 200 characters, as the API asks");
+    }
     let store = open_or_create_store(database_url).await?;
     let value = new_token_value();
     let token = NewToken {

@@ -249,6 +249,7 @@ pub async fn demo(options: DemoOptions) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("while binding {} (choose another with --listen 127.0.0.1:PORT)", options.listen))?;
     let address = listener.local_addr()?;
     let base = format!("http://{address}");
+    let shutdown = crate::commands::shutdown_signal()?;
     println!("leadrelay demo listening on {base}");
     println!();
     println!("  Open    {base}/");
@@ -264,7 +265,7 @@ pub async fn demo(options: DemoOptions) -> anyhow::Result<ExitCode> {
     let _ = std::io::stdout().flush();
 
     let leads = tokio::spawn(stream_leads(base, options.rate));
-    let served = leadrelay_server::serve(listener, state, crate::commands::shutdown_signal()).await;
+    let served = leadrelay_server::serve(listener, state, shutdown).await;
     leads.abort();
     store.close().await;
     served.context("while serving")?;

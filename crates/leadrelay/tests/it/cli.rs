@@ -90,6 +90,8 @@ async fn token_create_prints_a_working_token() {
     assert!(!body.to_string().contains(&token), "the token's value is not stored or shown");
     let bad_role = run(dir.path(), &["token", "create", "--role", "king"]);
     assert!(!bad_role.status.success());
+    let no_name = run(dir.path(), &["token", "create", "--name", " "]);
+    assert!(!no_name.status.success() && stderr(&no_name).contains("--name"), "{}", stderr(&no_name));
 }
 
 /// Submits a few leads through a real server, then stops it.
@@ -199,6 +201,17 @@ async fn serve_applies_its_config_file_and_exits_cleanly_on_sigterm() {
     let output = run(dir.path(), &["verify"]);
     assert!(output.status.success(), "{}", stdout(&output));
     assert!(stdout(&output).contains("4 events verified"), "{}", stdout(&output));
+}
+
+#[test]
+fn sigterm_the_moment_serve_says_it_listens_still_stops_it_cleanly() {
+    // A supervisor (or a script) may stop the server as soon as it has announced its address:
+    // the signal handlers are in place before that line, so the default action never kills it.
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..30 {
+        let status = Server::start(dir.path()).terminate();
+        assert!(status.success(), "round {round}: serve exited with {status:?}");
+    }
 }
 
 #[tokio::test]
