@@ -237,6 +237,10 @@ pub fn prepare(intake: &Intake<'_>, submitted: Map<String, Value>, received_at: 
                 let Some(text) = text_of(value) else { continue };
                 let mut parsed = parse_field(field_type, &text);
                 validate_as_of(field_type, &mut parsed, received_at);
+                // The raw value stays as it came (SPEC 4), a list included.
+                if value.is_array() || value.is_object() {
+                    parsed.insert("raw".into(), value.clone());
+                }
                 parsed
             }
         };
@@ -268,7 +272,9 @@ pub fn prepare(intake: &Intake<'_>, submitted: Map<String, Value>, received_at: 
             .keys
             .iter()
             .filter_map(|name| {
-                let field = fields.get(name).filter(|field| !is_blank(field))?;
+                // Only a real value is a key: a placeholder (`n/a`, an invalid phone) would
+                // make every later lead carrying it a duplicate of the first.
+                let field = fields.get(name).filter(|field| !is_blank(field) && is_valid(Some(field)))?;
                 let value = field.get("value").and_then(text_of)?;
                 let mut hasher = Sha256::new();
                 hasher.update(name.as_bytes());

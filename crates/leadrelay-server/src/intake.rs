@@ -26,12 +26,15 @@ use crate::{ApiError, ApiResult, AppState};
 const MAX_DECISIONS: usize = 5;
 
 pub fn routes() -> Router<Arc<AppState>> {
-    Router::new().route("/api/v1/sources/{source_id}/submit", get(submit).post(submit).head(refuse_head))
+    Router::new().route(
+        "/api/v1/sources/{source_id}/submit",
+        get(submit).post(submit).head(refuse_method).fallback(refuse_method),
+    )
 }
 
-/// `HEAD` never submits: link checkers and mail scanners probe GET-submit URLs with it, and
-/// each probe would otherwise be a lead, charged and delivered.
-async fn refuse_head() -> axum::response::Response {
+/// Only `GET` and `POST` submit. `HEAD` never does: link checkers and mail scanners probe
+/// GET-submit URLs with it, and each probe would otherwise be a lead, charged and delivered.
+async fn refuse_method() -> axum::response::Response {
     use axum::response::IntoResponse;
     let mut response = axum::http::StatusCode::METHOD_NOT_ALLOWED.into_response();
     response.headers_mut().insert(axum::http::header::ALLOW, axum::http::HeaderValue::from_static("GET, POST"));
@@ -49,8 +52,15 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Map<String, Value>>
     let media_type = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     let is_json = media_type == "application/json" || media_type.ends_with("+json");
     let is_form = media_type == "application/x-www-form-urlencoded";
-    let sniff_json = media_type.is_empty() && body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-    if is_json || sniff_json {
+    let looks_like_json = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    // `curl -d '{…}'` and most HTTP libraries label any body they are given as a form; a
+    // JSON object sent that way is still a JSON object (no form field starts with `{`).
+    if is_form && looks_like_json {
+        if let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) {
+            return Ok(map);
+        }
+    }
+    if is_json || (media_type.is_empty() && looks_like_json) {
         let value: Value = serde_json::from_slice(body)
             .map_err(|error| ApiError::bad_request("invalid_json", format!("body is not valid JSON: {error}")))?;
         match value {
@@ -67,6 +77,13 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Map<String, Value>>
             "content type {media_type:?} is not supported: send application/json, application/x-www-form-urlencoded, or a query string"
         )))
     }
+}
+
+/// Whether reading a body failed because it did not arrive in time (the error is wrapped
+/// once or twice on its way up).
+fn is_body_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(error), |error| error.source())
+        .any(|error| error.downcast_ref::<tower_http::timeout::TimeoutError>().is_some())
 }
 
 fn parse_query(query: Option<&str>) -> ApiResult<Map<String, Value>> {
@@ -177,6 +194,8 @@ pub(crate) async fn submit(
         let inner = error.into_inner();
         if inner.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
             ApiError::PayloadTooLarge { limit }
+        } else if is_body_timeout(inner.as_ref()) {
+            ApiError::RequestTimeout { seconds: state.settings.body_timeout.as_secs().max(1) }
         } else {
             ApiError::bad_request("invalid_body", format!("could not read the body: {inner}"))
         }

@@ -50,6 +50,9 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     /// Whether `serve` runs the background dispatcher (an intake-only node does not).
     pub dispatch: bool,
+    /// Longest a request body may take to arrive: a client that sends its headers and then
+    /// trickles (or never sends) the body it announced gets `408`, and holds no connection.
+    pub body_timeout: std::time::Duration,
 }
 
 impl Default for Settings {
@@ -62,6 +65,7 @@ impl Default for Settings {
             lookup: Arc::new(SystemLookup),
             delivery: DeliverySettings::default(),
             dispatch: true,
+            body_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -146,6 +150,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ApiError::Internal("a handler panicked".to_owned()).into_response()
         }))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(state.settings.body_timeout))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -200,12 +200,19 @@ pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }
 
+/// The lead filter of the events endpoints whose path does not name the lead.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct LeadFilterDoc {
+    pub lead_id: Option<String>,
+}
+
 /// Filters of the events endpoints (SPEC 5).
 #[derive(serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 pub struct EventParamsDoc {
-    pub lead_id: Option<String>,
     /// An event type string, e.g. `source.accepted`.
     #[serde(rename = "type")]
     pub event_type: Option<String>,
@@ -236,6 +243,19 @@ pub struct EventPageDoc {
     /// 1 to 1000, default 100.
     pub limit: Option<u32>,
     /// `asc` or `desc` (default).
+    pub sort: Option<String>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Paging of a lead's timeline.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct TimelinePageDoc {
+    /// 1 to 1000, default 1000.
+    pub limit: Option<u32>,
+    /// `asc` (default, oldest first) or `desc`.
     pub sort: Option<String>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,

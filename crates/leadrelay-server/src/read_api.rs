@@ -95,7 +95,7 @@ async fn events_response(state: &AppState, query: EventQuery, projection: Projec
 }
 
 /// Events, newest first by default, with every filter of SPEC 5.
-#[utoipa::path(get, path = "/api/v1/events", tag = "events", params(crate::openapi::EventParamsDoc, crate::openapi::EventPageDoc),
+#[utoipa::path(get, path = "/api/v1/events", tag = "events", params(crate::openapi::LeadFilterDoc, crate::openapi::EventParamsDoc, crate::openapi::EventPageDoc),
     responses((status = 200, description = "A page of events", body = crate::openapi::PageDoc),
               (status = 400, description = "A parameter is invalid; the message names it", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn list_events(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> ApiResult<Response> {
@@ -106,7 +106,7 @@ pub(crate) async fn list_events(State(state): State<Arc<AppState>>, RawQuery(que
 
 /// The events of one flow.
 #[utoipa::path(get, path = "/api/v1/flows/{flow_id}/events", tag = "events",
-    params(("flow_id" = String, Path, description = "The flow's id"), crate::openapi::EventParamsDoc, crate::openapi::EventPageDoc),
+    params(("flow_id" = String, Path, description = "The flow's id"), crate::openapi::LeadFilterDoc, crate::openapi::EventParamsDoc, crate::openapi::EventPageDoc),
     responses((status = 200, description = "A page of events", body = crate::openapi::PageDoc),
               (status = 400, description = "A parameter is invalid", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn list_flow_events(
@@ -181,10 +181,7 @@ pub(crate) async fn get_lead(State(state): State<Arc<AppState>>, Path(lead_id): 
 
 /// A lead's timeline, oldest first (`sort=desc` for newest first), with the events filters.
 #[utoipa::path(get, path = "/api/v1/leads/{lead_id}/events", tag = "leads",
-    params(("lead_id" = String, Path, description = "`lead_…`"),
-           ("limit" = Option<u32>, Query, description = "1 to 1000, default 1000"),
-           ("cursor" = Option<String>, Query, description = "The previous page's next_cursor"),
-           ("type" = Option<String>, Query, description = "Only events of this type; `status`, `destination_id`, `start`, `end`, `rules`, `include`, `exclude` and `sort` work as for /api/v1/events")),
+    params(("lead_id" = String, Path, description = "`lead_…`"), crate::openapi::EventParamsDoc, crate::openapi::TimelinePageDoc),
     responses((status = 200, description = "The timeline, oldest first", body = crate::openapi::PageDoc),
               (status = 404, description = "No such lead", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn lead_timeline(
@@ -238,7 +235,7 @@ enum ExportFormat {
 
 /// Streams every matching event, one page in memory at a time.
 #[utoipa::path(get, path = "/api/v1/export", tag = "events",
-    params(("format" = Option<String>, Query, description = "`ndjson` (default) or `csv`"), crate::openapi::EventParamsDoc, crate::openapi::ExportPageDoc),
+    params(("format" = Option<String>, Query, description = "`ndjson` (default) or `csv`"), crate::openapi::LeadFilterDoc, crate::openapi::EventParamsDoc, crate::openapi::ExportPageDoc),
     responses((status = 200, description = "Every matching event, oldest first, streamed", content_type = "application/x-ndjson"),
               (status = 400, description = "A parameter is invalid", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn export(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> ApiResult<Response> {

@@ -70,10 +70,26 @@ fn describe(trimmed: &str, phone: &PhoneNumber, extension: Option<String>) -> Pa
     // would each repeat it. A number is valid exactly when its region is known and its type is.
     let metadata = phone.metadata(&DATABASE);
     let number_type = if metadata.is_some() { phone.number_type(&DATABASE) } else { Type::Unknown };
-    let valid = number_type != Type::Unknown;
+    // The library's number type misreads numbers whose national number keeps a leading zero
+    // (Italy's fixed lines, `+39 06 …`) as unknown; its own validity check does not.
+    let valid = number_type != Type::Unknown || (phone.national().zeros() > 0 && phonenumber::is_valid(phone));
+    // A number no numbering plan knows has no E.164 form or parts: making them up
+    // (`555-0199` as `+15550199`) would feed rules, duplicate keys and destinations.
+    if !valid {
+        return Parsed::unparsed(trimmed, &COMPONENTS);
+    }
     let e164 = phone.format().mode(Mode::E164).to_string();
     let country_code = phone.code().value();
-    let region = metadata.and_then(|meta| meta.id().parse::<country::Id>().ok()).map(|id| id.as_ref().to_owned());
+    // When the library could not place a valid number (a leading-zero one, as above), its
+    // country code's main region is where it is.
+    let main_region = || {
+        let regions = DATABASE.by_code(&phone.code().value())?;
+        regions.into_iter().find(|meta| meta.is_main_country_for_code()).map(|meta| meta.id().to_owned())
+    };
+    let region = metadata
+        .and_then(|meta| meta.id().parse::<country::Id>().ok())
+        .map(|id| id.as_ref().to_owned())
+        .or_else(|| valid.then(main_region).flatten());
     let national = phone.national().to_string();
     // North American numbers are NPA-NXX-XXXX; other plans have no such fixed split.
     let nanp_parts = (country_code == 1 && national.len() == 10).then(|| {
@@ -85,8 +101,7 @@ fn describe(trimmed: &str, phone: &PhoneNumber, extension: Option<String>) -> Pa
         Some((area, exchange, line)) => (Value::from(area), Value::from(exchange), Value::from(line)),
         None => (Value::Null, Value::Null, Value::Null),
     };
-    let value = if valid { e164.clone() } else { trimmed.to_owned() };
-    Parsed::new(Value::String(value), valid)
+    Parsed::new(Value::String(e164.clone()), valid)
         .with("e164", e164)
         .with("country_code", country_code)
         .with("region", region)
@@ -245,9 +260,11 @@ mod tests {
 
     #[test]
     fn an_italian_number_keeps_its_leading_zero_in_the_national_number() {
-        let out = parse_field(FieldType::Phone, "+39 06 6982 0000");
-        assert_eq!(out["national"], json!("0669820000"));
-        assert_eq!(out["e164"], json!("+390669820000"));
+        let out = parse_field(FieldType::Phone, "+39 02 1234 5678");
+        assert_eq!(out["valid"], json!(true));
+        assert_eq!(out["national"], json!("0212345678"));
+        assert_eq!(out["e164"], json!("+390212345678"));
+        assert_eq!(out["region"], json!("IT"));
     }
 
     #[test]
@@ -268,8 +285,9 @@ mod tests {
         ] {
             check_unparsed(raw);
         }
-        for raw in ["555-1234", "003-836-4618x3001", "000 000 0000", "+999 1234 5678"] {
-            assert_eq!(parse_field(FieldType::Phone, raw)["valid"], json!(false), "{raw}");
+        // Numbers of the right shape that no numbering plan knows have no made-up parts.
+        for raw in ["555-1234", "555-0199", "07911 123456", "003-836-4618x3001", "000 000 0000", "+999 1234 5678"] {
+            check_unparsed(raw);
         }
         check_unparsed(&huge("9"));
         check_unparsed(&huge("+1 "));

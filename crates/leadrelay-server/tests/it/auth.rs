@@ -157,6 +157,20 @@ async fn openapi_document_lists_the_endpoints() {
     {
         assert!(document["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
     }
+    // A lead's timeline documents the log's filters, but not the lead its path names.
+    let timeline = &document["paths"]["/api/v1/leads/{lead_id}/events"]["get"]["parameters"];
+    let names: Vec<(&str, &str)> = timeline
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|parameter| (parameter["name"].as_str().unwrap(), parameter["in"].as_str().unwrap()))
+        .collect();
+    for name in
+        ["type", "status", "destination_id", "start", "end", "rules", "include", "exclude", "limit", "sort", "cursor"]
+    {
+        assert!(names.contains(&(name, "query")), "{name} missing from {names:?}");
+    }
+    assert!(names.contains(&("lead_id", "path")) && !names.contains(&("lead_id", "query")), "{names:?}");
     app.stop().await;
 }
 

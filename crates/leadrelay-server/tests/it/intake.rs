@@ -27,6 +27,29 @@ async fn json_submission_is_accepted_with_the_contract_answer() {
 }
 
 #[tokio::test]
+async fn a_json_object_labelled_as_a_form_or_unlabelled_is_read_as_json() {
+    let app = spawn_app().await;
+    app.apply(&solar_config()).await;
+    // What `curl -d '{…}'` sends, and a bare body with no content type.
+    for (content_type, email) in
+        [(Some("application/x-www-form-urlencoded"), "curl@example.com"), (None, "bare@example.com")]
+    {
+        let body = json!({"email": email, "state": "TX"}).to_string();
+        let mut request = app.client.post(app.url("/api/v1/sources/web/submit")).body(body);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED, "{content_type:?}");
+        let answer: Value = response.json().await.unwrap();
+        let lead = app.get_json(&format!("/api/v1/leads/{}", answer["lead_id"].as_str().unwrap())).await;
+        assert_eq!(lead["email"]["value"], email, "{content_type:?}: {lead}");
+        assert_eq!(lead["state"]["value"], "TX");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn form_encoded_and_query_string_submissions_are_accepted() {
     let app = spawn_app().await;
     app.apply(&solar_config()).await;
@@ -44,6 +67,7 @@ async fn form_encoded_and_query_string_submissions_are_accepted() {
     let lead = app.get_json(&format!("/api/v1/leads/{lead_id}")).await;
     assert_eq!(lead["email"]["value"], "form@example.com", "field_map renames e-mail");
     assert_eq!(lead["state"]["value"], "CA", "a blank repeat keeps the value given");
+    assert_eq!(lead["state"]["raw"], json!(["California", ""]), "the raw value is kept as it came");
     assert_eq!(lead["interests"]["value"], json!(["solar", "roof"]), "a checkbox group keeps every value");
     let submitted = app.get_json(&format!("/api/v1/leads/{lead_id}/events?type=source.submitted")).await;
     let submitted = &submitted["items"][0]["data"]["submitted"];
@@ -61,6 +85,10 @@ async fn form_encoded_and_query_string_submissions_are_accepted() {
         app.client.head(app.url("/api/v1/sources/web/submit?email=probe%40example.com&state=TX")).send().await.unwrap();
     assert_eq!(head.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(head.headers()["allow"], "GET, POST");
+    // Every other method is told the same.
+    let put = app.client.put(app.url("/api/v1/sources/web/submit")).send().await.unwrap();
+    assert_eq!(put.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(put.headers()["allow"], "GET, POST");
     let leads = app.get_json("/api/v1/leads?limit=100").await;
     assert_eq!(leads["items"].as_array().unwrap().len(), 3, "{leads}");
     app.stop().await;
@@ -136,6 +164,35 @@ async fn source_key_is_required_when_set_by_header_or_parameter() {
     let answer: Value = by_parameter.json().await.unwrap();
     let lead = app.get_json(&format!("/api/v1/leads/{}", answer["lead_id"].as_str().unwrap())).await;
     assert!(lead.get("key").is_none(), "the key is not kept as a lead field");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_that_never_arrives_answers_408_and_frees_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let settings =
+        leadrelay_server::Settings { body_timeout: std::time::Duration::from_millis(200), ..Default::default() };
+    let app = spawn_app_with(settings).await;
+    app.apply(&solar_config()).await;
+    // A slowloris client: it announces 100 bytes and sends two.
+    let host = app.address.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let head = format!(
+        "POST /api/v1/sources/web/submit HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{}}"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    // The server closes the connection after answering; the guard only keeps a broken
+    // server from hanging the test.
+    tokio::time::timeout(std::time::Duration::from_secs(20), stream.read_to_end(&mut answer))
+        .await
+        .expect("the server answers and closes the connection")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"request_timeout\""), "{answer}");
+    let leads = app.get_json("/api/v1/leads").await;
+    assert_eq!(leads["items"], json!([]), "nothing was stored");
     app.stop().await;
 }
 

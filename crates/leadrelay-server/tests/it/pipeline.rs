@@ -139,6 +139,30 @@ async fn duplicate_within_window_is_rejected_with_original_id_and_date() {
 }
 
 #[tokio::test]
+async fn placeholder_values_are_not_duplicate_keys() {
+    let app = spawn_app().await;
+    app.apply(&solar_config()).await;
+    // A vendor sending `n/a` for email, or a phone no numbering plan knows, still has
+    // distinct leads: only valid values are keys.
+    for (email, phone) in [
+        ("n/a", "+1 415 555 2671"),
+        ("n/a", "+1 415 555 2672"),
+        ("a@example.com", "555-0199"),
+        ("b@example.com", "555-0199"),
+    ] {
+        let (status, answer) = app.submit("web", &json!({"email": email, "phone": phone, "state": "TX"})).await;
+        assert_eq!(
+            (status, answer["outcome"].as_str()),
+            (StatusCode::CREATED, Some("success")),
+            "{email} {phone}: {answer}"
+        );
+    }
+    let (_, again) = app.submit("web", &json!({"email": "n/a", "phone": "(415) 555-2671", "state": "TX"})).await;
+    assert_eq!(again["outcome"], "failure", "the valid phone still finds its duplicate");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn match_all_needs_every_key_to_match() {
     let app = spawn_app().await;
     let mut config = solar_config();
