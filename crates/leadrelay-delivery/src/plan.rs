@@ -257,7 +257,12 @@ pub fn realtime_answer(record: &DeliveryRecord, destination_id: &str) -> Value {
         "transfer_id": update.map(|update| update.transfer_id.as_str()),
         "outcome": outcome_event.and_then(|event| event.outcome).map(Outcome::as_str),
         "status": update.map(|update| update.status.as_str()),
-        "reason": outcome_event.and_then(|event| event.reason.as_deref()),
+        // A transfer that waits without an outcome (its cap busy with deliveries in flight)
+        // says why.
+        "reason": match outcome_event {
+            Some(event) => event.reason.as_deref(),
+            None => update.map(|update| update.description.as_str()),
+        },
         "response_code": outcome_event.and_then(|event| event.response_code),
         "price": outcome_event.and_then(|event| event.price),
         "retrying": update.is_some_and(|update| matches!(update.state, TransferState::Pending { .. })),

@@ -110,17 +110,22 @@ impl Drop for CapReservation {
 enum CapRefusal {
     /// A cap is reached: the transfer is skipped.
     Reached(String),
+    /// Deliveries in flight would reach a cap if they all succeeded: the transfer waits for
+    /// their outcomes (only successes count, so a refused one frees its place).
+    Busy(String),
     /// The counts could not be read: the transfer waits and is tried again.
     Unknown(String),
 }
+
+/// How long a transfer waits while deliveries in flight hold its cap's last places.
+const CAP_BUSY_RETRY_MS: i64 = 1_000;
 
 /// How long a transfer waits when its caps could not be checked.
 const CAP_CHECK_RETRY_MS: i64 = 5_000;
 
 /// A transfer whose caps could not be checked: nothing is attempted or recorded as an event;
 /// it is due again shortly, its attempts unchanged.
-fn postponed(claimed: &ClaimedTransfer, owner: &str, reason: String, now: Millis) -> DeliveryRecord {
-    tracing::warn!(transfer_id = %claimed.transfer_id, %reason, "delivery postponed");
+fn postponed(claimed: &ClaimedTransfer, owner: &str, reason: String, now: Millis, wait_ms: i64) -> DeliveryRecord {
     DeliveryRecord {
         events: Vec::new(),
         update: Some(TransferUpdate {
@@ -128,7 +133,7 @@ fn postponed(claimed: &ClaimedTransfer, owner: &str, reason: String, now: Millis
             owner: Some(owner.to_owned()),
             status: RegisterStatus::New,
             description: format!("Waiting: {reason}"),
-            state: TransferState::Pending { due_at: now + CAP_CHECK_RETRY_MS },
+            state: TransferState::Pending { due_at: now + wait_ms },
             attempts: claimed.attempts,
             updated_at: now,
             retry_base: None,
@@ -245,7 +250,11 @@ impl DeliveryService {
         let reservation = match self.reserve(&caps).await {
             Ok(reservation) => reservation,
             Err(CapRefusal::Reached(reason)) => return (skipped(claimed, owner, reason, now), None),
-            Err(CapRefusal::Unknown(reason)) => return (postponed(claimed, owner, reason, now), None),
+            Err(CapRefusal::Busy(reason)) => return (postponed(claimed, owner, reason, now, CAP_BUSY_RETRY_MS), None),
+            Err(CapRefusal::Unknown(reason)) => {
+                tracing::warn!(transfer_id = %claimed.transfer_id, %reason, "delivery postponed");
+                return (postponed(claimed, owner, reason, now, CAP_CHECK_RETRY_MS), None);
+            }
         };
         let report = self.attempt_snapshot(claimed, destination, snapshot, now).await;
         let mut record = plan(claimed, destination, &report, owner, now_millis(), rand::random::<f64>());
@@ -332,14 +341,23 @@ impl DeliveryService {
             Err(error) => return Err(CapRefusal::Unknown(format!("caps could not be checked: {error}"))),
         };
         let mut reserved = self.reserved.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let reached = caps
-            .iter()
-            .zip(&stored)
-            .map(|(cap, stored)| (cap, stored + reserved.get(&cap.key).copied().unwrap_or(0)))
-            .filter(|(cap, used)| *used >= cap.max)
-            .min_by_key(|(cap, _)| cap.max);
-        if let Some((cap, used)) = reached {
-            return Err(CapRefusal::Reached(cap.reached(used.min(cap.max))));
+        let in_flight = |cap: &ApplicableCap| reserved.get(&cap.key).copied().unwrap_or(0);
+        // Only successes count: a cap that the stored successes reach is reached; one that
+        // the deliveries in flight would reach if they all succeeded is only busy, and the
+        // transfer waits for their outcomes rather than being skipped for good.
+        let lowest = |full: &dyn Fn(&ApplicableCap, u64) -> bool| {
+            caps.iter().zip(&stored).filter(|(cap, stored)| full(cap, **stored)).min_by_key(|(cap, _)| cap.max)
+        };
+        if let Some((cap, stored)) = lowest(&|cap, stored| stored >= cap.max) {
+            return Err(CapRefusal::Reached(cap.reached((*stored).min(cap.max))));
+        }
+        if let Some((cap, stored)) = lowest(&|cap, stored| stored + in_flight(cap) >= cap.max) {
+            return Err(CapRefusal::Busy(format!(
+                "{} cap: {stored}/{} delivered and {} in flight; waiting for their outcomes",
+                cap.label(),
+                cap.max,
+                in_flight(cap)
+            )));
         }
         for key in &keys {
             *reserved.entry(key.clone()).or_default() += 1;

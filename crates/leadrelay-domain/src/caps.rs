@@ -31,14 +31,18 @@ pub struct ApplicableCap {
 impl ApplicableCap {
     /// The reason a lead is skipped: `Daily cap reached (100/100)`.
     pub fn reached(&self, count: u64) -> String {
-        let label = match self.window {
+        format!("{} cap reached ({count}/{})", self.label(), self.max)
+    }
+
+    /// The window as a reason names it: `Daily`.
+    pub fn label(&self) -> &'static str {
+        match self.window {
             CapWindow::Hour => "Hourly",
             CapWindow::Day => "Daily",
             CapWindow::Week => "Weekly",
             CapWindow::Month => "Monthly",
             CapWindow::Total => "Total",
-        };
-        format!("{label} cap reached ({count}/{})", self.max)
+        }
     }
 }
 

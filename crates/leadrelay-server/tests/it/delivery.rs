@@ -473,51 +473,6 @@ async fn testing_a_destination_sends_a_sample_and_returns_the_answer() {
 }
 
 #[tokio::test]
-async fn caps_skip_leads_once_reached_and_the_lower_cap_wins() {
-    let receiver = Receiver::start(vec![Reply::status(200)]).await;
-    let app = spawn_delivering_app().await;
-    let caps = json!({"caps": [
-        {"window": "day", "max": 2, "time_zone": "America/Chicago"},
-        {"window": "day", "max": 1, "rules": {"all": [{"field": "state", "op": "eq", "value": "CA"}]}}
-    ]});
-    app.apply(&config(json!([webhook("crm", &receiver, caps)]))).await;
-    let mut outcomes = Vec::new();
-    for (index, state) in ["TX", "CA", "CA", "TX"].iter().enumerate() {
-        let (status, answer) =
-            app.submit("web", &json!({"email": format!("cap{index}@example.com"), "state": state})).await;
-        assert_eq!(status, StatusCode::CREATED);
-        let lead_id = answer["lead_id"].as_str().unwrap().to_owned();
-        // One at a time, so that the order of deliveries is the order of submissions.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        let last = loop {
-            let timeline = app.timeline(&lead_id).await;
-            if let Some(last) =
-                timeline.iter().rev().find(|e| e["type"] == "recipient.delivered" || e["type"] == "recipient.skipped")
-            {
-                break last.clone();
-            }
-            assert!(tokio::time::Instant::now() < deadline);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        outcomes.push((last["type"].as_str().unwrap().to_owned(), last["reason"].clone()));
-    }
-    assert_eq!(
-        outcomes,
-        [
-            ("recipient.delivered".to_owned(), Value::Null),
-            ("recipient.delivered".to_owned(), Value::Null),
-            ("recipient.skipped".to_owned(), json!("Daily cap reached (1/1)")),
-            ("recipient.skipped".to_owned(), json!("Daily cap reached (2/2)")),
-        ]
-    );
-    assert_eq!(receiver.received().len(), 2);
-    let skipped = app.get_json("/api/v1/register?status=skip&destination_id=crm").await;
-    assert_eq!(skipped["items"].as_array().unwrap().len(), 2);
-    assert_eq!(skipped["items"][0]["description"], "Daily cap reached (2/2)");
-    app.stop().await;
-}
-
-#[tokio::test]
 async fn a_circuit_breaker_disables_a_failing_destination_and_holds_its_transfers() {
     let receiver = Receiver::start(vec![Reply::status(500), Reply::status(500), Reply::status(200)]).await;
     let app = spawn_delivering_app().await;

@@ -2,6 +2,7 @@
 
 mod auth;
 mod browser;
+mod caps;
 mod config;
 mod delivery;
 mod events;
