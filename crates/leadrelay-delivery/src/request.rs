@@ -107,7 +107,7 @@ pub fn render_template(
     context: &DeliveryContext<'_>,
 ) -> Result<String, BuildError> {
     let mut environment = minijinja::Environment::new();
-    environment.set_undefined_behavior(minijinja::UndefinedBehavior::Lenient);
+    environment.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
     let format = destination.format;
     environment.set_formatter(move |out, _state, value| {
         if value.is_undefined() || value.is_none() {
@@ -488,6 +488,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(serde_json::from_slice::<Value>(&domain.body).unwrap(), json!({"d": "example.com"}));
+        // A value missing at any depth (no phone, an enhancement that failed) prints nothing.
+        let missing =
+            r#"{"area": "{{ lead.fields.phone.area }}", "carrier": "{{ lead.appended.phone_check.carrier }}"}"#;
+        let request = build_request(&destination(json!({"body_template": missing})), &snapshot, &context()).unwrap();
+        assert_eq!(serde_json::from_slice::<Value>(&request.body).unwrap(), json!({"area": "", "carrier": ""}));
     }
 
     #[test]

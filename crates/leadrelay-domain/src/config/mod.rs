@@ -610,5 +610,22 @@ mod tests {
         assert_eq!(problems_of(custom).len(), 1);
         // Without auth, an Authorization header is the destination's own.
         assert!(problems_of(json!([{"id": "crm", "url": url, "headers": {"Authorization": "Token abc"}}])).is_empty());
+        // Neither headers nor auth may set what frames the message or signs it.
+        let framing =
+            json!([{"id": "crm", "url": url, "headers": {"Content-Length": "5", "Transfer-Encoding": "chunked"}}]);
+        assert_eq!(
+            problems_of(framing),
+            [
+                "destinations[crm].headers.Content-Length: set by the HTTP client from the request it sends and cannot \
+                 be configured",
+                "destinations[crm].headers.Transfer-Encoding: set by the HTTP client from the request it sends and \
+                 cannot be configured",
+            ]
+        );
+        for name in ["webhook-signature", "Content-Length"] {
+            let auth = json!([{"id": "crm", "url": url, "auth": {"type": "header", "name": name, "value": "forged"}}]);
+            let problems = problems_of(auth);
+            assert!(problems.len() == 1 && problems[0].starts_with("destinations[crm].auth.name:"), "{problems:?}");
+        }
     }
 }

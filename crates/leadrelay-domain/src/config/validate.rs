@@ -255,10 +255,8 @@ fn validate_destination(destination: &Destination, problems: &mut Vec<String>) {
             problems.push(format!("{at}.headers: invalid header name {name:?}"));
         }
         check_header_value(&format!("{at}.headers.{name}"), value, problems);
-        if SIGNATURE_HEADERS.iter().any(|reserved| reserved.eq_ignore_ascii_case(name)) {
-            problems.push(format!(
-                "{at}.headers.{name}: set by leadrelay on every webhook (Standard Webhooks signature) and cannot be configured"
-            ));
+        if let Some(why) = reserved_header(name) {
+            problems.push(format!("{at}.headers.{name}: {why}"));
         }
         if destination.auth.is_some() && name.eq_ignore_ascii_case(auth_header_name(destination.auth.as_ref())) {
             problems.push(format!("{at}.headers.{name}: auth sets this header already; keep one of the two"));
@@ -268,6 +266,9 @@ fn validate_destination(destination: &Destination, problems: &mut Vec<String>) {
         Some(Auth::Header { name, value }) => {
             if !is_header_name(name) {
                 problems.push(format!("{at}.auth.name: invalid header name {name:?}"));
+            }
+            if let Some(why) = reserved_header(name) {
+                problems.push(format!("{at}.auth.name: {name}: {why}"));
             }
             check_header_value(&format!("{at}.auth.value"), value, problems);
         }
@@ -358,6 +359,23 @@ fn validate_destination(destination: &Destination, problems: &mut Vec<String>) {
 /// The headers of the Standard Webhooks signature, which every webhook carries as signed.
 const SIGNATURE_HEADERS: [&str; 3] = ["webhook-id", "webhook-timestamp", "webhook-signature"];
 
+/// Headers that frame the message on the wire: set from the body actually sent, never by
+/// configuration (a wrong `Content-Length` would cut the body the log says was sent).
+const FRAMING_HEADERS: [&str; 8] =
+    ["content-length", "transfer-encoding", "connection", "host", "te", "trailer", "upgrade", "keep-alive"];
+
+/// Why a header cannot be configured (in `headers` or as `auth.name`), if it cannot.
+fn reserved_header(name: &str) -> Option<&'static str> {
+    let is = |names: &[&str]| names.iter().any(|reserved| reserved.eq_ignore_ascii_case(name));
+    if is(&SIGNATURE_HEADERS) {
+        Some("set by leadrelay on every webhook (Standard Webhooks signature) and cannot be configured")
+    } else if is(&FRAMING_HEADERS) {
+        Some("set by the HTTP client from the request it sends and cannot be configured")
+    } else {
+        None
+    }
+}
+
 /// The header an `auth` block sets.
 fn auth_header_name(auth: Option<&Auth>) -> &str {
     match auth {
@@ -371,7 +389,7 @@ fn auth_header_name(auth: Option<&Auth>) -> &str {
 /// over an empty lead finds the ones outside conditions before any lead meets them.
 fn check_template(template: &str) -> Result<(), String> {
     let mut environment = minijinja::Environment::new();
-    environment.set_undefined_behavior(minijinja::UndefinedBehavior::Lenient);
+    environment.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
     let compiled = environment.template_from_str(template).map_err(|error| error.to_string())?;
     let empty = minijinja::context! { lead => minijinja::context! { fields => minijinja::context! {} } };
     match compiled.render(empty) {
