@@ -70,9 +70,21 @@ fn describe(trimmed: &str, phone: &PhoneNumber, extension: Option<String>) -> Pa
     // would each repeat it. A number is valid exactly when its region is known and its type is.
     let metadata = phone.metadata(&DATABASE);
     let number_type = if metadata.is_some() { phone.number_type(&DATABASE) } else { Type::Unknown };
-    // The library's number type misreads numbers whose national number keeps a leading zero
-    // (Italy's fixed lines, `+39 06 …`) as unknown; its own validity check does not.
-    let valid = number_type != Type::Unknown || (phone.national().zeros() > 0 && phonenumber::is_valid(phone));
+    // A national number that keeps a leading zero (Italy's fixed lines, `+39 06 …`) is judged
+    // on its digits without the zero by the library: its type is unknown for Italy, and a US
+    // type for `0512 555 0199` read as `+1 0512…`, which no plan allows. Such a number is
+    // valid when its country's own pattern takes the zero, and the library's check agrees.
+    let main_metadata = || {
+        DATABASE
+            .by_code(&phone.code().value())
+            .and_then(|regions| regions.into_iter().find(|meta| meta.is_main_country_for_code()))
+    };
+    let valid = if phone.national().zeros() > 0 {
+        main_metadata().is_some_and(|meta| meta.descriptors().general().is_match(&phone.national().to_string()))
+            && (number_type != Type::Unknown || phonenumber::is_valid(phone))
+    } else {
+        number_type != Type::Unknown
+    };
     // A number no numbering plan knows has no E.164 form or parts: making them up
     // (`555-0199` as `+15550199`) would feed rules, duplicate keys and destinations.
     if !valid {
@@ -82,10 +94,7 @@ fn describe(trimmed: &str, phone: &PhoneNumber, extension: Option<String>) -> Pa
     let country_code = phone.code().value();
     // When the library could not place a valid number (a leading-zero one, as above), its
     // country code's main region is where it is.
-    let main_region = || {
-        let regions = DATABASE.by_code(&phone.code().value())?;
-        regions.into_iter().find(|meta| meta.is_main_country_for_code()).map(|meta| meta.id().to_owned())
-    };
+    let main_region = || main_metadata().map(|meta| meta.id().to_owned());
     let region = metadata
         .and_then(|meta| meta.id().parse::<country::Id>().ok())
         .map(|id| id.as_ref().to_owned())
@@ -286,7 +295,16 @@ mod tests {
             check_unparsed(raw);
         }
         // Numbers of the right shape that no numbering plan knows have no made-up parts.
-        for raw in ["555-1234", "555-0199", "07911 123456", "003-836-4618x3001", "000 000 0000", "+999 1234 5678"] {
+        for raw in [
+            "555-1234",
+            "555-0199",
+            "07911 123456",
+            "0512 555 0199",
+            "020 7946 0958",
+            "003-836-4618x3001",
+            "000 000 0000",
+            "+999 1234 5678",
+        ] {
             check_unparsed(raw);
         }
         check_unparsed(&huge("9"));
