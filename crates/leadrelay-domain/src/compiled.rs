@@ -2,8 +2,19 @@
 
 use std::collections::HashMap;
 
-use crate::config::Config;
-use crate::rules::CompiledRuleSet;
+use crate::config::{Config, Flow};
+use crate::fields::FieldType;
+use crate::rules::{CompiledRuleSet, RuleSet};
+use crate::typed_rules::typed;
+
+/// A flow's rules compiled with their operands read as the flow's field types.
+fn compile_for(rules: &RuleSet, type_of: &dyn Fn(&str) -> Option<FieldType>) -> CompiledRuleSet {
+    typed(rules, type_of).compile()
+}
+
+fn types_of(flow: &Flow) -> impl Fn(&str) -> Option<FieldType> + '_ {
+    |name| flow.field(name).map(|field| field.field_type)
+}
 
 /// The compiled filters of a configuration, by the id of the object that owns them.
 #[derive(Clone, Debug, Default)]
@@ -19,7 +30,11 @@ impl CompiledRules {
             .flows
             .values()
             .map(|flow| {
-                let filters = flow.filters.iter().map(|filter| (filter.name.clone(), filter.rules.compile())).collect();
+                let filters = flow
+                    .filters
+                    .iter()
+                    .map(|filter| (filter.name.clone(), compile_for(&filter.rules, &types_of(flow))))
+                    .collect();
                 (flow.id.clone(), filters)
             })
             .collect();
@@ -28,13 +43,29 @@ impl CompiledRules {
             .values()
             .filter_map(|source| {
                 let rules = source.filter.as_ref()?;
-                Some((source.id.clone(), (format!("source:{}", source.id), rules.compile())))
+                let compiled = match config.flows.get(&source.flow_id) {
+                    Some(flow) => compile_for(rules, &types_of(flow)),
+                    None => rules.compile(),
+                };
+                Some((source.id.clone(), (format!("source:{}", source.id), compiled)))
             })
             .collect();
         let destination_filters = config
             .destinations
             .values()
-            .filter_map(|destination| Some((destination.id.clone(), destination.filter.as_ref()?.compile())))
+            .filter_map(|destination| {
+                let rules = destination.filter.as_ref()?;
+                // A destination serves every flow that lists it: a field is read as its type
+                // when those flows agree on it.
+                let flows: Vec<&Flow> =
+                    config.flows.values().filter(|flow| flow.destinations.contains(&destination.id)).collect();
+                let type_of = |name: &str| {
+                    let mut types = flows.iter().filter_map(|flow| flow.field(name).map(|field| field.field_type));
+                    let first = types.next()?;
+                    types.all(|other| other == first).then_some(first)
+                };
+                Some((destination.id.clone(), compile_for(rules, &type_of)))
+            })
             .collect();
         Self { flow_filters, source_filters, destination_filters }
     }

@@ -14,3 +14,4 @@ pub mod lead;
 pub mod pipeline;
 pub mod rules;
 pub mod time;
+pub mod typed_rules;

@@ -23,6 +23,14 @@ impl Config {
         }
         for destination in self.destinations.values() {
             validate_destination(destination, &mut problems);
+            // The destination's filter meets the fields of every flow that lists it.
+            let Some(rules) = &destination.filter else { continue };
+            for flow in self.flows.values().filter(|flow| flow.destinations.contains(&destination.id)) {
+                let type_of = |name: &str| flow.field(name).map(|field| field.field_type);
+                for problem in crate::typed_rules::problems(rules, &type_of) {
+                    problems.push(format!("destinations[{}].filter.{problem} (in flow {})", destination.id, flow.id));
+                }
+            }
         }
         if problems.is_empty() {
             Ok(())
@@ -86,6 +94,12 @@ fn validate_flow(config: &Config, flow: &Flow, problems: &mut Vec<String>) {
             problems.push(format!("{at}.filters[{}]: name used twice", filter.name));
         }
     }
+    let type_of = |name: &str| flow.field(name).map(|field| field.field_type);
+    for filter in &flow.filters {
+        for problem in crate::typed_rules::problems(&filter.rules, &type_of) {
+            problems.push(format!("{at}.filters[{}].rules.{problem}", filter.name));
+        }
+    }
     let mut enhancement_names = HashSet::new();
     for enhancement in &flow.enhancements {
         if validate_field_name(&enhancement.name).is_err() {
@@ -138,6 +152,12 @@ fn validate_source(config: &Config, source: &Source, problems: &mut Vec<String>)
         }
     }
     check_price(&at, source.price, problems);
+    if let (Some(rules), Some(flow)) = (&source.filter, config.flows.get(&source.flow_id)) {
+        let type_of = |name: &str| flow.field(name).map(|field| field.field_type);
+        for problem in crate::typed_rules::problems(rules, &type_of) {
+            problems.push(format!("{at}.filter.{problem}"));
+        }
+    }
     for (from, to) in &source.field_map {
         if from.is_empty() {
             problems.push(format!("{at}.field_map: an empty name cannot be mapped"));

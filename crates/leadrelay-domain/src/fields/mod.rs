@@ -43,7 +43,33 @@ pub enum FieldType {
     Text,
 }
 
-/// Parses one raw value of the given type into its JSON object of components.
+impl FieldType {
+    /// The type as configuration writes it: `postal_code`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FieldType::Email => "email",
+            FieldType::Phone => "phone",
+            FieldType::State => "state",
+            FieldType::PostalCode => "postal_code",
+            FieldType::Name => "name",
+            FieldType::Date => "date",
+            FieldType::Dob => "dob",
+            FieldType::Number => "number",
+            FieldType::Boolean => "boolean",
+            FieldType::Url => "url",
+            FieldType::Ip => "ip",
+            FieldType::TrustedformUrl => "trustedform_url",
+            FieldType::Text => "text",
+        }
+    }
+}
+
+/// The parts a field of this type has, its own (`raw`, `value`, `valid`) first: what a rule
+/// path may name after the field (`email.domain`).
+pub fn component_names(field_type: FieldType) -> Vec<String> {
+    parse_field(field_type, "").into_iter().map(|(name, _)| name).collect()
+}
+
 /// What a field's validity owes to the day the lead arrived, which parsing alone cannot know:
 /// a `dob` after that day is invalid. `received_at` is in milliseconds since the epoch.
 pub fn validate_as_of(field_type: FieldType, field: &mut Map<String, Value>, received_at: i64) {
@@ -52,6 +78,7 @@ pub fn validate_as_of(field_type: FieldType, field: &mut Map<String, Value>, rec
     }
 }
 
+/// Parses one raw value of the given type into its JSON object of components.
 pub fn parse_field(field_type: FieldType, raw: &str) -> Map<String, Value> {
     let trimmed = raw.trim();
     let parsed = match field_type {

@@ -94,6 +94,18 @@ async fn invalid_objects_are_refused_with_messages_that_name_the_problem() {
             "invalid regex",
         ),
         ("/api/v1/flows", json!({"id": "f", "filters": [{"name": "x", "rules": {"every": []}}]}), "\"all\" or \"any\""),
+        (
+            "/api/v1/flows",
+            json!({"id": "f", "fields": [{"name": "email", "type": "email"}],
+                   "filters": [{"name": "x", "rules": {"all": [{"field": "email.domian", "op": "eq", "value": "a.com"}]}}]}),
+            "flows[f].filters[x].rules.all[0].field: email is a field of type email, which has no part \"domian\"",
+        ),
+        (
+            "/api/v1/flows",
+            json!({"id": "f", "fields": [{"name": "age", "type": "number"}],
+                   "filters": [{"name": "x", "rules": {"all": [{"field": "age", "op": "gt", "value": "abc"}]}}]}),
+            "flows[f].filters[x].rules.all[0].value: \"abc\" cannot be read as a number",
+        ),
         ("/api/v1/sources", json!({"id": "s", "flow_id": "missing"}), "unknown flow \"missing\""),
         ("/api/v1/sources", json!({"id": "s", "flow_id": "solar", "price": -1}), "price"),
         ("/api/v1/sources", json!({"id": "s", "flow_id": "solar", "price": 0.1234567}), "at most 6 decimals"),

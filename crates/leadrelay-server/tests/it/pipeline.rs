@@ -252,6 +252,33 @@ async fn failed_filter_records_the_rules_and_stops_the_lead() {
 }
 
 #[tokio::test]
+async fn rule_values_are_read_as_their_field_type() {
+    let app = spawn_app().await;
+    let mut config = solar_config();
+    config["flows"][0]["fields"].as_array_mut().unwrap().push(json!({"name": "dob", "type": "dob"}));
+    // Written as people write them: the state's name, a US date, a formatted phone.
+    config["flows"][0]["filters"] = json!([
+        {"name": "geo", "rules": {"all": [{"field": "state", "op": "in", "value": ["Texas", "California"]}]}},
+        {"name": "born-before-1990", "rules": {"all": [{"field": "dob", "op": "lt", "value": "01/01/1990"}]}},
+        {"name": "not-the-test-line", "rules": {"all": [{"field": "phone", "op": "ne", "value": "(512) 555-0100"}]}}
+    ]);
+    app.apply(&config).await;
+    let (status, answer) =
+        app.submit("web", &json!({"email": "a@example.com", "state": "TX", "dob": "1980-05-17"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let (_, answer) = app.submit("web", &json!({"email": "b@example.com", "state": "tx", "dob": "05/17/1995"})).await;
+    assert!(answer["reason"].as_str().unwrap().starts_with("Filter born-before-1990:"), "{answer}");
+    let (_, answer) = app
+        .submit(
+            "web",
+            &json!({"email": "c@example.com", "state": "CA", "phone": "+1 512 555 0100", "dob": "1970-01-02"}),
+        )
+        .await;
+    assert!(answer["reason"].as_str().unwrap().starts_with("Filter not-the-test-line:"), "{answer}");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn each_destination_gets_a_transfer_or_a_recorded_skip() {
     let app = spawn_app().await;
     let mut config = solar_config();
