@@ -49,14 +49,16 @@ fn parse_object(kind: ConfigKind, body: &[u8]) -> ApiResult<ConfigObject> {
     ConfigObject::parse(kind, value).map_err(ApiError::InvalidConfig)
 }
 
-async fn list(State(state): State<Arc<AppState>>, kind: ConfigKind) -> Json<Value> {
-    let items: Vec<Value> = state.config().list(kind).iter().map(ConfigObject::to_json).collect();
-    Json(json!({ "items": items, "next_cursor": null }))
+async fn list(State(state): State<Arc<AppState>>, kind: ConfigKind) -> ApiResult<Json<Value>> {
+    let config = state.config_since(tokio::time::Instant::now()).await?;
+    let items: Vec<Value> = config.list(kind).iter().map(ConfigObject::to_json).collect();
+    Ok(Json(json!({ "items": items, "next_cursor": null })))
 }
 
 async fn fetch(State(state): State<Arc<AppState>>, kind: ConfigKind, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     state
-        .config()
+        .config_since(tokio::time::Instant::now())
+        .await?
         .get(kind, &id)
         .map(|object| Json(object.to_json()))
         .ok_or_else(|| ApiError::not_found("not_found", format!("{kind} {id:?} not found")))
@@ -117,7 +119,7 @@ pub(crate) async fn export_config(
     RawQuery(query): RawQuery,
 ) -> ApiResult<Response> {
     let params = Params::parse(query.as_deref(), &["format"])?;
-    let document = state.config().to_document();
+    let document = state.config_since(tokio::time::Instant::now()).await?.to_document();
     match params.text("format").as_deref() {
         None | Some("json") => Ok(Json(document).into_response()),
         Some("yaml") => {

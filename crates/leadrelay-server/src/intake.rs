@@ -175,7 +175,12 @@ pub(crate) async fn submit(
     request: Request,
 ) -> ApiResult<Response> {
     let received_at = now_millis();
-    let config = state.config();
+    let arrived = tokio::time::Instant::now();
+    let mut config = state.config();
+    if !config.sources.contains_key(&source_id) {
+        // Created a moment ago by another process or node, perhaps: look in the store.
+        config = state.config_since(arrived).await?;
+    }
     let Some(source) = config.sources.get(&source_id) else {
         return Err(ApiError::not_found("source_not_found", format!("no source {source_id:?}")));
     };

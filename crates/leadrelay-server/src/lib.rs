@@ -103,6 +103,13 @@ impl AppState {
         self.configuration.current()
     }
 
+    /// The configuration as stored when a request arrived at `since`: read again when the one
+    /// in force is older, so that what `leadrelay apply` (or another node) changed before the
+    /// request is in force for it. For lookups that found nothing, and admin reads.
+    pub async fn config_since(&self, since: tokio::time::Instant) -> ApiResult<Arc<LiveConfig>> {
+        Ok(self.configuration.current_since(since).await?)
+    }
+
     /// A page of the register as people read it: a transfer waiting for a destination that
     /// is disabled says it is held, whatever its last step said ("Retry 1 of 3 at …").
     pub async fn register_page(

@@ -121,7 +121,9 @@ pub(crate) async fn list_flow_events(
     }
     // A flow that is neither configured nor in the log does not exist; a deleted flow's
     // events stay readable.
-    if !state.config().flows.contains_key(&flow_id) {
+    let configured = state.config().flows.contains_key(&flow_id)
+        || state.config_since(tokio::time::Instant::now()).await?.flows.contains_key(&flow_id);
+    if !configured {
         let any = EventQuery { flow_id: Some(flow_id.clone()), ..EventQuery::default() };
         if state.store.scan_events(&any, None, 1).await?.is_empty() {
             return Err(ApiError::not_found("flow_not_found", format!("no flow {flow_id:?}")));

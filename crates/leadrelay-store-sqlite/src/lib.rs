@@ -183,7 +183,7 @@ fn take_server_lock(database: &std::path::Path) -> StoreResult<std::fs::File> {
 }
 
 /// How often a server looks for configuration changes another process made to its file.
-const CONFIG_POLL: Duration = Duration::from_secs(1);
+const CONFIG_POLL: Duration = Duration::from_millis(250);
 
 /// What changes whenever a configuration object is created, replaced or deleted.
 async fn config_fingerprint(readers: &SqlitePool) -> StoreResult<(i64, i64, i64)> {
