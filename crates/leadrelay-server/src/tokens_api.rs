@@ -27,7 +27,7 @@ pub fn routes() -> Router<Arc<AppState>> {
 #[serde(deny_unknown_fields)]
 struct CreateToken {
     name: String,
-    #[serde(default = "default_role")]
+    /// Required: a script that forgets it must not get every power.
     role: Role,
 }
 
@@ -51,12 +51,8 @@ fn check_name(name: &str) -> ApiResult<()> {
     Ok(())
 }
 
-fn default_role() -> Role {
-    Role::Admin
-}
-
 /// Create a token; its value is answered once and only its hash is kept.
-#[utoipa::path(post, path = "/api/v1/tokens", tag = "access", request_body(content = Object, description = "{\"name\": …, \"role\": \"admin\"}"),
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "access", request_body(content = Object, description = "{\"name\": …, \"role\": \"admin\"|\"operator\"|\"viewer\"|\"source\"} (both required)"),
     responses((status = 201, description = "The token, with its value", body = Object),
               (status = 400, description = "Invalid request", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn create(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> ApiResult<Response> {

@@ -67,6 +67,10 @@ async fn tokens_created_through_the_api_work_and_can_be_revoked() {
     assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
     let bad = app.post_admin("/api/v1/tokens", &json!({"name": "x", "role": "emperor"})).await;
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    // A forgotten role is an error, never every power.
+    let no_role = app.post_admin("/api/v1/tokens", &json!({"name": "x"})).await;
+    let body: Value = no_role.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("missing field `role`"), "{body}");
     app.stop().await;
 }
 
