@@ -366,30 +366,7 @@ pub fn secret_headers(destination: &Destination) -> Vec<String> {
     names
 }
 
-/// Whether a query parameter's name says it carries a secret.
-fn secret_parameter(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    ["key", "token", "secret", "pass", "auth", "sig", "credential"].iter().any(|word| name.contains(word))
-}
-
-/// A URL as it may be recorded: no user or password, and `***` for query values whose names
-/// say they are secrets (`api_key`, `token`, `api_secret`, …).
-pub fn redacted_url(url: &url::Url) -> String {
-    let mut shown = url.clone();
-    let _ = shown.set_username("");
-    let _ = shown.set_password(None);
-    if shown.query_pairs().any(|(name, _)| secret_parameter(&name)) {
-        let pairs: Vec<(String, String)> = shown
-            .query_pairs()
-            .map(|(name, value)| {
-                let value = if secret_parameter(&name) { "***".to_owned() } else { value.into_owned() };
-                (name.into_owned(), value)
-            })
-            .collect();
-        shown.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    shown.to_string()
-}
+pub use leadrelay_domain::config::{redacted_url, secret_parameter};
 
 #[cfg(test)]
 mod tests {

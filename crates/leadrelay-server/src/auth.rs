@@ -30,6 +30,24 @@ pub fn new_token_value() -> String {
 #[derive(Clone, Debug)]
 pub struct Caller {
     pub name: String,
+    pub role: Role,
+}
+
+impl Caller {
+    /// Whether the caller may see secrets (keys, passwords, signing secrets): admins only.
+    pub fn sees_secrets(&self) -> bool {
+        self.role == Role::Admin
+    }
+}
+
+/// Reading the configuration: operators and viewers may, with its secrets masked.
+fn reads_config(method: &axum::http::Method, path: &str) -> bool {
+    let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
+    matches!(*method, axum::http::Method::GET | axum::http::Method::HEAD)
+        && (path == "/api/v1/config"
+            || ["/api/v1/sources", "/api/v1/destinations"].into_iter().any(under)
+            || path == "/api/v1/flows"
+            || (path.starts_with("/api/v1/flows/") && path.matches('/').count() == 4))
 }
 
 pub async fn require_admin(
@@ -53,19 +71,20 @@ pub async fn require_admin(
     let (method, path) = (request.method(), request.uri().path());
     let refusal = match record.role {
         Role::Admin => None,
-        Role::Operator => (!operator_may(method, path)).then_some(
-            "this endpoint needs an admin token (operators read leads, events and the register, and resend)",
+        Role::Operator => (!operator_may(method, path) && !reads_config(method, path)).then_some(
+            "this endpoint needs an admin token (operators read leads, events, the register and the \
+             configuration, and resend)",
         ),
-        Role::Viewer => (!viewer_may(method, path)).then_some(
-            "viewer tokens read the register, the not-integrated collection and jobs; leads, events and \
-             exports hold personal data and need an operator or admin token",
+        Role::Viewer => (!viewer_may(method, path) && !reads_config(method, path)).then_some(
+            "viewer tokens read the register, the not-integrated collection, jobs and the configuration; \
+             leads, events and exports hold personal data and need an operator or admin token",
         ),
         Role::Source => Some("a source token only submits leads; this endpoint needs an admin or operator token"),
     };
     if let Some(refusal) = refusal {
         return Err(ApiError::Forbidden(refusal));
     }
-    request.extensions_mut().insert(Caller { name: record.name });
+    request.extensions_mut().insert(Caller { name: record.name, role: record.role });
     Ok(next.run(request).await)
 }
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -15,6 +15,7 @@ use leadrelay_domain::config::{
 };
 use serde_json::{json, Value};
 
+use crate::auth::Caller;
 use crate::params::Params;
 use crate::{ApiError, ApiResult, AppState};
 
@@ -28,11 +29,11 @@ pub fn routes() -> Router<Arc<AppState>> {
         router = router
             .route(
                 &format!("/api/v1/{collection}"),
-                get(move |state| list(state, kind)).post(move |state, body| create(state, kind, body)),
+                get(move |state, caller| list(state, caller, kind)).post(move |state, body| create(state, kind, body)),
             )
             .route(
                 &format!("/api/v1/{collection}/{{id}}"),
-                get(move |state, path| fetch(state, kind, path))
+                get(move |state, caller, path| fetch(state, caller, kind, path))
                     .put(move |state, path, body| replace(state, kind, path, body))
                     .delete(move |state, path| remove(state, kind, path)),
             );
@@ -49,18 +50,36 @@ fn parse_object(kind: ConfigKind, body: &[u8]) -> ApiResult<ConfigObject> {
     ConfigObject::parse(kind, value).map_err(ApiError::InvalidConfig)
 }
 
-async fn list(State(state): State<Arc<AppState>>, kind: ConfigKind) -> ApiResult<Json<Value>> {
+/// An object as the caller may read it: whole for admins, its secrets masked for others.
+fn shown(object: &ConfigObject, caller: &Caller) -> Value {
+    if caller.sees_secrets() {
+        object.to_json()
+    } else {
+        object.redacted().to_json()
+    }
+}
+
+async fn list(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    kind: ConfigKind,
+) -> ApiResult<Json<Value>> {
     let config = state.config_since(tokio::time::Instant::now()).await?;
-    let items: Vec<Value> = config.list(kind).iter().map(ConfigObject::to_json).collect();
+    let items: Vec<Value> = config.list(kind).iter().map(|object| shown(object, &caller)).collect();
     Ok(Json(json!({ "items": items, "next_cursor": null })))
 }
 
-async fn fetch(State(state): State<Arc<AppState>>, kind: ConfigKind, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn fetch(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    kind: ConfigKind,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     state
         .config_since(tokio::time::Instant::now())
         .await?
         .get(kind, &id)
-        .map(|object| Json(object.to_json()))
+        .map(|object| Json(shown(&object, &caller)))
         .ok_or_else(|| ApiError::not_found("not_found", format!("{kind} {id:?} not found")))
 }
 
@@ -116,10 +135,14 @@ async fn remove(State(state): State<Arc<AppState>>, kind: ConfigKind, Path(id): 
     responses((status = 200, description = "The configuration document", body = Object)))]
 pub(crate) async fn export_config(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Response> {
     let params = Params::parse(query.as_deref(), &["format"])?;
-    let document = state.config_since(tokio::time::Instant::now()).await?.to_document();
+    let mut document = state.config_since(tokio::time::Instant::now()).await?.to_document();
+    if !caller.sees_secrets() {
+        document = document.redacted();
+    }
     match params.text("format").as_deref() {
         None | Some("json") => Ok(Json(document).into_response()),
         Some("yaml") => {

@@ -2,6 +2,7 @@
 //! and the changes the API makes to it, each validated as a whole before it is stored.
 
 mod objects;
+mod redact;
 mod validate;
 
 use std::fmt;
@@ -11,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use objects::*;
+pub use redact::{redacted_url, secret_parameter, MASK};
 pub use validate::{parse_json_path, parse_status_range, validate_http_url};
 
 use crate::ids::{slug_from_name, unique_slug_from_name};

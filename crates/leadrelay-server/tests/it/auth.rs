@@ -53,11 +53,12 @@ async fn tokens_created_through_the_api_work_and_can_be_revoked() {
     let as_viewer = |path: &'static str| {
         app.client.get(app.url(path)).bearer_auth(viewer["token"].as_str().unwrap().to_owned()).send()
     };
-    // Viewers read transfers, which carry no submitted field; not leads, events or configuration.
-    for path in ["/api/v1/register", "/api/v1/not-integrated"] {
+    // Viewers read transfers, which carry no submitted field, and the configuration (its
+    // secrets masked); not leads, events or exports, which hold personal data.
+    for path in ["/api/v1/register", "/api/v1/not-integrated", "/api/v1/flows", "/api/v1/config"] {
         assert_eq!(as_viewer(path).await.unwrap().status(), StatusCode::OK, "{path}");
     }
-    for path in ["/api/v1/flows", "/api/v1/events", "/api/v1/leads", "/api/v1/export", "/api/v1/tokens"] {
+    for path in ["/api/v1/flows/solar/events", "/api/v1/events", "/api/v1/leads", "/api/v1/export", "/api/v1/tokens"] {
         let (status, _) = error_code(as_viewer(path).await.unwrap()).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
     }
@@ -81,8 +82,8 @@ async fn a_token_can_be_renamed_and_given_another_role_without_changing_its_valu
         app.post_admin("/api/v1/tokens", &json!({"name": "ops", "role": "operator"})).await.json().await.unwrap();
     let (id, value) = (created["id"].as_str().unwrap().to_owned(), created["token"].as_str().unwrap().to_owned());
     let path = format!("/api/v1/tokens/{id}");
-    let as_token = || app.client.get(app.url("/api/v1/flows")).bearer_auth(&value).send();
-    assert_eq!(as_token().await.unwrap().status(), StatusCode::FORBIDDEN, "an operator leaves configuration alone");
+    let as_token = || app.client.get(app.url("/api/v1/tokens")).bearer_auth(&value).send();
+    assert_eq!(as_token().await.unwrap().status(), StatusCode::FORBIDDEN, "an operator leaves tokens alone");
 
     let renamed = app.put_admin(&path, &json!({"name": "night shift"})).await;
     assert_eq!(renamed.status(), StatusCode::OK);
@@ -219,10 +220,19 @@ async fn operators_read_and_resend_but_leave_configuration_and_tokens_to_admins(
     ] {
         assert_eq!(get(path.clone()).await.unwrap().status(), StatusCode::OK, "{path}");
     }
-    for path in ["/api/v1/config", "/api/v1/destinations", "/api/v1/flows/solar", "/api/v1/tokens"] {
-        let refused = get(path.to_owned()).await.unwrap();
-        assert_eq!(error_code(refused).await, (StatusCode::FORBIDDEN, "forbidden".to_owned()), "{path}");
+    let refused = get("/api/v1/tokens".to_owned()).await.unwrap();
+    assert_eq!(error_code(refused).await, (StatusCode::FORBIDDEN, "forbidden".to_owned()));
+    // Operators read the configuration, with its secrets masked.
+    for path in ["/api/v1/config", "/api/v1/destinations", "/api/v1/destinations/crm", "/api/v1/flows/solar"] {
+        let response = get(path.to_owned()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let text = response.text().await.unwrap();
+        assert!(!text.contains("whsec_"), "{path}: the signing secret shows: {text}");
     }
+    let destination: Value = get("/api/v1/destinations/crm".to_owned()).await.unwrap().json().await.unwrap();
+    assert_eq!(destination["signing_secret"], "***");
+    let admin_view = app.get_json("/api/v1/destinations/crm").await;
+    assert!(admin_view["signing_secret"].as_str().unwrap().starts_with("whsec_"), "admins see it whole");
     let register = app.get_json(&format!("/api/v1/register?lead_id={lead_id}")).await;
     let transfer_id = register["items"][0]["transfer_id"].as_str().unwrap().to_owned();
     let resend = app
