@@ -29,7 +29,8 @@ pub fn routes() -> Router<Arc<AppState>> {
         router = router
             .route(
                 &format!("/api/v1/{collection}"),
-                get(move |state, caller| list(state, caller, kind)).post(move |state, body| create(state, kind, body)),
+                get(move |state, caller, query| list(state, caller, query, kind))
+                    .post(move |state, body| create(state, kind, body)),
             )
             .route(
                 &format!("/api/v1/{collection}/{{id}}"),
@@ -62,11 +63,14 @@ fn shown(object: &ConfigObject, caller: &Caller) -> Value {
 async fn list(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
+    RawQuery(query): RawQuery,
     kind: ConfigKind,
 ) -> ApiResult<Json<Value>> {
+    let params = Params::parse(query.as_deref(), &["limit", "cursor"])?;
     let config = state.config_since(tokio::time::Instant::now()).await?;
-    let items: Vec<Value> = config.list(kind).iter().map(|object| shown(object, &caller)).collect();
-    Ok(Json(json!({ "items": items, "next_cursor": null })))
+    let objects = config.list(kind).iter().map(|object| (object.id().to_owned(), shown(object, &caller))).collect();
+    let (items, next_cursor) = params.page_of(objects)?;
+    Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
 }
 
 async fn fetch(

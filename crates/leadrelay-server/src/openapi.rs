@@ -121,8 +121,19 @@ impl Modify for ConfigCollections {
             let id =
                 || ParameterBuilder::new().name("id").parameter_in(ParameterIn::Path).required(Required::True).build();
             let operation = |summary: String| OperationBuilder::new().tag("configuration").summary(Some(summary));
+            let query = |name: &str, description: &str| {
+                ParameterBuilder::new()
+                    .name(name)
+                    .parameter_in(ParameterIn::Query)
+                    .required(Required::False)
+                    .description(Some(description))
+                    .build()
+            };
             let list = operation(format!("List {collection}"))
-                .response("200", json_response("Every object of the collection, as {items, next_cursor}"))
+                .parameter(query("limit", "1 to 1000, default 100"))
+                .parameter(query("cursor", "The previous page's next_cursor"))
+                .response("200", json_response("A page of the collection in its stored order, as {items, next_cursor}"))
+                .response("400", error_response("A parameter is invalid; the message names it"))
                 .build();
             let create = operation(format!("Create a {kind}"))
                 .request_body(Some(body()))
@@ -159,6 +170,64 @@ impl Modify for ConfigCollections {
     }
 }
 
+/// What every operation shares, applied last: a unique `operationId` (two methods of one
+/// handler, such as submit's `GET` and `POST`, get one each), the `401` and `403` answers of
+/// every operation that needs a token, and submit's bodies as they really are (none for
+/// `GET`; JSON or a form for `POST`).
+struct Conventions;
+
+impl Modify for Conventions {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let mut taken = std::collections::HashSet::new();
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations = [
+                ("get", &mut item.get),
+                ("put", &mut item.put),
+                ("post", &mut item.post),
+                ("delete", &mut item.delete),
+                ("patch", &mut item.patch),
+                ("head", &mut item.head),
+            ];
+            for (method, operation) in operations {
+                let Some(operation) = operation else { continue };
+                let derived = || {
+                    let words: Vec<&str> = path
+                        .split('/')
+                        .filter(|part| !part.is_empty() && *part != "api" && *part != "v1")
+                        .map(|part| part.trim_matches(|c| c == '{' || c == '}'))
+                        .collect();
+                    format!("{method}_{}", words.join("_").replace('-', "_").replace('.', "_"))
+                };
+                let id = match operation.operation_id.take() {
+                    Some(id) if !taken.contains(&id) => id,
+                    Some(id) => format!("{id}_{method}"),
+                    None => derived(),
+                };
+                taken.insert(id.clone());
+                operation.operation_id = Some(id);
+                // `None` inherits the document's bearer requirement; public ones say `[]`.
+                if operation.security.is_none() {
+                    let responses = &mut operation.responses.responses;
+                    responses
+                        .entry("401".to_owned())
+                        .or_insert_with(|| error_response("No token, or a token that is not valid").into());
+                    responses
+                        .entry("403".to_owned())
+                        .or_insert_with(|| error_response("The token's role may not do this").into());
+                }
+                if path.ends_with("/submit") {
+                    if method == "get" {
+                        operation.request_body = None;
+                    } else if let Some(body) = &mut operation.request_body {
+                        let form = ContentBuilder::new().schema(Some(utoipa::openapi::ObjectBuilder::new())).build();
+                        body.content.insert("application/x-www-form-urlencoded".to_owned(), form);
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "leadrelay", description = "A self-hosted lead event hub: intake, the event log, the register"),
@@ -189,7 +258,7 @@ impl Modify for ConfigCollections {
         openapi_json,
     ),
     components(schemas(ErrorBody, ErrorDetail, SubmitAnswerDoc, PageDoc, EventDoc)),
-    modifiers(&Security, &ConfigCollections),
+    modifiers(&Security, &ConfigCollections, &Conventions),
     security(("bearer" = []))
 )]
 struct ApiDoc;

@@ -74,6 +74,34 @@ impl Params {
             .transpose()
     }
 
+    /// One page of a list held whole in memory (configuration objects, tokens), in its own
+    /// order: `limit` (1–1000, default 100) items after the one the `cursor` names, and the
+    /// cursor of the next page when there is one. Items are `(id, item)`.
+    pub fn page_of<T>(&self, items: Vec<(String, T)>) -> ApiResult<(Vec<T>, Option<String>)> {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine;
+        let limit = self.limit(100)?;
+        let start = match self.text("cursor") {
+            None => 0,
+            Some(text) => {
+                let after = URL_SAFE_NO_PAD
+                    .decode(&text)
+                    .ok()
+                    .and_then(|bytes| String::from_utf8(bytes).ok())
+                    .and_then(|text| text.strip_prefix("id:").map(str::to_owned))
+                    .ok_or_else(|| invalid("cursor", "not a cursor this API handed out"))?;
+                let position = items.iter().position(|(id, _)| *id == after).ok_or_else(|| {
+                    invalid("cursor", "the item it points past no longer exists; start again without a cursor")
+                })?;
+                position + 1
+            }
+        };
+        let more = items.len() > start + limit;
+        let page: Vec<(String, T)> = items.into_iter().skip(start).take(limit).collect();
+        let next = more.then(|| page.last().map(|(id, _)| URL_SAFE_NO_PAD.encode(format!("id:{id}")))).flatten();
+        Ok((page.into_iter().map(|(_, item)| item).collect(), next))
+    }
+
     fn status(&self) -> ApiResult<Option<RegisterStatus>> {
         self.text("status")
             .map(|text| {

@@ -74,9 +74,14 @@ pub(crate) async fn create(State(state): State<Arc<AppState>>, body: axum::body:
 }
 
 #[utoipa::path(get, path = "/api/v1/tokens", tag = "access", responses((status = 200, description = "Tokens, without their values", body = crate::openapi::PageDoc)))]
-pub(crate) async fn list(State(state): State<Arc<AppState>>) -> ApiResult<Json<serde_json::Value>> {
+pub(crate) async fn list(
+    State(state): State<Arc<AppState>>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> ApiResult<Json<serde_json::Value>> {
+    let params = crate::params::Params::parse(query.as_deref(), &["limit", "cursor"])?;
     let tokens = state.store.list_tokens().await?;
-    Ok(Json(json!({"items": tokens, "next_cursor": null})))
+    let (items, next_cursor) = params.page_of(tokens.into_iter().map(|token| (token.id.clone(), token)).collect())?;
+    Ok(Json(json!({"items": items, "next_cursor": next_cursor})))
 }
 
 #[utoipa::path(get, path = "/api/v1/tokens/{token_id}", tag = "access", params(("token_id" = String, Path, description = "`tok_…`")),

@@ -176,6 +176,20 @@ async fn openapi_document_lists_the_endpoints() {
         assert!(names.contains(&(name, "query")), "{name} missing from {names:?}");
     }
     assert!(names.contains(&("lead_id", "path")) && !names.contains(&("lead_id", "query")), "{names:?}");
+    // Every operation has an operationId of its own; those that need a token say 401 and 403.
+    let mut ids = std::collections::HashSet::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let id = operation["operationId"].as_str().unwrap_or_else(|| panic!("{method} {path} has no operationId"));
+            assert!(ids.insert(id.to_owned()), "operationId {id} twice");
+            if operation.get("security").is_none() {
+                assert!(operation["responses"].get("401").is_some(), "{method} {path}");
+            }
+        }
+    }
+    let submit = &document["paths"]["/api/v1/sources/{source_id}/submit"];
+    assert!(submit["get"].get("requestBody").is_none(), "a GET submit has no body");
+    assert!(submit["post"]["requestBody"]["content"].get("application/x-www-form-urlencoded").is_some());
     app.stop().await;
 }
 

@@ -56,6 +56,35 @@ async fn flows_sources_and_destinations_have_crud() {
     app.stop().await;
 }
 
+#[tokio::test]
+async fn configuration_lists_page_with_limit_and_cursor() {
+    let app = spawn_app().await;
+    for index in 0..5 {
+        let created = app
+            .post_admin("/api/v1/destinations", &json!({"id": format!("d{index}"), "url": "https://x.example.com"}))
+            .await;
+        assert_eq!(created.status(), StatusCode::CREATED);
+    }
+    let mut seen = Vec::new();
+    let mut path = "/api/v1/destinations?limit=2".to_owned();
+    loop {
+        let page = app.get_json(&path).await;
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= 2, "{page}");
+        seen.extend(items.iter().map(|item| item["id"].as_str().unwrap().to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/api/v1/destinations?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["d0", "d1", "d2", "d3", "d4"]);
+    for bad in ["limit=0", "cursor=nope", "colour=red"] {
+        let response = app.get_admin(&format!("/api/v1/destinations?{bad}")).await;
+        assert_eq!(error_code(response).await.0, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    app.stop().await;
+}
+
 async fn refused(app: &crate::helpers::TestApp, path: &str, body: Value) -> String {
     let response = app.post_admin(path, &body).await;
     let status = response.status();
