@@ -196,7 +196,7 @@ impl Modify for Conventions {
                         .filter(|part| !part.is_empty() && *part != "api" && *part != "v1")
                         .map(|part| part.trim_matches(|c| c == '{' || c == '}'))
                         .collect();
-                    format!("{method}_{}", words.join("_").replace('-', "_").replace('.', "_"))
+                    format!("{method}_{}", words.join("_").replace(['-', '.'], "_"))
                 };
                 let id = match operation.operation_id.take() {
                     Some(id) if !taken.contains(&id) => id,
