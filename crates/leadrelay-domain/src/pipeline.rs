@@ -172,7 +172,13 @@ fn text_of(value: &Value) -> Option<String> {
         Value::Bool(flag) => Some(flag.to_string()),
         Value::Number(number) => Some(number.to_string()),
         Value::Array(items) if items.iter().all(|item| !item.is_array() && !item.is_object()) => {
-            let texts: Vec<String> = items.iter().filter_map(text_of).filter(|text| !text.trim().is_empty()).collect();
+            // The same value given twice (a form with the field in two places) is one value.
+            let mut seen = std::collections::HashSet::new();
+            let texts: Vec<String> = items
+                .iter()
+                .filter_map(text_of)
+                .filter(|text| !text.trim().is_empty() && seen.insert(text.trim().to_owned()))
+                .collect();
             Some(texts.join(", "))
         }
         other => Some(other.to_string()),

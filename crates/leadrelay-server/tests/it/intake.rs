@@ -57,7 +57,7 @@ async fn form_encoded_and_query_string_submissions_are_accepted() {
         .client
         .post(app.url("/api/v1/sources/web/submit"))
         .header("content-type", "application/x-www-form-urlencoded")
-        .body("e-mail=form%40example.com&state=California&interests=solar&interests=roof&state=")
+        .body("e-mail=form%40example.com&state=California&interests=solar&interests=roof&state=&e-mail=form%40example.com")
         .send()
         .await
         .unwrap();
@@ -67,6 +67,7 @@ async fn form_encoded_and_query_string_submissions_are_accepted() {
     let lead = app.get_json(&format!("/api/v1/leads/{lead_id}")).await;
     assert_eq!(lead["email"]["value"], "form@example.com", "field_map renames e-mail");
     assert_eq!(lead["state"]["value"], "CA", "a blank repeat keeps the value given");
+    assert_eq!(lead["email"]["valid"], true, "the same address twice is one address");
     assert_eq!(lead["state"]["raw"], json!(["California", ""]), "the raw value is kept as it came");
     assert_eq!(lead["interests"]["value"], json!(["solar", "roof"]), "a checkbox group keeps every value");
     let submitted = app.get_json(&format!("/api/v1/leads/{lead_id}/events?type=source.submitted")).await;
