@@ -68,10 +68,19 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Map<String, Value>>
             _ => Err(ApiError::bad_request("invalid_json", "body must be a JSON object of fields")),
         }
     } else if is_form || media_type.is_empty() {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body).map_err(|error| {
-            ApiError::bad_request("invalid_form", format!("body is not valid form encoding: {error}"))
-        })?;
-        Ok(fields_of(pairs))
+        let charset = content_type.split(';').skip(1).find_map(|parameter| {
+            let (name, value) = parameter.split_once('=')?;
+            name.trim().eq_ignore_ascii_case("charset").then(|| value.trim().trim_matches('"').to_owned())
+        });
+        let encoding = match charset {
+            None => None,
+            Some(label) => Some(encoding_rs::Encoding::for_label(label.as_bytes()).ok_or_else(|| {
+                ApiError::UnsupportedMediaType(format!(
+                    "unknown charset {label:?}: send UTF-8, or name a known charset"
+                ))
+            })?),
+        };
+        Ok(fields_of(form_pairs(body, encoding)))
     } else {
         Err(ApiError::UnsupportedMediaType(format!(
             "content type {media_type:?} is not supported: send application/json, application/x-www-form-urlencoded, or a query string"
@@ -88,9 +97,33 @@ fn is_body_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
 
 fn parse_query(query: Option<&str>) -> ApiResult<Map<String, Value>> {
     let Some(query) = query.filter(|query| !query.is_empty()) else { return Ok(Map::new()) };
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
-        .map_err(|error| ApiError::bad_request("invalid_query", format!("query string is not valid: {error}")))?;
-    Ok(fields_of(pairs))
+    Ok(fields_of(form_pairs(query.as_bytes(), None)))
+}
+
+/// The name and value pairs of a form body or a query string, percent-decoded and read in
+/// `encoding` when the request names one. Without one, UTF-8 is expected; a legacy page
+/// that sends its own 8-bit encoding unlabelled (browsers send a page's encoding and say
+/// nothing) is read as Windows-1252, the superset of ISO-8859-1 browsers use for it, so
+/// `Jos%E9` is `José`, never a replacement character.
+fn form_pairs(body: &[u8], encoding: Option<&'static encoding_rs::Encoding>) -> Vec<(String, String)> {
+    let decode = |part: &[u8]| -> String {
+        let spaced: Vec<u8> = part.iter().map(|byte| if *byte == b'+' { b' ' } else { *byte }).collect();
+        let bytes: Vec<u8> = percent_encoding::percent_decode(&spaced).collect();
+        match encoding {
+            Some(encoding) => encoding.decode_without_bom_handling(&bytes).0.into_owned(),
+            None => match String::from_utf8(bytes) {
+                Ok(text) => text,
+                Err(error) => encoding_rs::WINDOWS_1252.decode_without_bom_handling(error.as_bytes()).0.into_owned(),
+            },
+        }
+    };
+    body.split(|byte| *byte == b'&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.iter().position(|byte| *byte == b'=') {
+            Some(at) => (decode(&pair[..at]), decode(&pair[at + 1..])),
+            None => (decode(pair), String::new()),
+        })
+        .collect()
 }
 
 /// Form or query pairs as fields. A name given more than once (a group of checkboxes, a

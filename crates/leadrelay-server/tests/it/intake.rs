@@ -50,6 +50,56 @@ async fn a_json_object_labelled_as_a_form_or_unlabelled_is_read_as_json() {
 }
 
 #[tokio::test]
+async fn forms_and_query_strings_are_read_in_their_charset() {
+    let app = spawn_app().await;
+    let mut config = solar_config();
+    config["flows"][0]["fields"].as_array_mut().unwrap().push(json!({"name": "city", "type": "text"}));
+    app.apply(&config).await;
+    let post = |content_type: &'static str, body: &'static str| {
+        app.client.post(app.url("/api/v1/sources/web/submit")).header("content-type", content_type).body(body).send()
+    };
+    // A labelled Latin-1 form, an unlabelled one (browsers send a legacy page's encoding and
+    // say nothing), a UTF-8 one, and a Latin-1 query string.
+    let answers = [
+        post(
+            "application/x-www-form-urlencoded; charset=ISO-8859-1",
+            "email=a%40example.com&state=TX&first_name=Jos%E9&city=S%E3o+Paulo",
+        )
+        .await
+        .unwrap(),
+        post("application/x-www-form-urlencoded", "email=b%40example.com&state=TX&first_name=Jos%E9&city=S%E3o+Paulo")
+            .await
+            .unwrap(),
+        post(
+            "application/x-www-form-urlencoded; charset=utf-8",
+            "email=c%40example.com&state=TX&first_name=Jos%C3%A9&city=S%C3%A3o+Paulo",
+        )
+        .await
+        .unwrap(),
+        app.client
+            .get(
+                app.url("/api/v1/sources/web/submit?email=d%40example.com&state=TX&first_name=Jos%E9&city=S%E3o+Paulo"),
+            )
+            .send()
+            .await
+            .unwrap(),
+    ];
+    for response in answers {
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let answer: Value = response.json().await.unwrap();
+        let lead = app.get_json(&format!("/api/v1/leads/{}", answer["lead_id"].as_str().unwrap())).await;
+        assert_eq!(
+            (lead["first_name"]["raw"].as_str(), lead["city"]["raw"].as_str()),
+            (Some("José"), Some("São Paulo")),
+            "{lead}"
+        );
+    }
+    let unknown = post("application/x-www-form-urlencoded; charset=klingon", "email=e%40example.com").await.unwrap();
+    assert_eq!(error_code(unknown).await.0, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn form_encoded_and_query_string_submissions_are_accepted() {
     let app = spawn_app().await;
     app.apply(&solar_config()).await;
