@@ -400,25 +400,55 @@ impl DeliveryService {
                 return Vec::new();
             }
         };
-        let attempts = claimed.iter().filter_map(|transfer| {
+        // Each delivery is recorded as soon as it is made, so that a failed one's retry is
+        // never held back by a slower destination of the same submission.
+        let deliveries = claimed.iter().filter_map(|transfer| {
             let destination = config.destinations.get(&transfer.destination_id)?;
-            Some(async move { (transfer, self.attempt_realtime(transfer, destination).await) })
+            Some(async move {
+                // Realtime calls share the destination's concurrency with the dispatcher's;
+                // when every connection is busy, the transfer goes to the background at once.
+                let slot = self.take_slot(destination);
+                let (record, reservation) = if slot {
+                    self.attempt_realtime(transfer, destination).await
+                } else {
+                    let reason = format!(
+                        "all {} connections to {} are busy; it is delivered in the background",
+                        destination.concurrency, destination.id
+                    );
+                    (postponed(transfer, &self.realtime_owner(), reason, now_millis(), 0), None)
+                };
+                let answer = realtime_answer(&record, &transfer.destination_id);
+                if let Err(error) = self.store.record_deliveries(vec![record]).await {
+                    tracing::error!(%error, "recording a realtime delivery failed; it will be delivered again");
+                }
+                drop(reservation);
+                if slot {
+                    self.give_back_slot(&destination.id);
+                }
+                // A failed realtime delivery may now wait for a retry: let the dispatcher see it.
+                self.wake();
+                answer
+            })
         });
-        let mut records = Vec::new();
-        let mut answers = Vec::new();
-        let mut reservations = Vec::new();
-        for (transfer, (record, reservation)) in futures::future::join_all(attempts).await {
-            answers.push(realtime_answer(&record, &transfer.destination_id));
-            records.push(record);
-            reservations.push(reservation);
+        futures::future::join_all(deliveries).await
+    }
+
+    /// Takes one of a destination's `concurrency` connections for a realtime call, if one is
+    /// free.
+    fn take_slot(&self, destination: &Destination) -> bool {
+        let mut in_flight = self.in_flight();
+        let busy = in_flight.entry(destination.id.clone()).or_default();
+        if *busy >= destination.concurrency as usize {
+            return false;
         }
-        if let Err(error) = self.store.record_deliveries(records).await {
-            tracing::error!(%error, "recording realtime deliveries failed; they will be delivered again");
+        *busy += 1;
+        true
+    }
+
+    fn give_back_slot(&self, destination_id: &str) {
+        if let Some(count) = self.in_flight().get_mut(destination_id) {
+            *count = count.saturating_sub(1);
         }
-        drop(reservations);
-        // A failed realtime delivery may now wait for a retry: let the dispatcher see it.
-        self.wake();
-        answers
     }
 
     /// Calls a flow's enhancements for a prepared lead, in order.

@@ -2,6 +2,7 @@
 //! query string), checks the source key and the limits, runs the pipeline's decisions and
 //! commits everything before answering.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -18,12 +19,46 @@ use leadrelay_domain::time::now_millis;
 use leadrelay_store::{CommitOutcome, IdempotencyRecord, Lease, StoredAnswer, Submission};
 use serde_json::{Map, Value};
 use subtle::ConstantTimeEq;
+use tokio::sync::watch;
 
 use crate::{ApiError, ApiResult, AppState};
 
 /// A commit can find that a concurrent submission changed the duplicate answer; deciding
 /// again is cheap, and a handful of tries always settles.
 const MAX_DECISIONS: usize = 5;
+
+/// The submissions of this node that carry an idempotency key and are waiting for their
+/// realtime destinations: a retry with the same key that arrives meanwhile waits for the
+/// first answer, with the outcomes, instead of answering the commit before the calls.
+#[derive(Default)]
+pub(crate) struct RealtimeWaits(std::sync::Mutex<HashMap<(String, String), watch::Receiver<Option<StoredAnswer>>>>);
+
+impl RealtimeWaits {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), watch::Receiver<Option<StoredAnswer>>>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Announces a submission about to wait; the sender gives its final answer.
+    fn begin(&self, source_id: &str, key: &str) -> watch::Sender<Option<StoredAnswer>> {
+        let (sender, receiver) = watch::channel(None);
+        self.lock().insert((source_id.to_owned(), key.to_owned()), receiver);
+        sender
+    }
+
+    fn end(&self, source_id: &str, key: &str) {
+        self.lock().remove(&(source_id.to_owned(), key.to_owned()));
+    }
+
+    /// The answer to replay for a key: the first submission's final answer when it is still
+    /// waiting for its destinations here, else the stored one.
+    async fn replay(&self, source_id: &str, key: &str, stored: StoredAnswer) -> StoredAnswer {
+        let waiting = self.lock().get(&(source_id.to_owned(), key.to_owned())).cloned();
+        let Some(mut waiting) = waiting else { return stored };
+        // The first submission's task may end without an answer: what was stored stands.
+        let answer = waiting.wait_for(Option::is_some).await.ok().and_then(|answer| answer.clone());
+        answer.unwrap_or(stored)
+    }
+}
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new().route(
@@ -273,6 +308,7 @@ pub(crate) async fn submit(
     };
     if let Some(key) = &idempotency_key {
         if let Some(answer) = state.store.idempotent_answer(&source.id, key).await? {
+            let answer = state.realtime_waits.replay(&source.id, key, answer).await;
             return Ok(answer_response(&answer, true));
         }
     }
@@ -324,7 +360,19 @@ pub(crate) async fn submit(
             submission.realtime_lease =
                 Some(Lease { owner: state.delivery.realtime_owner(), until: now_millis() + lease });
         }
-        match state.store.commit_submission(submission).await? {
+        // Announced before the commit, so that a retry that finds the committed answer waits
+        // for the outcomes; withdrawn unless this submission goes on to wait for them.
+        let final_answer = match (&idempotency_key, realtime.is_empty()) {
+            (Some(key), false) => Some(state.realtime_waits.begin(&source.id, key)),
+            _ => None,
+        };
+        let committed = state.store.commit_submission(submission).await;
+        if final_answer.is_some() && !matches!(committed, Ok(CommitOutcome::Committed)) {
+            if let Some(key) = &idempotency_key {
+                state.realtime_waits.end(&source.id, key);
+            }
+        }
+        match committed? {
             CommitOutcome::Committed if realtime.is_empty() => {
                 if queued {
                     state.delivery.wake();
@@ -340,6 +388,7 @@ pub(crate) async fn submit(
                 let (store, delivery, live) = (state.store.clone(), state.delivery.clone(), config.clone());
                 let (source_id, key) = (source.id.clone(), idempotency_key.clone());
                 let answer_before_calls = answer.clone();
+                let waits = state.clone();
                 let task = tokio::spawn(async move {
                     let mut deliveries = delivery.deliver_realtime(&live, &realtime).await;
                     deliveries.append(&mut answer_now.deliveries);
@@ -353,6 +402,10 @@ pub(crate) async fn submit(
                         if let Err(error) = store.replace_idempotent_answer(&source_id, &key, answer.clone()).await {
                             tracing::warn!(%error, "keeping the realtime answer for the idempotency key failed");
                         }
+                        if let Some(final_answer) = final_answer {
+                            final_answer.send_replace(Some(answer.clone()));
+                        }
+                        waits.realtime_waits.end(&source_id, &key);
                     }
                     Ok::<_, ApiError>(answer)
                 });
@@ -370,7 +423,13 @@ pub(crate) async fn submit(
                     }
                 });
             }
-            CommitOutcome::Replay(stored) => return Ok(answer_response(&stored, true)),
+            CommitOutcome::Replay(stored) => {
+                let stored = match &idempotency_key {
+                    Some(key) => state.realtime_waits.replay(&source.id, key, stored).await,
+                    None => stored,
+                };
+                return Ok(answer_response(&stored, true));
+            }
             CommitOutcome::DuplicateChanged(actual) => duplicate = actual,
         }
     }

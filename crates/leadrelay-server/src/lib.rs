@@ -81,6 +81,8 @@ pub struct AppState {
     running_jobs: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The web overview's counts of past days.
     overview: web::OverviewCache,
+    /// Submissions with an idempotency key still waiting for their realtime destinations.
+    pub(crate) realtime_waits: intake::RealtimeWaits,
 }
 
 impl AppState {
@@ -96,6 +98,7 @@ impl AppState {
             settings,
             running_jobs: Default::default(),
             overview: Default::default(),
+            realtime_waits: Default::default(),
         }))
     }
 

@@ -10,6 +10,7 @@ mod formats;
 mod helpers;
 mod intake;
 mod pipeline;
+mod realtime;
 mod receiver;
 mod resend;
 mod web;
