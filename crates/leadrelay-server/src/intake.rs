@@ -31,10 +31,13 @@ const MAX_DECISIONS: usize = 5;
 /// realtime destinations: a retry with the same key that arrives meanwhile waits for the
 /// first answer, with the outcomes, instead of answering the commit before the calls.
 #[derive(Default)]
-pub(crate) struct RealtimeWaits(std::sync::Mutex<HashMap<(String, String), watch::Receiver<Option<StoredAnswer>>>>);
+pub(crate) struct RealtimeWaits(std::sync::Mutex<WaitsByKey>);
+
+/// By source and idempotency key, where the final answer will come.
+type WaitsByKey = HashMap<(String, String), watch::Receiver<Option<StoredAnswer>>>;
 
 impl RealtimeWaits {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), watch::Receiver<Option<StoredAnswer>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WaitsByKey> {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
