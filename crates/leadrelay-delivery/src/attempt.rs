@@ -19,6 +19,10 @@ use crate::signing;
 /// How much of a request or response body an attempt's event keeps.
 pub const RECORDED_BODY_BYTES: usize = 16 * 1024;
 
+/// How much of a response's headers an attempt's event keeps, names and values together; the
+/// headers past it are left out and the response says so.
+pub const RECORDED_HEADER_BYTES: usize = 16 * 1024;
+
 /// How much of a response is read to judge it; the rest is not read.
 pub const READ_BODY_BYTES: usize = 1024 * 1024;
 
@@ -208,13 +212,32 @@ fn describe_transport(error: &reqwest::Error, timeout: Duration) -> String {
 /// Signing secrets in force for a destination at `now`, as keys: its secret, and the ones it
 /// replaced whose overlap still runs.
 pub fn signing_keys(destination: &Destination, now: Millis) -> Vec<Vec<u8>> {
-    let previous = destination.previous_signing_secrets.iter().filter(|previous| previous.in_force(now));
+    let previous = destination.previous_signing_secrets.iter().flatten().filter(|previous| previous.in_force(now));
     destination
         .signing_secret
         .iter()
         .chain(previous.map(|previous| &previous.secret))
         .filter_map(|secret| signing::secret_key(secret).ok())
         .collect()
+}
+
+/// A response's headers as its event keeps them: up to [`RECORDED_HEADER_BYTES`], and
+/// whether some were left out.
+fn recorded_headers(headers: &reqwest::header::HeaderMap) -> (Map<String, Value>, bool) {
+    let mut kept = Map::new();
+    let mut room = RECORDED_HEADER_BYTES;
+    let mut truncated = false;
+    for (name, value) in headers {
+        let Ok(value) = value.to_str() else { continue };
+        let size = name.as_str().len() + value.len();
+        if size > room {
+            truncated = true;
+            continue;
+        }
+        room -= size;
+        kept.insert(name.to_string(), Value::String(value.to_owned()));
+    }
+    (kept, truncated)
 }
 
 /// What came back from a call: status, headers, and the body (at most [`READ_BODY_BYTES`]).
@@ -389,10 +412,7 @@ pub async fn attempt(clients: &HttpClients, input: AttemptInput<'_>) -> AttemptR
     }
     let captured = if verdict == Verdict::Delivered { capture(destination, &text) } else { Map::new() };
     let price = (verdict == Verdict::Delivered).then(|| revenue(destination, &captured)).flatten();
-    let response_headers: Map<String, Value> = headers
-        .iter()
-        .filter_map(|(name, value)| Some((name.to_string(), Value::String(value.to_str().ok()?.to_owned()))))
-        .collect();
+    let (response_headers, headers_truncated) = recorded_headers(&headers);
     let (recorded_text, truncated) = recorded_body(&body, RECORDED_BODY_BYTES);
     AttemptReport {
         started_at: input.now,
@@ -405,8 +425,28 @@ pub async fn attempt(clients: &HttpClients, input: AttemptInput<'_>) -> AttemptR
             "headers": response_headers,
             "body": recorded_text,
             "body_truncated": truncated || !complete,
+            "headers_truncated": headers_truncated,
         }),
         captured,
         price,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::header::{HeaderMap, HeaderValue};
+
+    use super::*;
+
+    #[test]
+    fn recorded_headers_stop_at_their_cap_and_say_so() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-small", HeaderValue::from_static("kept"));
+        headers.insert("x-huge", HeaderValue::from_str(&"a".repeat(RECORDED_HEADER_BYTES)).unwrap());
+        let (kept, truncated) = recorded_headers(&headers);
+        assert_eq!(kept.get("x-small"), Some(&Value::from("kept")));
+        assert!(kept.get("x-huge").is_none() && truncated);
+        headers.remove("x-huge");
+        assert!(!recorded_headers(&headers).1);
     }
 }

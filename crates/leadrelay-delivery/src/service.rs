@@ -296,7 +296,8 @@ impl DeliveryService {
             now
         };
         if count < breaker.failures {
-            if count == (breaker.failures / 2).max(1) {
+            // Half way, rounded up: after 2 of 3 or 4, never after a single blip of 3.
+            if count == breaker.failures.div_ceil(2) {
                 let warning = format!(
                     "{count} failure{} in a row (last: {reason}); the circuit breaker disables the destination after {}",
                     if count == 1 { "" } else { "s" },

@@ -398,19 +398,17 @@ impl Config {
         if destination.signing_secret.is_none() {
             destination.signing_secret = Some(stored_secret.clone().unwrap_or_else(new_signing_secret));
         }
-        if destination.previous_signing_secrets.is_empty() {
-            if let Some(stored) = stored {
-                destination.previous_signing_secrets = stored.previous_signing_secrets.clone();
-            }
-        }
+        // Absent keeps the overlap running; an empty list ends it now.
+        let mut previous = match destination.previous_signing_secrets.take() {
+            Some(given) => given,
+            None => stored.and_then(|stored| stored.previous_signing_secrets.clone()).unwrap_or_default(),
+        };
         if let Some(old) = stored_secret.filter(|old| Some(old) != destination.signing_secret.as_ref()) {
-            destination
-                .previous_signing_secrets
-                .push(PreviousSecret { secret: old, until: crate::time::format_millis(now + SECRET_OVERLAP_MS) });
+            previous.push(PreviousSecret { secret: old, until: crate::time::format_millis(now + SECRET_OVERLAP_MS) });
         }
-        destination
-            .previous_signing_secrets
-            .retain(|previous| previous.in_force(now) && Some(&previous.secret) != destination.signing_secret.as_ref());
+        previous.retain(|old| old.in_force(now) && Some(&old.secret) != destination.signing_secret.as_ref());
+        // Stored as read back: an empty list is no list.
+        destination.previous_signing_secrets = (!previous.is_empty()).then_some(previous);
     }
 
     /// Names an object that refers to the given one, if any.

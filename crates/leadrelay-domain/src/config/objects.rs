@@ -11,6 +11,10 @@ fn default_true() -> bool {
     true
 }
 
+fn no_secrets(secrets: &Option<Vec<PreviousSecret>>) -> bool {
+    secrets.as_ref().is_none_or(Vec::is_empty)
+}
+
 /// A pipeline definition: fields, validation, duplicates, filters, enhancements, destinations.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -348,9 +352,10 @@ pub struct Destination {
     #[serde(default)]
     pub signing_secret: Option<String>,
     /// Secrets replaced within the last day: webhooks are signed with them too, so receivers
-    /// can switch secrets without dropping a message. Kept by leadrelay when the secret changes.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub previous_signing_secrets: Vec<PreviousSecret>,
+    /// can switch secrets without dropping a message. Kept by leadrelay when the secret changes;
+    /// absent in a write keeps them, `[]` ends the overlap at once (a leaked old secret).
+    #[serde(default, skip_serializing_if = "no_secrets")]
+    pub previous_signing_secrets: Option<Vec<PreviousSecret>>,
     #[serde(default = "default_true")]
     pub enabled: bool,
     /// An outbound proxy URL, for CRMs that allow-list a fixed egress address.

@@ -76,7 +76,7 @@ impl Destination {
         if let Some(secret) = &mut self.signing_secret {
             mask(secret);
         }
-        for previous in &mut self.previous_signing_secrets {
+        for previous in self.previous_signing_secrets.iter_mut().flatten() {
             mask(&mut previous.secret);
         }
         if let Some(ga4) = &mut self.ga4 {

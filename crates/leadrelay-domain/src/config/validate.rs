@@ -360,7 +360,7 @@ fn validate_destination(destination: &Destination, problems: &mut Vec<String>) {
                 .push(format!("{at}.signing_secret: must be \"whsec_\" followed by base64 of 16 to 64 random bytes"));
         }
     }
-    for (index, previous) in destination.previous_signing_secrets.iter().enumerate() {
+    for (index, previous) in destination.previous_signing_secrets.iter().flatten().enumerate() {
         if !previous.secret.starts_with("whsec_") {
             problems.push(format!("{at}.previous_signing_secrets[{index}].secret: must start with \"whsec_\""));
         }

@@ -610,6 +610,17 @@ async fn a_rotated_secret_signs_beside_the_new_one_during_the_overlap() {
     let exported = app.get_json("/api/v1/config").await;
     let again = app.post_admin("/api/v1/config", &exported).await;
     assert_eq!(again.json::<Value>().await.unwrap()["changed"], 0);
+    // An old secret that leaked is dropped at once with an empty list.
+    let mut current = app.get_json("/api/v1/destinations/crm").await;
+    current["previous_signing_secrets"] = json!([]);
+    assert_eq!(app.put_admin("/api/v1/destinations/crm", &current).await.status(), StatusCode::OK);
+    let stored = app.get_json("/api/v1/destinations/crm").await;
+    assert!(stored.get("previous_signing_secrets").is_none(), "{stored}");
+    let lead_id = submit(&app, "after-rotation@example.com").await;
+    app.timeline_until(&lead_id, "recipient.delivered").await;
+    let request = &receiver.received()[1];
+    assert_eq!(request.header("webhook-signature").unwrap().split(' ').count(), 1, "the new secret alone signs");
+    verify_signature(new_secret, request);
     app.stop().await;
 }
 
