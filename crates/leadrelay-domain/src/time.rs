@@ -24,6 +24,19 @@ pub fn parse_query_time(text: &str, end_of_day: bool) -> Result<Millis, String> 
     if let Ok(time) = DateTime::parse_from_rfc3339(text) {
         return Ok(time.with_timezone(&Utc).timestamp_millis());
     }
+    // Other ISO 8601 forms people type: minutes without seconds, the basic format, and no
+    // offset at all (an HTML `datetime-local` field), which is read as UTC.
+    for format in ["%Y-%m-%dT%H:%M%#z", "%Y%m%dT%H%M%S%#z", "%Y%m%dT%H%M%#z"] {
+        if let Ok(time) = DateTime::parse_from_str(&text.replace('Z', "+00:00").replace('z', "+00:00"), format) {
+            return Ok(time.with_timezone(&Utc).timestamp_millis());
+        }
+    }
+    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d %H:%M", "%Y%m%dT%H%M%S"]
+    {
+        if let Ok(time) = chrono::NaiveDateTime::parse_from_str(text, format) {
+            return Ok(time.and_utc().timestamp_millis());
+        }
+    }
     if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
         let start = date.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp_millis());
         if let Some(start) = start {
@@ -54,5 +67,17 @@ mod tests {
         assert_eq!(parse_query_time("2024-01-15", false), Ok(1_705_276_800_000));
         assert_eq!(parse_query_time("2024-01-15", true), Ok(1_705_363_199_999));
         assert!(parse_query_time("yesterday", false).is_err());
+        let minute = Ok(1_705_329_000_000);
+        for text in [
+            "2024-01-15T14:30Z",
+            "2024-01-15T14:30",
+            "2024-01-15T14:30:00",
+            "2024-01-15 14:30",
+            "20240115T143000Z",
+            "20240115T1430Z",
+            "2024-01-15T16:30+02:00",
+        ] {
+            assert_eq!(parse_query_time(text, false), minute, "{text}");
+        }
     }
 }

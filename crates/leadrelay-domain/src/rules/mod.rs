@@ -136,6 +136,18 @@ impl RuleSet {
         }
     }
 
+    /// Every rule's field path, depth first.
+    pub fn fields(&self) -> Vec<&str> {
+        let mut fields = Vec::new();
+        for item in self.items() {
+            match item {
+                RuleNode::Rule(rule) => fields.push(rule.field.as_str()),
+                RuleNode::Set(set) => fields.extend(set.fields()),
+            }
+        }
+        fields
+    }
+
     /// Checks a rule set that was built in code rather than parsed: the same checks, and the
     /// same errors, as [`RuleSet::from_json`].
     pub fn validate(&self) -> Result<(), RuleError> {

@@ -93,6 +93,12 @@ async fn rules_filter_matches_event_and_snapshot_fields() {
         .await;
     let (status, code) = error_code(bad).await;
     assert_eq!((status, code.as_str()), (StatusCode::BAD_REQUEST, "invalid_parameter"));
+    // A lead field named without `lead.` would match nothing: it is refused, with the hint.
+    let outside = json!({"all": [{"field": "state", "op": "eq", "value": "TX"}]});
+    let encoded: String = url::form_urlencoded::byte_serialize(outside.to_string().as_bytes()).collect();
+    let response = app.get_admin(&format!("/api/v1/events?rules={encoded}")).await;
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("lead.state"), "{body}");
     app.stop().await;
 }
 
