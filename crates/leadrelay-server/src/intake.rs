@@ -64,10 +64,24 @@ impl RealtimeWaits {
 }
 
 pub fn routes() -> Router<Arc<AppState>> {
-    Router::new().route(
-        "/api/v1/sources/{source_id}/submit",
-        get(submit).post(submit).head(refuse_method).fallback(refuse_method),
-    )
+    // Landing pages post leads from the visitor's browser, from their own origin: intake
+    // answers any origin (it needs no cookie; a source key, when set, is the credential).
+    let cors = tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+        .allow_headers([
+            CONTENT_TYPE,
+            axum::http::HeaderName::from_static("idempotency-key"),
+            axum::http::HeaderName::from_static("x-source-key"),
+        ])
+        .expose_headers([axum::http::HeaderName::from_static("idempotent-replayed")])
+        .max_age(std::time::Duration::from_secs(3600));
+    Router::new()
+        .route(
+            "/api/v1/sources/{source_id}/submit",
+            get(submit).post(submit).head(refuse_method).fallback(refuse_method),
+        )
+        .layer(cors)
 }
 
 /// Only `GET` and `POST` submit. `HEAD` never does: link checkers and mail scanners probe

@@ -50,6 +50,40 @@ async fn a_json_object_labelled_as_a_form_or_unlabelled_is_read_as_json() {
 }
 
 #[tokio::test]
+async fn a_landing_page_on_another_origin_may_submit_from_the_browser() {
+    let app = spawn_app().await;
+    app.apply(&solar_config()).await;
+    let url = app.url("/api/v1/sources/web/submit");
+    let preflight = app
+        .client
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("origin", "https://landing.example.com")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type, idempotency-key")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
+    let allowed = preflight.headers()["access-control-allow-headers"].to_str().unwrap().to_ascii_lowercase();
+    assert!(allowed.contains("idempotency-key") && allowed.contains("content-type"), "{allowed}");
+    let submitted = app
+        .client
+        .post(&url)
+        .header("origin", "https://landing.example.com")
+        .json(&json!({"email": "browser@example.com", "state": "TX"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(submitted.status(), StatusCode::CREATED);
+    assert_eq!(submitted.headers()["access-control-allow-origin"], "*");
+    // The admin API is not opened to other origins.
+    let admin = app.client.get(app.url("/api/v1/events")).header("origin", "https://landing.example.com").send().await;
+    assert!(admin.unwrap().headers().get("access-control-allow-origin").is_none());
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn forms_and_query_strings_are_read_in_their_charset() {
     let app = spawn_app().await;
     let mut config = solar_config();
