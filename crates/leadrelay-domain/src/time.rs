@@ -27,7 +27,7 @@ pub fn parse_query_time(text: &str, end_of_day: bool) -> Result<Millis, String> 
     // Other ISO 8601 forms people type: minutes without seconds, the basic format, and no
     // offset at all (an HTML `datetime-local` field), which is read as UTC.
     for format in ["%Y-%m-%dT%H:%M%#z", "%Y%m%dT%H%M%S%#z", "%Y%m%dT%H%M%#z"] {
-        if let Ok(time) = DateTime::parse_from_str(&text.replace('Z', "+00:00").replace('z', "+00:00"), format) {
+        if let Ok(time) = DateTime::parse_from_str(&text.replace(['Z', 'z'], "+00:00"), format) {
             return Ok(time.with_timezone(&Utc).timestamp_millis());
         }
     }
