@@ -162,12 +162,12 @@ fn passes(test: &Test, subject: &Subject<'_>) -> bool {
         Test::NotBlank => !is_blank(actual),
         Test::Valid => subject.is_valid(),
         Test::Invalid => !subject.is_valid(),
-        Test::Eq(operand) => Scalar::of(actual).is_some_and(|scalar| scalar.equals(operand)),
-        Test::Ne(operand) => !Scalar::of(actual).is_some_and(|scalar| scalar.equals(operand)),
+        Test::Eq(operand) => any_scalar(actual, |scalar| scalar.equals(operand)),
+        Test::Ne(operand) => !any_scalar(actual, |scalar| scalar.equals(operand)),
         Test::In(list) => in_list(actual, list),
         Test::NotIn(list) => !in_list(actual, list),
         Test::Contains(operand) => contains(actual, operand),
-        Test::StartsWith(operand) => Scalar::of(actual).is_some_and(|scalar| {
+        Test::StartsWith(operand) => any_scalar(actual, |scalar| {
             let text = scalar.text();
             let mut lowered = text.chars().flat_map(char::to_lowercase);
             operand.text.chars().all(|expected| lowered.next() == Some(expected))
@@ -178,8 +178,17 @@ fn passes(test: &Test, subject: &Subject<'_>) -> bool {
         Test::Compare(operand, accept) => {
             Scalar::of(actual).and_then(|scalar| scalar.compare(operand)).is_some_and(accept)
         }
-        Test::Matches(regex) => Scalar::of(actual).is_some_and(|scalar| regex.is_match(&scalar.text())),
+        Test::Matches(regex) => any_scalar(actual, |scalar| regex.is_match(&scalar.text())),
         Test::Unusable => false,
+    }
+}
+
+/// Whether a scalar, or any item of a list (a group of checkboxes), passes `test`: a list
+/// equals a value when one of its items does, as `in` and `contains` read it.
+fn any_scalar(actual: &Value, test: impl Fn(Scalar<'_>) -> bool) -> bool {
+    match actual {
+        Value::Array(items) => items.iter().filter_map(Scalar::of).any(test),
+        _ => Scalar::of(actual).is_some_and(test),
     }
 }
 

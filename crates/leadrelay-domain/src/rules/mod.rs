@@ -31,8 +31,10 @@
 //! - `gt`/`gte`/`lt`/`lte` compare numerically when both sides are numbers or numeric strings,
 //!   else as lower-cased text (so ISO dates and times order correctly); a blank value, a boolean,
 //!   or a number against non-numeric text never passes.
-//! - `contains` on a list asks whether one element equals the value; on text (or a number) it
-//!   is a substring test. `in`/`not_in` on a list ask whether any element is in the list.
+//! - A list value (a group of checkboxes) is read item by item, the same for every op: `eq`,
+//!   `starts_with`, `matches` and `in` pass when one item does, `ne` and `not_in` when none
+//!   does, and `contains` asks whether one item equals the value; on text (or a number)
+//!   `contains` is a substring test.
 //! - `matches` runs the regex, as written (case-sensitive unless it says `(?i)`), on the trimmed
 //!   text of a string, number or boolean.
 

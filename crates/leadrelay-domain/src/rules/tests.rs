@@ -272,8 +272,23 @@ fn eq_on_text_is_case_insensitive_and_trimmed() {
     check_op("eq", json!("TX"), json!("TXX"), false);
     check_op("eq", json!("TX"), json!("CA"), false);
     check_op("eq", json!("TX"), json!(null), false);
-    check_op("eq", json!("TX"), json!(["TX"]), false);
     check_op("eq", json!("TX"), json!({"a": "TX"}), false);
+}
+
+#[test]
+fn a_list_is_read_item_by_item_by_every_op() {
+    // A group of checkboxes: one item decides, the same way for every op.
+    let tags = json!(["roof", "Solar"]);
+    check_op("eq", json!("solar"), tags.clone(), true);
+    check_op("ne", json!("solar"), tags.clone(), false);
+    check_op("in", json!(["solar"]), tags.clone(), true);
+    check_op("not_in", json!(["solar"]), tags.clone(), false);
+    check_op("contains", json!("solar"), tags.clone(), true);
+    check_op("starts_with", json!("sol"), tags.clone(), true);
+    check_op("matches", json!("^Sol"), tags.clone(), true);
+    check_op("eq", json!("wind"), tags.clone(), false);
+    check_op("ne", json!("wind"), tags, true);
+    check_op("eq", json!("TX"), json!(["TX"]), true);
 }
 
 #[test]
@@ -320,7 +335,7 @@ fn ne_is_the_negation_of_eq() {
     check_op("ne", json!("TX"), json!("CA"), true);
     check_op("ne", json!(42), json!("42"), false);
     check_op("ne", json!("TX"), json!(null), true);
-    check_op("ne", json!("TX"), json!(["TX"]), true);
+    check_op("ne", json!("TX"), json!(["TX"]), false);
 }
 
 #[test]
@@ -388,7 +403,7 @@ fn starts_with_compares_the_beginning_of_the_text() {
     check_op("starts_with", json!(555), json!("5551234"), true);
     check_op("starts_with", json!("555"), json!("1555"), false);
     check_op("starts_with", json!("longer"), json!("long"), false);
-    check_op("starts_with", json!("a"), json!(["abc"]), false);
+    check_op("starts_with", json!("a"), json!(["abc"]), true);
 }
 
 #[test]
@@ -463,7 +478,7 @@ fn matches_runs_the_regex_on_the_trimmed_text() {
     check_op("matches", json!("(?i)^acme"), json!("ACME corp"), true);
     check_op("matches", json!("^$"), json!(""), true);
     check_op("matches", json!("^true$"), json!(true), true);
-    check_op("matches", json!("x"), json!(["x"]), false);
+    check_op("matches", json!("x"), json!(["x"]), true);
     check_op("matches", json!("x"), json!(null), false);
     check_op("matches", json!(r"^\p{Greek}+$"), json!("αβγ"), true);
 }
