@@ -28,9 +28,13 @@ static YEAR_FIRST: LazyLock<Regex> = LazyLock::new(|| {
         .expect("the year-first pattern is valid")
 });
 
-/// `01/15/2024`, `1-5-2024`, `15.01.2024`.
+/// `01/15/2024`, `1-5-2024`, `15.01.2024`, optionally followed by a time (`5/17/1980 10:30 AM`,
+/// as US forms and spreadsheets write them).
 static YEAR_LAST: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^([0-9]{1,2})([-/.])([0-9]{1,2})([-/.])([0-9]{4})$").expect("the year-last pattern is valid")
+    Regex::new(
+        r"^([0-9]{1,2})([-/.])([0-9]{1,2})([-/.])([0-9]{4})(?:,?\s+[0-9]{1,2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]+)?)?(?:\s*[AaPp]\.?[Mm]\.?)?)?$",
+    )
+    .expect("the year-last pattern is valid")
 });
 
 /// `20240115`.
@@ -232,6 +236,11 @@ mod tests {
         check_date("01/02/2024", "2024-01-02");
         check_date("05-06-2024", "2024-05-06");
         check_date("5.6.2024", "2024-06-05");
+        // With the time a US form or a spreadsheet adds.
+        check_date("5/17/1980 10:30 AM", "1980-05-17");
+        check_date("5/17/1980 10:30", "1980-05-17");
+        check_date("05/17/1980, 22:30:15", "1980-05-17");
+        check_date("5/17/1980 10:30 p.m.", "1980-05-17");
     }
 
     #[test]
