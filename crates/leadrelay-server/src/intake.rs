@@ -140,6 +140,23 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Map<String, Value>>
     }
 }
 
+/// Whether the request carries an API token that may submit to any source in place of its
+/// key: a `source` token (SPEC 8: submit only) or an `admin` one.
+async fn submits_with_token(state: &AppState, headers: &HeaderMap) -> ApiResult<bool> {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split_once(' '))
+        .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then_some(token.trim()));
+    let Some(token) = token else { return Ok(false) };
+    let hash = crate::hash_token(token);
+    let record = state.store.find_token(&hash).await?;
+    Ok(record.is_some_and(|record| {
+        bool::from(record.hash.ct_eq(&hash))
+            && matches!(record.role, leadrelay_store::Role::Source | leadrelay_store::Role::Admin)
+    }))
+}
+
 /// Whether reading a body failed because it did not arrive in time (the error is wrapped
 /// once or twice on its way up).
 fn is_body_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
@@ -300,9 +317,10 @@ pub(crate) async fn submit(
         let header_key = parts.headers.get("x-source-key").and_then(|value| value.to_str().ok()).map(str::to_owned);
         let given = header_key.or_else(|| fields.get("key").and_then(Value::as_str).map(str::to_owned));
         let matches = given.is_some_and(|given| bool::from(given.as_bytes().ct_eq(expected.as_bytes())));
-        if !matches {
+        if !matches && !submits_with_token(&state, &parts.headers).await? {
             return Err(ApiError::Unauthorized(
-                "wrong or missing source key: send it as X-Source-Key or the key parameter",
+                "wrong or missing source key: send it as X-Source-Key or the key parameter, or send a source \
+                 token as Authorization: Bearer",
             ));
         }
         fields.shift_remove("key");

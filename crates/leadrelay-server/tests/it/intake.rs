@@ -249,6 +249,22 @@ async fn source_key_is_required_when_set_by_header_or_parameter() {
     let answer: Value = by_parameter.json().await.unwrap();
     let lead = app.get_json(&format!("/api/v1/leads/{}", answer["lead_id"].as_str().unwrap())).await;
     assert!(lead.get("key").is_none(), "the key is not kept as a lead field");
+    // A source token stands in for any source's key; an operator token does not.
+    let mut tokens = Vec::new();
+    for role in ["source", "operator"] {
+        let created: Value =
+            app.post_admin("/api/v1/tokens", &json!({"name": role, "role": role})).await.json().await.unwrap();
+        tokens.push(created["token"].as_str().unwrap().to_owned());
+    }
+    let with_token = |token: &str| {
+        app.client
+            .post(app.url("/api/v1/sources/web/submit"))
+            .bearer_auth(token)
+            .json(&json!({"email": format!("{}@example.com", &token[..8]), "state": "TX"}))
+            .send()
+    };
+    assert_eq!(with_token(&tokens[0]).await.unwrap().status(), StatusCode::CREATED);
+    assert_eq!(with_token(&tokens[1]).await.unwrap().status(), StatusCode::UNAUTHORIZED);
     app.stop().await;
 }
 
