@@ -63,9 +63,40 @@ fn sample_value(field_type: FieldType, name: &str) -> &'static str {
     }
 }
 
+/// The fields a sample lead has when no flow uses the destination yet (people test a
+/// destination before they wire it in): the usual contact fields.
+const USUAL_FIELDS: [(&str, FieldType); 6] = [
+    ("first_name", FieldType::Name),
+    ("last_name", FieldType::Name),
+    ("email", FieldType::Email),
+    ("phone", FieldType::Phone),
+    ("state", FieldType::State),
+    ("postal_code", FieldType::PostalCode),
+];
+
+/// A sample field's type: the flows' declaration, else what its usual name says.
+fn sample_type(name: &str, defined: &[&FieldDef]) -> FieldType {
+    if let Some(def) = defined.iter().find(|def| def.name == name) {
+        return def.field_type;
+    }
+    match name {
+        "zip" | "zip_code" | "postal" => FieldType::PostalCode,
+        "dob" | "birth_date" | "date_of_birth" => FieldType::Dob,
+        "name" | "full_name" => FieldType::Name,
+        _ => {
+            USUAL_FIELDS.iter().find(|(usual, _)| *usual == name).map_or(FieldType::Text, |(_, field_type)| *field_type)
+        }
+    }
+}
+
 /// A lead snapshot for a test call: the given fields, or samples of the flows' fields.
 fn sample_snapshot(fields: &Map<String, Value>, defined: &[&FieldDef]) -> Value {
-    let parsed: Vec<(String, Map<String, Value>)> = if fields.is_empty() {
+    let parsed: Vec<(String, Map<String, Value>)> = if fields.is_empty() && defined.is_empty() {
+        USUAL_FIELDS
+            .iter()
+            .map(|(name, field_type)| ((*name).to_owned(), parse_field(*field_type, sample_value(*field_type, name))))
+            .collect()
+    } else if fields.is_empty() {
         defined
             .iter()
             .map(|def| (def.name.clone(), parse_field(def.field_type, sample_value(def.field_type, &def.name))))
@@ -74,8 +105,7 @@ fn sample_snapshot(fields: &Map<String, Value>, defined: &[&FieldDef]) -> Value 
         fields
             .iter()
             .map(|(name, value)| {
-                let field_type =
-                    defined.iter().find(|def| &def.name == name).map_or(FieldType::Text, |def| def.field_type);
+                let field_type = sample_type(name, defined);
                 let text = match value {
                     Value::String(text) => text.clone(),
                     other => other.to_string(),
@@ -96,8 +126,10 @@ fn sample_snapshot(fields: &Map<String, Value>, defined: &[&FieldDef]) -> Value 
 }
 
 /// Sends a sample lead to a destination now and answers with what it replied. The body, if
-/// any, is a JSON object of fields; without one, the fields of the flows using the
-/// destination get sample values. Nothing is recorded.
+/// any, is a JSON object of fields, read as the flows using the destination declare them (or
+/// as their usual names say: `email`, `phone`, `state`, …); without one, the fields of those
+/// flows get sample values, or the usual contact fields when no flow uses it yet. Nothing is
+/// recorded.
 #[utoipa::path(post, path = "/api/v1/destinations/{id}/test", tag = "configuration",
     params(("id" = String, Path, description = "The destination's id")),
     request_body(content = Object, description = "Fields of the sample lead (optional)", content_type = "application/json"),

@@ -469,6 +469,18 @@ async fn testing_a_destination_sends_a_sample_and_returns_the_answer() {
     assert!(request.header("webhook-signature").is_some());
     let missing = app.post_admin("/api/v1/destinations/nope/test", &json!({})).await;
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    // A destination no flow uses yet gets the usual contact fields, parsed, and fields sent
+    // by their usual names are parsed too.
+    let template = r#"{"mail": "{{ lead.email }}", "area": "{{ lead.fields.phone.area }}"}"#;
+    let unwired = webhook("unwired", &receiver, json!({"body_template": template}));
+    assert_eq!(app.post_admin("/api/v1/destinations", &unwired).await.status(), StatusCode::CREATED);
+    let answer: Value = app.post_admin("/api/v1/destinations/unwired/test", &json!({})).await.json().await.unwrap();
+    assert_eq!(answer["outcome"], "success", "{answer}");
+    assert_eq!(receiver.received()[1].json(), json!({"mail": "test.lead@example.com", "area": "512"}));
+    let given = json!({"email": "Given@Example.com", "phone": "(415) 555-0123"});
+    let answer: Value = app.post_admin("/api/v1/destinations/unwired/test", &given).await.json().await.unwrap();
+    assert_eq!(answer["outcome"], "success", "{answer}");
+    assert_eq!(receiver.received()[2].json(), json!({"mail": "given@example.com", "area": "415"}));
     app.stop().await;
 }
 
