@@ -108,8 +108,8 @@ impl Drop for CapReservation {
 
 /// Why a delivery may not go ahead under its destination's caps.
 enum CapRefusal {
-    /// A cap is reached: the transfer is skipped.
-    Reached(String),
+    /// A cap is reached: the transfer is skipped, with the cap's description.
+    Reached { reason: String, cap: Value },
     /// Deliveries in flight would reach a cap if they all succeeded: the transfer waits for
     /// their outcomes (only successes count, so a refused one frees its place).
     Busy(String),
@@ -145,8 +145,9 @@ fn postponed(claimed: &ClaimedTransfer, owner: &str, reason: String, now: Millis
 
 /// A transfer a cap or the destination's filter stops: `recipient.skipped`, and the transfer
 /// ends as skipped.
-fn skipped(claimed: &ClaimedTransfer, owner: &str, reason: String, now: Millis) -> DeliveryRecord {
+fn skipped(claimed: &ClaimedTransfer, owner: &str, reason: String, data: Value, now: Millis) -> DeliveryRecord {
     let mut event = transfer_event(claimed, EventType::RecipientSkipped, now);
+    event.data = data;
     event.status = Some(RegisterStatus::Skip);
     event.outcome = Some(Outcome::Failure);
     event.reason = Some(reason.clone());
@@ -241,15 +242,18 @@ impl DeliveryService {
         // would skip since it changed) is skipped again, never delivered against it.
         let refusal = self.config.current().rules.destination_filter(&destination.id).and_then(|rules| {
             let verdict = rules.evaluate(&LeadView(&snapshot));
-            (!verdict.passed).then(|| verdict.describe_failure())
+            (!verdict.passed).then_some(verdict)
         });
-        if let Some(failure) = refusal {
-            return (skipped(claimed, owner, format!("Destination filter: {failure}"), now), None);
+        if let Some(verdict) = refusal {
+            // The same verdict, and the same data, as a skip decided at intake.
+            let data = leadrelay_domain::pipeline::filter_data(&format!("destination:{}", destination.id), &verdict);
+            let reason = format!("Destination filter: {}", verdict.describe_failure());
+            return (skipped(claimed, owner, reason, data, now), None);
         }
         let caps = applicable_caps(destination, &snapshot, now);
         let reservation = match self.reserve(&caps).await {
             Ok(reservation) => reservation,
-            Err(CapRefusal::Reached(reason)) => return (skipped(claimed, owner, reason, now), None),
+            Err(CapRefusal::Reached { reason, cap }) => return (skipped(claimed, owner, reason, cap, now), None),
             Err(CapRefusal::Busy(reason)) => return (postponed(claimed, owner, reason, now, CAP_BUSY_RETRY_MS), None),
             Err(CapRefusal::Unknown(reason)) => {
                 tracing::warn!(transfer_id = %claimed.transfer_id, %reason, "delivery postponed");
@@ -350,7 +354,12 @@ impl DeliveryService {
             caps.iter().zip(&stored).filter(|(cap, stored)| full(cap, **stored)).min_by_key(|(cap, _)| cap.max)
         };
         if let Some((cap, stored)) = lowest(&|cap, stored| stored >= cap.max) {
-            return Err(CapRefusal::Reached(cap.reached((*stored).min(cap.max))));
+            let window_start = (cap.window != leadrelay_domain::config::CapWindow::Total)
+                .then(|| leadrelay_domain::time::format_millis(cap.key.window_start));
+            let data = serde_json::json!({
+                "cap": {"window": cap.window, "max": cap.max, "count": stored, "window_start": window_start}
+            });
+            return Err(CapRefusal::Reached { reason: cap.reached((*stored).min(cap.max)), cap: data });
         }
         if let Some((cap, stored)) = lowest(&|cap, stored| stored + in_flight(cap) >= cap.max) {
             return Err(CapRefusal::Busy(format!(

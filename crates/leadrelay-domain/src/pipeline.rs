@@ -454,7 +454,9 @@ impl Timeline<'_> {
     }
 }
 
-fn filter_data(name: &str, verdict: &Verdict) -> Value {
+/// What a filter's event keeps of its verdict: the filter's name, every rule evaluated and
+/// those that failed.
+pub fn filter_data(name: &str, verdict: &Verdict) -> Value {
     json!({
         "filter": name,
         "rules_evaluated": verdict.evaluated,

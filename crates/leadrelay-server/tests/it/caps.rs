@@ -95,5 +95,8 @@ async fn refused_deliveries_in_flight_never_use_up_a_cap() {
     let skipped = wait_for_register(&app, "skip", 1).await;
     assert_eq!(skipped[0]["lead_id"], answer["lead_id"]);
     assert_eq!(skipped[0]["description"], "Total cap reached (2/2)");
+    let timeline = app.timeline(answer["lead_id"].as_str().unwrap()).await;
+    let skip = timeline.iter().find(|event| event["type"] == "recipient.skipped").unwrap();
+    assert_eq!(skip["data"]["cap"], json!({"window": "total", "max": 2, "count": 2, "window_start": null}));
     app.stop().await;
 }

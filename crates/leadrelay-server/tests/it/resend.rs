@@ -77,6 +77,9 @@ async fn a_resent_transfer_still_meets_the_destination_filter() {
     };
     let reason = skips[1]["reason"].as_str().unwrap();
     assert!(reason.starts_with("Destination filter: state"), "{reason}");
+    // The verdict is kept as at intake: which rules were evaluated and which failed.
+    assert_eq!(skips[1]["data"]["filter"], "destination:crm");
+    assert_eq!(skips[1]["data"]["rules_failed"][0]["field"], "state", "{}", skips[1]);
     assert_eq!(app.transfer(&lead_id, "crm").await["status"], "skip");
     assert!(receiver.received().is_empty(), "a lead the filter refuses never reaches the destination");
     app.stop().await;
