@@ -90,20 +90,61 @@ impl ConfigError {
 }
 
 /// Parses a document from JSON, naming the path of the first problem (`flows[0].fields[1]: unknown field ...`).
-pub fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+pub fn parse_json<T: serde::de::DeserializeOwned + Serialize>(text: &str) -> Result<T, ConfigError> {
     let deserializer = &mut serde_json::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(deserializer).map_err(|error| ConfigError::one(describe_path_error(&error)))
+    let parsed = serde_path_to_error::deserialize(deserializer)
+        .map_err(|error| ConfigError::one(describe_path_error(&error)))?;
+    match serde_json::from_str::<Value>(text) {
+        Ok(written) => objects_written_as_objects(&written, parsed),
+        Err(_) => Ok(parsed),
+    }
 }
 
 /// Parses a document from a JSON value already in memory.
-pub fn parse_value<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ConfigError> {
-    serde_path_to_error::deserialize(value).map_err(|error| ConfigError::one(describe_path_error(&error)))
+pub fn parse_value<T: serde::de::DeserializeOwned + Serialize>(value: Value) -> Result<T, ConfigError> {
+    let parsed =
+        serde_path_to_error::deserialize(&value).map_err(|error| ConfigError::one(describe_path_error(&error)))?;
+    objects_written_as_objects(&value, parsed)
 }
 
 /// Parses a document from YAML (a superset of JSON), naming the path of the first problem.
-pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+pub fn parse_yaml<T: serde::de::DeserializeOwned + Serialize>(text: &str) -> Result<T, ConfigError> {
     let deserializer = serde_yaml_ng::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(deserializer).map_err(|error| ConfigError::one(describe_path_error(&error)))
+    let parsed = serde_path_to_error::deserialize(deserializer)
+        .map_err(|error| ConfigError::one(describe_path_error(&error)))?;
+    match serde_yaml_ng::from_str::<Value>(text) {
+        Ok(written) => objects_written_as_objects(&written, parsed),
+        Err(_) => Ok(parsed),
+    }
+}
+
+/// Refuses an object written as a list. serde fills a struct from a list by position
+/// (`success: ["201", null, "x"]` would set `body_regex`), which gets around the names that
+/// make every key checked; the parsed value, written back, shows where that happened.
+fn objects_written_as_objects<T: Serialize>(written: &Value, parsed: T) -> Result<T, ConfigError> {
+    fn find(written: &Value, read: &Value, path: &str) -> Option<String> {
+        match (written, read) {
+            (Value::Array(_), Value::Object(_)) => Some(path.to_owned()),
+            (Value::Object(written), Value::Object(read)) => written.iter().find_map(|(key, value)| {
+                let at = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                find(value, read.get(key)?, &at)
+            }),
+            (Value::Array(written), Value::Array(read)) => written
+                .iter()
+                .zip(read)
+                .enumerate()
+                .find_map(|(index, (value, read))| find(value, read, &format!("{path}[{index}]"))),
+            _ => None,
+        }
+    }
+    let read = serde_json::to_value(&parsed).map_err(|error| ConfigError::one(error.to_string()))?;
+    match find(written, &read, "") {
+        None => Ok(parsed),
+        Some(path) if path.is_empty() => {
+            Err(ConfigError::one("must be an object of named keys, not a list".to_owned()))
+        }
+        Some(path) => Err(ConfigError::one(format!("{path}: must be an object of named keys, not a list"))),
+    }
 }
 
 /// A document as YAML with the shape of its JSON (rule sets as `all:`/`any:` maps, never YAML
@@ -496,6 +537,20 @@ mod tests {
         let json = r#"{"flows": [{"id": "solar", "colour": "blue"}]}"#;
         let error = parse_json::<ConfigDocument>(json).expect_err("unknown key").to_string();
         assert!(error.starts_with("flows[0].colour: unknown field `colour`"), "{error}");
+    }
+
+    #[test]
+    fn an_object_written_as_a_list_is_refused_by_its_path() {
+        // serde would fill `success` by position, setting `body_regex` without naming it.
+        let json =
+            r#"{"destinations": [{"id": "crm", "url": "https://crm.example.com/l", "success": ["201", null, "x"]}]}"#;
+        let error = parse_json::<ConfigDocument>(json).expect_err("a list for an object").to_string();
+        assert!(error.starts_with("destinations[0].success: must be an object of named keys"), "{error}");
+        let yaml = "flows:\n  - [solar, Solar]\n";
+        let error = parse_yaml::<ConfigDocument>(yaml).expect_err("a list for a flow").to_string();
+        assert!(error.starts_with("flows[0]:"), "{error}");
+        let fine = r#"{"flows": [{"id": "solar", "filters": [{"name": "geo", "rules": {"all": [{"field": "state", "op": "in", "value": ["TX"]}]}}]}]}"#;
+        assert!(parse_json::<ConfigDocument>(fine).is_ok());
     }
 
     #[test]
