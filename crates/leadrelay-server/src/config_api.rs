@@ -159,11 +159,14 @@ pub(crate) async fn export_config(
 
 /// Applies a whole document (YAML or JSON) in one transaction.
 #[utoipa::path(post, path = "/api/v1/config", tag = "configuration",
+    params(("prune" = Option<bool>, Query, description = "`true` also deletes every object the document does not name")),
     request_body(content = Object, description = "A configuration document, YAML or JSON", content_type = "application/yaml"),
     responses((status = 200, description = "Applied; `changed` counts the objects that changed", body = Object),
-              (status = 400, description = "Invalid; nothing was applied", body = crate::openapi::ErrorBody)))]
+              (status = 400, description = "Invalid; nothing was applied", body = crate::openapi::ErrorBody),
+              (status = 409, description = "A deleted object is still in use; nothing was applied", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn apply_config(
     State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
@@ -172,8 +175,15 @@ pub(crate) async fn apply_config(
     let content_type = headers.get(CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or("");
     let document: ConfigDocument = if content_type.contains("json") { parse_json(text) } else { parse_yaml(text) }
         .map_err(ApiError::InvalidConfig)?;
+    let params = Params::parse(query.as_deref(), &["prune"])?;
+    let prune = match params.text("prune").as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(ApiError::bad_request("invalid_parameter", "prune: must be true or false")),
+    };
     let before = state.config();
-    let config = state.change_config(ConfigChange::Apply(document)).await?;
+    let change = if prune { ConfigChange::Sync(document) } else { ConfigChange::Apply(document) };
+    let config = state.change_config(change).await?;
     let changed = config.changed_since(&before);
     Ok(Json(json!({ "changed": changed, "config": config.to_document() })))
 }

@@ -185,11 +185,12 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn apply(database_url: &str, file: &Path) -> anyhow::Result<ExitCode> {
+pub async fn apply(database_url: &str, file: &Path, prune: bool) -> anyhow::Result<ExitCode> {
     let document = read_document(file)?;
     let store = open_or_create_store(database_url).await?;
     let before = store.load_config().await?;
-    let result = store.change_config(ConfigChange::Apply(document)).await;
+    let change = if prune { ConfigChange::Sync(document) } else { ConfigChange::Apply(document) };
+    let result = store.change_config(change).await;
     store.close().await;
     let after = result.with_context(|| format!("{} was not applied", file.display()))?;
     let counts = |config: &leadrelay_domain::config::Config| {

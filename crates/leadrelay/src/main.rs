@@ -104,6 +104,11 @@ enum Command {
         store: StoreArgs,
         /// The file to apply; `-` reads standard input.
         file: PathBuf,
+        /// Also delete every flow, source and destination the file does not name, so that the
+        /// configuration becomes the file (refused, changing nothing, when a deleted object is
+        /// still in use or a destination has transfers waiting).
+        #[arg(long)]
+        prune: bool,
     },
     /// Print events of the log as JSON lines, newest first (one page; see --cursor).
     Events {
@@ -185,7 +190,7 @@ fn main() -> std::process::ExitCode {
                 commands::serve(options).await
             }
             Command::Demo { listen, rate, keep } => demo::demo(demo::DemoOptions { listen, rate, keep }).await,
-            Command::Apply { store, file } => commands::apply(&store.database_url, &file).await,
+            Command::Apply { store, file, prune } => commands::apply(&store.database_url, &file, prune).await,
             Command::Verify { store } => commands::verify(&store.database_url).await,
             Command::Events { store, filters, limit, sort, cursor } => {
                 let query = commands::event_query(&filters, limit, &sort, cursor.as_deref())?;

@@ -272,6 +272,9 @@ pub enum ConfigChange {
         id: String,
     },
     Apply(ConfigDocument),
+    /// Applies a document and deletes every object it does not name: the configuration
+    /// becomes the document (`leadrelay apply --prune`).
+    Sync(ConfigDocument),
     /// Disables a destination as it is stored when the change is made (a circuit breaker's
     /// trip), so that an edit another node made a moment before is kept.
     DisableDestination {
@@ -392,41 +395,68 @@ impl Config {
                 writes.push(ObjectWrite::Put(object.clone()));
                 next.insert(object);
             }
-            ConfigChange::Apply(document) => {
-                document.refuse_unbuilt_sections()?;
-                let objects = document
-                    .flows
-                    .into_iter()
-                    .map(ConfigObject::Flow)
-                    .chain(document.destinations.into_iter().map(|d| ConfigObject::Destination(Box::new(d))))
-                    .chain(document.sources.into_iter().map(ConfigObject::Source));
-                let mut seen = std::collections::HashSet::new();
-                for mut object in objects {
-                    let named = object.id().is_empty();
-                    object.fill_defaults(false);
-                    self.give_signing_secret(&mut object, now);
-                    if !seen.insert((object.kind(), object.id().to_owned())) {
-                        let hint = if named {
-                            " (an object without an id is named after its name: give each an id)"
-                        } else {
-                            ""
-                        };
-                        return Err(ConfigError::one(format!(
-                            "{} {:?} appears twice in the document{hint}",
-                            object.kind(),
-                            object.id()
-                        ))
-                        .into());
-                    }
-                    if next.get(object.kind(), object.id()).as_ref() != Some(&object) {
-                        writes.push(ObjectWrite::Put(object.clone()));
-                        next.insert(object);
-                    }
+            ConfigChange::Sync(document) => {
+                let named = self.apply_document(document, now, &mut next, &mut writes)?;
+                let unnamed: Vec<(ConfigKind, String)> =
+                    self.list_all().filter(|(kind, id)| !named.contains(&(*kind, id.clone()))).collect();
+                for (kind, id) in unnamed {
+                    next.remove(kind, &id);
+                    writes.push(ObjectWrite::Delete { kind, id });
                 }
+            }
+            ConfigChange::Apply(document) => {
+                self.apply_document(document, now, &mut next, &mut writes)?;
             }
         }
         next.validate()?;
         Ok((next, writes))
+    }
+
+    /// Every object's kind and id, sources first (they refer to flows), then flows, then
+    /// destinations.
+    fn list_all(&self) -> impl Iterator<Item = (ConfigKind, String)> + '_ {
+        let sources = self.sources.keys().map(|id| (ConfigKind::Source, id.clone()));
+        let flows = self.flows.keys().map(|id| (ConfigKind::Flow, id.clone()));
+        let destinations = self.destinations.keys().map(|id| (ConfigKind::Destination, id.clone()));
+        sources.chain(flows).chain(destinations)
+    }
+
+    /// Writes a document's objects into `next`; answers the kind and id of each.
+    fn apply_document(
+        &self,
+        document: ConfigDocument,
+        now: Millis,
+        next: &mut Config,
+        writes: &mut Vec<ObjectWrite>,
+    ) -> Result<std::collections::HashSet<(ConfigKind, String)>, ChangeError> {
+        document.refuse_unbuilt_sections()?;
+        let objects = document
+            .flows
+            .into_iter()
+            .map(ConfigObject::Flow)
+            .chain(document.destinations.into_iter().map(|d| ConfigObject::Destination(Box::new(d))))
+            .chain(document.sources.into_iter().map(ConfigObject::Source));
+        let mut seen = std::collections::HashSet::new();
+        for mut object in objects {
+            let named = object.id().is_empty();
+            object.fill_defaults(false);
+            self.give_signing_secret(&mut object, now);
+            if !seen.insert((object.kind(), object.id().to_owned())) {
+                let hint =
+                    if named { " (an object without an id is named after its name: give each an id)" } else { "" };
+                return Err(ConfigError::one(format!(
+                    "{} {:?} appears twice in the document{hint}",
+                    object.kind(),
+                    object.id()
+                ))
+                .into());
+            }
+            if next.get(object.kind(), object.id()).as_ref() != Some(&object) {
+                writes.push(ObjectWrite::Put(object.clone()));
+                next.insert(object);
+            }
+        }
+        Ok(seen)
     }
 
     /// Every webhook is signed: a destination written without a signing secret keeps the one
@@ -465,11 +495,13 @@ impl Config {
 
     /// How many objects of this configuration are new or different in it compared to `before`.
     pub fn changed_since(&self, before: &Config) -> usize {
-        ConfigKind::ALL
+        let written = ConfigKind::ALL
             .iter()
             .flat_map(|kind| self.list(*kind))
             .filter(|object| before.get(object.kind(), object.id()).as_ref() != Some(object))
-            .count()
+            .count();
+        let deleted = before.list_all().filter(|(kind, id)| !self.contains(*kind, id)).count();
+        written + deleted
     }
 
     /// The document form, for `GET /api/v1/config` and export.

@@ -85,6 +85,31 @@ async fn configuration_lists_page_with_limit_and_cursor() {
     app.stop().await;
 }
 
+#[tokio::test]
+async fn a_pruning_apply_makes_the_configuration_the_document() {
+    let app = spawn_app().await;
+    app.apply(&solar_config()).await;
+    let spare = json!({"id": "spare", "url": "https://spare.example.com"});
+    assert_eq!(app.post_admin("/api/v1/destinations", &spare).await.status(), StatusCode::CREATED);
+    // Without prune, objects the document leaves out stay.
+    app.apply(&solar_config()).await;
+    assert_eq!(app.get_admin("/api/v1/destinations/spare").await.status(), StatusCode::OK);
+    // With it, they go, and the answer counts them.
+    let pruned = app.post_admin("/api/v1/config?prune=true", &solar_config()).await;
+    assert_eq!(pruned.status(), StatusCode::OK);
+    assert_eq!(pruned.json::<Value>().await.unwrap()["changed"], 1);
+    assert_eq!(app.get_admin("/api/v1/destinations/spare").await.status(), StatusCode::NOT_FOUND);
+    // A flow still used by a source the document keeps cannot go: nothing changes.
+    let mut without_flow = solar_config();
+    without_flow["flows"] = json!([]);
+    let refused = app.post_admin("/api/v1/config?prune=true", &without_flow).await;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST, "{}", refused.text().await.unwrap());
+    assert_eq!(app.get_json("/api/v1/config").await["flows"].as_array().unwrap().len(), 1);
+    let bad = app.post_admin("/api/v1/config?prune=maybe", &solar_config()).await;
+    assert_eq!(error_code(bad).await.0, StatusCode::BAD_REQUEST);
+    app.stop().await;
+}
+
 async fn refused(app: &crate::helpers::TestApp, path: &str, body: Value) -> String {
     let response = app.post_admin(path, &body).await;
     let status = response.status();

@@ -35,6 +35,29 @@ fn apply_reports_changes_and_refuses_unknown_keys_by_name() {
 }
 
 #[test]
+fn apply_with_prune_deletes_what_the_file_leaves_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), CONFIG);
+    assert!(run(dir.path(), &["apply", path.to_str().unwrap()]).status.success());
+    let without_crm = CONFIG.replace("  - {id: crm, url: \"http://127.0.0.1:9/leads\", enabled: false}\n", "");
+    assert_ne!(without_crm, CONFIG);
+    let smaller = write_config(dir.path(), &without_crm);
+    let kept = run(dir.path(), &["apply", smaller.to_str().unwrap()]);
+    assert!(
+        stdout(&kept).contains("0 objects changed") && stdout(&kept).contains("1 destinations"),
+        "{}",
+        stdout(&kept)
+    );
+    let pruned = run(dir.path(), &["apply", "--prune", smaller.to_str().unwrap()]);
+    assert!(pruned.status.success(), "{}", stderr(&pruned));
+    assert!(
+        stdout(&pruned).contains("1 objects changed") && stdout(&pruned).contains("0 destinations"),
+        "{}",
+        stdout(&pruned)
+    );
+}
+
+#[test]
 fn unknown_database_schemes_are_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let output = std::process::Command::new(crate::process::binary())
