@@ -179,6 +179,42 @@ pub const EVENT_FIELDS: [&str; 18] = [
     "lead",
 ];
 
+/// Refuses a `rules` filter over events that names a path outside an event: `state`
+/// (meant as `lead.state`) would match nothing, silently.
+pub fn check_event_rules(rules: &leadrelay_domain::rules::RuleSet) -> Result<(), String> {
+    for field in rules.fields() {
+        let top = field.split('.').next().unwrap_or(field);
+        if !EVENT_FIELDS.contains(&top) {
+            return Err(format!(
+                "{field:?} is not a field of an event: use one of {}, data.…, or lead.… for the lead (lead.{field})",
+                EVENT_FIELDS[..EVENT_FIELDS.len() - 2].join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The top-level fields to show from `include` and `exclude` lists (comma-separated names of
+/// [`EVENT_FIELDS`]), in the log's order; all of them when neither is given.
+pub fn event_projection(include: Option<&str>, exclude: Option<&str>) -> Result<Vec<&'static str>, String> {
+    let parse = |text: &str, what: &str| -> Result<Vec<String>, String> {
+        let names: Vec<String> =
+            text.split(',').map(|name| name.trim().to_owned()).filter(|name| !name.is_empty()).collect();
+        match names.iter().find(|name| !EVENT_FIELDS.contains(&name.as_str())) {
+            Some(unknown) => Err(format!("{what}: unknown field {unknown:?}; fields are {}", EVENT_FIELDS.join(", "))),
+            None => Ok(names),
+        }
+    };
+    let include = include.map(|text| parse(text, "include")).transpose()?;
+    let exclude = exclude.map(|text| parse(text, "exclude")).transpose()?.unwrap_or_default();
+    Ok(EVENT_FIELDS
+        .iter()
+        .copied()
+        .filter(|field| include.as_ref().is_none_or(|names| names.iter().any(|name| name == field)))
+        .filter(|field| !exclude.iter().any(|name| name == field))
+        .collect())
+}
+
 /// One top-level value of an event, borrowed.
 #[derive(Clone, Copy, Debug)]
 pub enum FieldValue<'a> {

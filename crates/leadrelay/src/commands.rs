@@ -10,10 +10,11 @@ use leadrelay_delivery::guard::EgressPolicy;
 use leadrelay_domain::config::{parse_json, parse_yaml, ConfigChange, ConfigDocument};
 use leadrelay_domain::event::{EventType, RegisterStatus};
 use leadrelay_domain::ids::TokenId;
+use leadrelay_domain::rules::RuleSet;
 use leadrelay_domain::time::now_millis;
 use leadrelay_domain::time::parse_query_time;
 use leadrelay_server::{hash_token, new_token_value, AppState, Settings};
-use leadrelay_store::{Cursor, EventLines, EventQuery, NewToken, Role, SortOrder, Store, EVENT_FIELDS, MAX_PAGE};
+use leadrelay_store::{Cursor, EventLines, EventQuery, NewToken, Role, SortOrder, Store, MAX_PAGE};
 use leadrelay_store_postgres::{PostgresOptions, PostgresStore};
 use leadrelay_store_sqlite::{SqliteOptions, SqliteStore};
 
@@ -293,19 +294,35 @@ pub fn event_query(
         flow_id: filters.flow_id.clone(),
         start: time(&filters.start, false, "--start")?,
         end: time(&filters.end, true, "--end")?,
-        rules: None,
+        rules: filters
+            .rules
+            .as_deref()
+            .map(|text| -> anyhow::Result<RuleSet> {
+                let value: serde_json::Value =
+                    serde_json::from_str(text).map_err(|error| anyhow::anyhow!("--rules: not valid JSON: {error}"))?;
+                let rules = RuleSet::from_json(&value).map_err(|error| anyhow::anyhow!("--rules: {error}"))?;
+                leadrelay_store::check_event_rules(&rules).map_err(|error| anyhow::anyhow!("--rules: {error}"))?;
+                Ok(rules)
+            })
+            .transpose()?,
         limit,
         sort,
         cursor,
     })
 }
 
-pub async fn events(database_url: &str, query: EventQuery) -> anyhow::Result<ExitCode> {
+/// The top-level fields `--include` and `--exclude` leave.
+pub fn projection(filters: &crate::EventFilters) -> anyhow::Result<Vec<&'static str>> {
+    leadrelay_store::event_projection(filters.include.as_deref(), filters.exclude.as_deref())
+        .map_err(|error| anyhow::anyhow!("--{error}"))
+}
+
+pub async fn events(database_url: &str, query: EventQuery, fields: &[&'static str]) -> anyhow::Result<ExitCode> {
     let store = open_existing_store(database_url).await?;
     let page = leadrelay_store::events_page(store.as_ref(), &query, 20_000).await;
     store.close().await;
     let page = page.context("while reading events")?;
-    let lines = EventLines::from_events(&page.items, &EVENT_FIELDS);
+    let lines = EventLines::from_events(&page.items, fields);
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(lines.ndjson.as_bytes()).context("while writing events")?;
     stdout.flush().context("while writing events")?;
@@ -318,6 +335,7 @@ pub async fn events(database_url: &str, query: EventQuery) -> anyhow::Result<Exi
 pub async fn export(
     database_url: &str,
     query: EventQuery,
+    fields: &[&'static str],
     format: &str,
     output: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
@@ -331,7 +349,7 @@ pub async fn export(
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
-    let result = write_export(store.clone(), query, format, &mut out).await;
+    let result = write_export(store.clone(), query, fields, format, &mut out).await;
     store.close().await;
     let count = result?;
     out.flush().context("while writing the export")?;
@@ -342,21 +360,22 @@ pub async fn export(
 async fn write_export(
     store: Arc<dyn Store>,
     query: EventQuery,
+    fields: &[&'static str],
     format: &str,
     out: &mut dyn Write,
 ) -> anyhow::Result<usize> {
     use futures::StreamExt;
     let mut count = 0;
     if format == "csv" {
-        out.write_all(&leadrelay_server::export::csv_header(&EVENT_FIELDS))?;
+        out.write_all(&leadrelay_server::export::csv_header(fields))?;
         let mut pages = leadrelay_store::export_events(store, query).chunks(500);
         while let Some(chunk) = pages.next().await {
             let events = chunk.into_iter().collect::<Result<Vec<_>, _>>().context("while reading events")?;
-            out.write_all(&leadrelay_server::export::encode_csv(&events, &EVENT_FIELDS)?)?;
+            out.write_all(&leadrelay_server::export::encode_csv(&events, fields)?)?;
             count += events.len();
         }
     } else {
-        let mut pages = leadrelay_store::export_event_lines(store, query, EVENT_FIELDS.to_vec());
+        let mut pages = leadrelay_store::export_event_lines(store, query, fields.to_vec());
         while let Some(page) = pages.next().await {
             let page = page.context("while reading events")?;
             out.write_all(page.ndjson.as_bytes())?;

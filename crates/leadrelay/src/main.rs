@@ -58,6 +58,16 @@ struct EventFilters {
     /// Up to this time or date (a date means its whole day), inclusive.
     #[arg(long)]
     end: Option<String>,
+    /// A rule set (JSON) over event fields and the lead as `lead.…`, e.g.
+    /// '{"all":[{"field":"lead.state","op":"eq","value":"TX"}]}'.
+    #[arg(long)]
+    rules: Option<String>,
+    /// Only these top-level fields, comma-separated (`id,type,timestamp,lead_id`).
+    #[arg(long)]
+    include: Option<String>,
+    /// All top-level fields but these, comma-separated (`lead,data`).
+    #[arg(long)]
+    exclude: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -194,11 +204,13 @@ fn main() -> std::process::ExitCode {
             Command::Verify { store } => commands::verify(&store.database_url).await,
             Command::Events { store, filters, limit, sort, cursor } => {
                 let query = commands::event_query(&filters, limit, &sort, cursor.as_deref())?;
-                commands::events(&store.database_url, query).await
+                let fields = commands::projection(&filters)?;
+                commands::events(&store.database_url, query, &fields).await
             }
             Command::Export { store, filters, format, output } => {
                 let query = commands::event_query(&filters, leadrelay_store::MAX_PAGE, "asc", None)?;
-                commands::export(&store.database_url, query, &format, output.as_deref()).await
+                let fields = commands::projection(&filters)?;
+                commands::export(&store.database_url, query, &fields, &format, output.as_deref()).await
             }
             Command::Token { command: TokenCommand::Create { store, name, role } } => {
                 commands::token_create(&store.database_url, &name, &role).await

@@ -310,11 +310,23 @@ async fn events_and_export_commands_read_the_log() {
     assert!(text.starts_with("id,type,timestamp,"), "{text}");
     assert_eq!(text.lines().count(), 1 + 2, "two filtered leads have one skip event each");
 
+    // The API's rules, include and exclude, on the command line.
+    let rules = r#"{"all":[{"field":"lead.state","op":"eq","value":"TX"},{"field":"type","op":"eq","value":"source.accepted"}]}"#;
+    let output = run(dir.path(), &["export", "--rules", rules, "--include", "id,type,lead_id"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let lines: Vec<Value> = stdout(&output).lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert!(!lines.is_empty() && lines.iter().all(|event| event.as_object().unwrap().len() == 3), "{lines:?}");
+    let output = run(dir.path(), &["events", "--exclude", "lead,data", "--limit", "1"]);
+    let line: Value = serde_json::from_str(stdout(&output).lines().next().unwrap()).unwrap();
+    assert!(line.get("lead").is_none() && line.get("data").is_none() && line.get("type").is_some(), "{line}");
+
     for bad in [
         &["events", "--type", "lead.exploded"][..],
         &["events", "--limit", "0"],
         &["export", "--format", "xml"],
         &["events", "--start", "soon"],
+        &["events", "--rules", r#"{"all":[{"field":"state","op":"eq","value":"TX"}]}"#],
+        &["export", "--include", "id,colour"],
     ] {
         let output = run(dir.path(), bad);
         assert!(!output.status.success(), "{bad:?} should fail");
