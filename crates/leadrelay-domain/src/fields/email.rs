@@ -144,7 +144,7 @@ pub(super) fn parse(trimmed: &str) -> Parsed {
     };
     let user = address.local_part().to_lowercase();
     let domain = address.domain().to_lowercase();
-    if !domain.contains('.') || domain.ends_with('.') {
+    if !domain.contains('.') || domain.ends_with('.') || !is_host_name(&domain) {
         return Parsed::unparsed(trimmed, &COMPONENTS);
     }
     let is_free = is_free(&domain);
@@ -154,6 +154,22 @@ pub(super) fn parse(trimmed: &str) -> Parsed {
         .with("domain", domain)
         .with("is_free", is_free)
         .with("is_disposable", is_disposable)
+}
+
+/// A domain mail can be delivered to: labels of letters, digits and inner hyphens (`x_y.com`
+/// is no host name), and a top-level domain of at least two letters (`x.c` has none). Unicode
+/// labels are left as they are.
+fn is_host_name(domain: &str) -> bool {
+    let labels: Vec<&str> = domain.split('.').collect();
+    let tld = labels.last().copied().unwrap_or_default();
+    let tld_ok = tld.chars().count() >= 2 && !tld.chars().all(|c| c.is_ascii_digit());
+    tld_ok
+        && labels.iter().all(|label| {
+            !label.is_empty()
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_alphanumeric() || c == '-')
+        })
 }
 
 fn is_free(domain: &str) -> bool {
@@ -285,6 +301,10 @@ mod tests {
             "a@b@c.com",
             " Not An Email ",
             "user@.com",
+            "jo@x_y.com",
+            "jo@x.c",
+            "jo@-x.com",
+            "jo@x.123",
         ] {
             check_invalid(raw);
         }
