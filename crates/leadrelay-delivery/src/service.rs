@@ -250,7 +250,7 @@ impl DeliveryService {
             let reason = format!("Destination filter: {}", verdict.describe_failure());
             return (skipped(claimed, owner, reason, data, now), None);
         }
-        let caps = applicable_caps(destination, &snapshot, now);
+        let caps = applicable_caps(destination, self.config.current().rules.cap_rules(&destination.id), &snapshot, now);
         let reservation = match self.reserve(&caps).await {
             Ok(reservation) => reservation,
             Err(CapRefusal::Reached { reason, cap }) => return (skipped(claimed, owner, reason, cap, now), None),

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{Cap, CapWindow, Destination};
 use crate::lead::LeadView;
+use crate::rules::{CompiledRuleSet, RuleSet};
 use crate::time::Millis;
 
 /// One cap that applies to a lead now: the counter it uses and its limit.
@@ -78,13 +79,28 @@ pub fn window_start(window: CapWindow, tz: Tz, now: Millis) -> Millis {
     }
 }
 
-/// The caps of a destination that apply to a lead (its snapshot) at `now`.
-pub fn applicable_caps(destination: &Destination, snapshot: &Value, now: Millis) -> Vec<ApplicableCap> {
+/// The caps of a destination that apply to a lead (its snapshot) at `now`; `rules` are the
+/// caps' compiled rules ([`crate::compiled::CompiledRules::cap_rules`], read as the flows'
+/// field types), in the order of the caps.
+pub fn applicable_caps(
+    destination: &Destination,
+    rules: &[Option<(RuleSet, CompiledRuleSet)>],
+    snapshot: &Value,
+    now: Millis,
+) -> Vec<ApplicableCap> {
     destination
         .caps
         .iter()
-        .filter(|cap| cap.rules.as_ref().is_none_or(|rules| rules.compile().matches(&LeadView(snapshot))))
-        .map(|cap| {
+        .enumerate()
+        .filter(|(index, cap)| {
+            let Some(written) = &cap.rules else { return true };
+            match rules.get(*index) {
+                Some(Some((source, compiled))) if source == written => compiled.matches(&LeadView(snapshot)),
+                // Compiled for another version of the destination: compile these as written.
+                _ => written.compile().matches(&LeadView(snapshot)),
+            }
+        })
+        .map(|(_, cap)| {
             let tz: Tz = cap.time_zone.parse().unwrap_or(Tz::UTC);
             ApplicableCap {
                 key: CapWindowKey {
@@ -145,10 +161,27 @@ mod tests {
         let texan = json!({"state": {"raw": "TX", "value": "TX"}});
         let other = json!({"state": {"raw": "CA", "value": "CA"}});
         let now = at("2024-01-16T12:00:00Z");
-        assert_eq!(applicable_caps(&destination, &texan, now).len(), 2);
-        let caps = applicable_caps(&destination, &other, now);
+        assert_eq!(applicable_caps(&destination, &[], &texan, now).len(), 2);
+        let caps = applicable_caps(&destination, &[], &other, now);
         assert_eq!(caps.len(), 1);
         assert_eq!(caps[0].max, 100);
         assert_eq!(caps[0].reached(100), "Daily cap reached (100/100)");
+    }
+
+    #[test]
+    fn cap_rules_read_their_operands_as_the_flows_field_types() {
+        let config: crate::config::ConfigDocument = crate::config::parse_value(json!({
+            "flows": [{"id": "f", "fields": [{"name": "state", "type": "state"}], "destinations": ["buyer"]}],
+            "destinations": [{"id": "buyer", "url": "https://buyer.example.com",
+                              "caps": [{"window": "day", "max": 5, "rules": {"all": [{"field": "state", "op": "eq", "value": "Texas"}]}}]}]
+        }))
+        .unwrap();
+        let (config, _) =
+            crate::config::Config::default().change(crate::config::ConfigChange::Apply(config), 0).unwrap();
+        let compiled = crate::compiled::CompiledRules::new(&config);
+        let destination = &config.destinations["buyer"];
+        let texan = json!({"state": {"raw": "tx", "value": "TX", "valid": true}});
+        let now = at("2024-01-16T12:00:00Z");
+        assert_eq!(applicable_caps(destination, compiled.cap_rules("buyer"), &texan, now).len(), 1, "Texas is TX");
     }
 }

@@ -22,6 +22,25 @@ pub struct CompiledRules {
     flow_filters: HashMap<String, Vec<(String, CompiledRuleSet)>>,
     source_filters: HashMap<String, (String, CompiledRuleSet)>,
     destination_filters: HashMap<String, CompiledRuleSet>,
+    /// Each destination's caps' rules, in the order of its caps (`None` for a cap without).
+    cap_rules: HashMap<String, Vec<Option<(RuleSet, CompiledRuleSet)>>>,
+}
+
+/// The field types the flows that list a destination agree on: a destination serves every
+/// flow that lists it, so a field is read as its type only when those flows agree.
+pub fn destination_field_types<'a>(
+    config: &'a Config,
+    destination_id: &'a str,
+) -> impl Fn(&str) -> Option<FieldType> + 'a {
+    move |name: &str| {
+        let mut types = config
+            .flows
+            .values()
+            .filter(|flow| flow.destinations.iter().any(|id| id == destination_id))
+            .filter_map(|flow| flow.field(name).map(|field| field.field_type));
+        let first = types.next()?;
+        types.all(|other| other == first).then_some(first)
+    }
 }
 
 impl CompiledRules {
@@ -55,19 +74,27 @@ impl CompiledRules {
             .values()
             .filter_map(|destination| {
                 let rules = destination.filter.as_ref()?;
-                // A destination serves every flow that lists it: a field is read as its type
-                // when those flows agree on it.
-                let flows: Vec<&Flow> =
-                    config.flows.values().filter(|flow| flow.destinations.contains(&destination.id)).collect();
-                let type_of = |name: &str| {
-                    let mut types = flows.iter().filter_map(|flow| flow.field(name).map(|field| field.field_type));
-                    let first = types.next()?;
-                    types.all(|other| other == first).then_some(first)
-                };
-                Some((destination.id.clone(), compile_for(rules, &type_of)))
+                Some((destination.id.clone(), compile_for(rules, &destination_field_types(config, &destination.id))))
             })
             .collect();
-        Self { flow_filters, source_filters, destination_filters }
+        let cap_rules = config
+            .destinations
+            .values()
+            .map(|destination| {
+                let type_of = destination_field_types(config, &destination.id);
+                let rules = destination
+                    .caps
+                    .iter()
+                    .map(|cap| cap.rules.as_ref().map(|rules| (rules.clone(), compile_for(rules, &type_of))));
+                (destination.id.clone(), rules.collect())
+            })
+            .collect();
+        Self { flow_filters, source_filters, destination_filters, cap_rules }
+    }
+
+    /// The compiled rules of a destination's caps, in the order of its caps.
+    pub fn cap_rules(&self, destination_id: &str) -> &[Option<(RuleSet, CompiledRuleSet)>] {
+        self.cap_rules.get(destination_id).map_or(&[], Vec::as_slice)
     }
 
     /// The filters a lead from this source in this flow passes through, in order: the source's

@@ -408,7 +408,16 @@ impl Config {
                 self.apply_document(document, now, &mut next, &mut writes)?;
             }
         }
-        next.validate()?;
+        // Every problem of the result is refused, except one the configuration already had:
+        // a check added by an upgrade must not block every later change (a circuit breaker's
+        // trip included) until someone mends an object nobody is touching.
+        if let Err(error) = next.validate() {
+            let known = self.validate().err().map(|known| known.problems).unwrap_or_default();
+            let new: Vec<String> = error.problems.into_iter().filter(|problem| !known.contains(problem)).collect();
+            if !new.is_empty() {
+                return Err(ConfigError { problems: new }.into());
+            }
+        }
         Ok((next, writes))
     }
 
@@ -583,6 +592,36 @@ mod tests {
         assert!(error.starts_with("flows[0]:"), "{error}");
         let fine = r#"{"flows": [{"id": "solar", "filters": [{"name": "geo", "rules": {"all": [{"field": "state", "op": "in", "value": ["TX"]}]}}]}]}"#;
         assert!(parse_json::<ConfigDocument>(fine).is_ok());
+    }
+
+    #[test]
+    fn a_problem_stored_before_a_check_existed_does_not_block_other_changes() {
+        // Stored by an older version that did not refuse a Host header.
+        let document: ConfigDocument = parse_value(json!({
+            "destinations": [{"id": "old", "url": "https://crm.example.com/leads", "headers": {"Host": "x"}},
+                             {"id": "other", "url": "https://b.example.com/leads"}]
+        }))
+        .expect("document");
+        let stored = Config::from_objects(
+            document.destinations.into_iter().map(|destination| ConfigObject::Destination(Box::new(destination))),
+        );
+        assert!(stored.validate().is_err());
+        // The circuit breaker can still disable a destination, and other objects can change.
+        stored.change(ConfigChange::DisableDestination { id: "other".into() }, 1).expect("disable");
+        stored.change(ConfigChange::DisableDestination { id: "old".into() }, 1).expect("disable the old one too");
+        // A new problem is refused, and only it is named.
+        let bad: ConfigObject = ConfigObject::parse(
+            ConfigKind::Destination,
+            json!({"id": "new", "url": "https://c.example.com/leads", "headers": {"Content-Length": "5"}}),
+        )
+        .expect("parses");
+        let Err(ChangeError::Invalid(error)) =
+            stored.change(ConfigChange::Put { object: bad, mode: WriteMode::Create }, 2)
+        else {
+            panic!("a new problem is refused")
+        };
+        assert_eq!(error.problems.len(), 1, "{:?}", error.problems);
+        assert!(error.problems[0].starts_with("destinations[new].headers.Content-Length"), "{:?}", error.problems);
     }
 
     #[test]

@@ -23,12 +23,20 @@ impl Config {
         }
         for destination in self.destinations.values() {
             validate_destination(destination, &mut problems);
-            // The destination's filter meets the fields of every flow that lists it.
-            let Some(rules) = &destination.filter else { continue };
-            for flow in self.flows.values().filter(|flow| flow.destinations.contains(&destination.id)) {
-                let type_of = |name: &str| flow.field(name).map(|field| field.field_type);
-                for problem in crate::typed_rules::problems(rules, &type_of) {
-                    problems.push(format!("destinations[{}].filter.{problem} (in flow {})", destination.id, flow.id));
+            // The destination's filter and caps meet the fields of every flow that lists it.
+            let rule_sets = destination.filter.iter().map(|rules| ("filter".to_owned(), rules)).chain(
+                destination
+                    .caps
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(index, cap)| Some((format!("caps[{index}].rules"), cap.rules.as_ref()?))),
+            );
+            for (at, rules) in rule_sets {
+                for flow in self.flows.values().filter(|flow| flow.destinations.contains(&destination.id)) {
+                    let type_of = |name: &str| flow.field(name).map(|field| field.field_type);
+                    for problem in crate::typed_rules::problems(rules, &type_of) {
+                        problems.push(format!("destinations[{}].{at}.{problem} (in flow {})", destination.id, flow.id));
+                    }
                 }
             }
         }
