@@ -1,7 +1,8 @@
 //! The configuration as people who may read it but not use its secrets see it (operator and
-//! viewer tokens): every key, password, token, signing secret and secret-looking header or URL
-//! parameter is `***`. Such a document does not apply again (the masks are not valid secrets),
-//! so a masked copy can never overwrite the real one.
+//! viewer tokens): every key, password, token, signing secret, header value, body template,
+//! query value and secret-looking URL path segment (a webhook URL's token) is `***`. Such a
+//! document does not apply again (validation refuses `***` wherever a secret goes), so a
+//! masked copy can never overwrite the real one.
 
 use super::{Auth, ConfigDocument, ConfigObject, Destination, Flow, Source};
 
@@ -11,7 +12,9 @@ pub const MASK: &str = "***";
 /// Whether a query parameter's name says it carries a secret.
 pub fn secret_parameter(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
-    ["key", "token", "secret", "pass", "auth", "sig", "credential"].iter().any(|word| name.contains(word))
+    ["key", "token", "secret", "pass", "pwd", "auth", "sig", "credential", "code", "hook"]
+        .iter()
+        .any(|word| name.contains(word))
 }
 
 /// A URL as it may be shown or recorded: no user or password, and `***` for query values
@@ -33,8 +36,66 @@ pub fn redacted_url(url: &url::Url) -> String {
     shown.to_string()
 }
 
+/// A URL as a reader sees it: no credentials, every query value masked, and path segments
+/// that look like tokens (`/hooks/catch/123456/ab12cd34`, Slack's `T0…/B0…/…`) masked.
 fn redact_url_text(text: &mut String) {
-    *text = url::Url::parse(text).map(|url| redacted_url(&url)).unwrap_or_else(|_| MASK.to_owned());
+    let Ok(mut url) = url::Url::parse(text) else {
+        MASK.clone_into(text);
+        return;
+    };
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    let looks_secret =
+        |segment: &str| segment.len() >= 20 || (segment.len() >= 6 && segment.chars().any(|c| c.is_ascii_digit()));
+    let path: Vec<String> = url
+        .path()
+        .split('/')
+        .map(|segment| if looks_secret(segment) { MASK.to_owned() } else { segment.to_owned() })
+        .collect();
+    url.set_path(&path.join("/"));
+    if url.query().is_some() {
+        let pairs: Vec<(String, String)> =
+            url.query_pairs().map(|(name, _)| (name.into_owned(), MASK.to_owned())).collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    *text = url.to_string();
+}
+
+/// Whether a value written where a secret goes is the mask readers see: written back, it
+/// would replace the real secret.
+pub fn is_mask(value: &str) -> bool {
+    value.contains(MASK)
+}
+
+/// Where an object holds a secret and the mask stands in for it: each place's name and value.
+pub(super) fn secret_places(object: &ConfigObject) -> Vec<(String, &str)> {
+    let mut places = Vec::new();
+    match object {
+        ConfigObject::Flow(flow) => {
+            for enhancement in &flow.enhancements {
+                let at = format!("enhancements[{}]", enhancement.name);
+                places.push((format!("{at}.url"), enhancement.url.as_str()));
+                places.extend(
+                    enhancement.headers.iter().map(|(name, value)| (format!("{at}.headers.{name}"), value.as_str())),
+                );
+            }
+        }
+        ConfigObject::Source(source) => places.extend(source.key.as_deref().map(|key| ("key".to_owned(), key))),
+        ConfigObject::Destination(destination) => {
+            places.extend(destination.url.as_deref().map(|url| ("url".to_owned(), url)));
+            places.extend(destination.proxy.as_deref().map(|proxy| ("proxy".to_owned(), proxy)));
+            places.extend(destination.body_template.as_deref().map(|template| ("body_template".to_owned(), template)));
+            places.extend(destination.headers.iter().map(|(name, value)| (format!("headers.{name}"), value.as_str())));
+            match &destination.auth {
+                Some(Auth::Basic { password, .. }) => places.push(("auth.password".to_owned(), password)),
+                Some(Auth::Bearer { token }) => places.push(("auth.token".to_owned(), token)),
+                Some(Auth::Header { value, .. }) => places.push(("auth.value".to_owned(), value)),
+                None => {}
+            }
+            places.extend(destination.ga4.as_ref().map(|ga4| ("ga4.api_secret".to_owned(), ga4.api_secret.as_str())));
+        }
+    }
+    places
 }
 
 fn mask(text: &mut String) {
@@ -67,6 +128,9 @@ impl Destination {
             redact_url_text(proxy);
         }
         self.headers.values_mut().for_each(mask);
+        if let Some(template) = &mut self.body_template {
+            mask(template);
+        }
         match &mut self.auth {
             Some(Auth::Basic { password, .. }) => mask(password),
             Some(Auth::Bearer { token }) => mask(token),
@@ -125,22 +189,63 @@ mod tests {
                               "headers": {"X-Api-Key": "k1"}, "auth": {"type": "basic", "username": "me", "password": "pw"},
                               "signing_secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
                               "previous_signing_secrets": [{"secret": "whsec_old", "until": "2030-01-01T00:00:00Z"}],
-                              "proxy": "http://user:pw@proxy.test:3128"}]
+                              "proxy": "http://user:pw@proxy.test:3128",
+                              "body_template": "{\"api_key\": \"buyer-key-9\", \"e\": \"{{ lead.email }}\"}"},
+                             {"id": "zap", "url": "https://hooks.zapier.test/hooks/catch/123456/ab12cd34/"}]
         }))
         .unwrap()
         .redacted();
         let shown = serde_json::to_value(&document).unwrap();
         let text = shown.to_string();
-        for secret in
-            ["source-secret", "k1", "\"pw\"", "MfKQ9r8", "whsec_old", "token=t", "api_key=k", "user:pw", "u:p@"]
-        {
+        for secret in [
+            "source-secret",
+            "k1",
+            "\"pw\"",
+            "MfKQ9r8",
+            "whsec_old",
+            "token=t",
+            "api_key=k",
+            "user:pw",
+            "u:p@",
+            "buyer-key-9",
+            "123456",
+            "ab12cd34",
+        ] {
             assert!(!text.contains(secret), "{secret} shows in {text}");
         }
         let destination = &shown["destinations"][0];
-        assert_eq!(destination["url"], "https://crm.test/in?token=***&campaign=7");
+        assert_eq!(destination["url"], "https://crm.test/in?token=***&campaign=***");
         assert_eq!(destination["auth"], json!({"type": "basic", "username": "me", "password": "***"}));
         assert_eq!(destination["headers"], json!({"X-Api-Key": "***"}));
-        assert_eq!(shown["flows"][0]["enhancements"][0]["url"], "https://e.test/c?api_key=***&x=1");
+        assert_eq!(shown["flows"][0]["enhancements"][0]["url"], "https://e.test/c?api_key=***&x=***");
         assert_eq!(shown["sources"][0]["key"], "***");
+        assert_eq!(shown["destinations"][1]["url"], "https://hooks.zapier.test/hooks/catch/***/***/");
+    }
+
+    #[test]
+    fn a_masked_copy_written_back_is_refused_where_each_mask_stands() {
+        let document = parse_value::<ConfigDocument>(json!({
+            "flows": [{"id": "f", "destinations": ["crm"]}],
+            "sources": [{"id": "s", "flow_id": "f", "key": "source-secret"}],
+            "destinations": [{"id": "crm", "url": "https://crm.test/in/ab12cd34ef", "auth": {"type": "bearer", "token": "t0k"}}]
+        }))
+        .unwrap();
+        let (config, _) =
+            crate::config::Config::default().change(crate::config::ConfigChange::Apply(document), 0).unwrap();
+        let masked = config.to_document().redacted();
+        let Err(crate::config::ChangeError::Invalid(error)) =
+            config.change(crate::config::ConfigChange::Apply(masked), 1)
+        else {
+            panic!("the masked copy applied")
+        };
+        let text = error.problems.join("\n");
+        for place in [
+            "sources[s].key",
+            "destinations[crm].url",
+            "destinations[crm].auth.token",
+            "destinations[crm].signing_secret",
+        ] {
+            assert!(text.contains(place), "{place} not named in {text}");
+        }
     }
 }

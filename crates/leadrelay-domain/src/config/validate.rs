@@ -40,6 +40,26 @@ impl Config {
                 }
             }
         }
+        // A masked copy (what operator and viewer tokens read) written back would replace
+        // real secrets with the mask.
+        for kind in super::ConfigKind::ALL {
+            let collection = match kind {
+                super::ConfigKind::Flow => "flows",
+                super::ConfigKind::Source => "sources",
+                super::ConfigKind::Destination => "destinations",
+            };
+            for object in self.list(kind) {
+                for (place, value) in super::redact::secret_places(&object) {
+                    if super::redact::is_mask(value) {
+                        problems.push(format!(
+                            "{collection}[{}].{place}: \"***\" is the mask read-only tokens see, not a value; write \
+                             the real one",
+                            object.id()
+                        ));
+                    }
+                }
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
