@@ -223,6 +223,23 @@ impl ConfigObject {
     /// A `unique` id has a random suffix, for a `POST` that creates a new object each time;
     /// otherwise the same name gives the same id, so that applying a file twice replaces
     /// what the first time created.
+    /// The name, as written.
+    pub fn name(&self) -> &str {
+        match self {
+            ConfigObject::Flow(flow) => &flow.name,
+            ConfigObject::Source(source) => &source.name,
+            ConfigObject::Destination(destination) => &destination.name,
+        }
+    }
+
+    fn set_id(&mut self, new: String) {
+        match self {
+            ConfigObject::Flow(flow) => flow.id = new,
+            ConfigObject::Source(source) => source.id = new,
+            ConfigObject::Destination(destination) => destination.id = new,
+        }
+    }
+
     pub fn fill_defaults(&mut self, unique: bool) {
         let kind = self.kind().as_str();
         let (id, name) = match self {
@@ -448,6 +465,15 @@ impl Config {
         let mut seen = std::collections::HashSet::new();
         for mut object in objects {
             let named = object.id().is_empty();
+            if named && !object.name().is_empty() {
+                // An object written without an id is the stored one of that name (created
+                // through the API with a suffixed id, say), when exactly one has it.
+                let mut same_name =
+                    self.list(object.kind()).into_iter().filter(|stored| stored.name() == object.name());
+                if let (Some(stored), None) = (same_name.next(), same_name.next()) {
+                    object.set_id(stored.id().to_owned());
+                }
+            }
             object.fill_defaults(false);
             self.give_signing_secret(&mut object, now);
             if !seen.insert((object.kind(), object.id().to_owned())) {

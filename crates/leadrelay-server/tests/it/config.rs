@@ -107,6 +107,22 @@ async fn a_pruning_apply_makes_the_configuration_the_document() {
     assert_eq!(app.get_json("/api/v1/config").await["flows"].as_array().unwrap().len(), 1);
     let bad = app.post_admin("/api/v1/config?prune=maybe", &solar_config()).await;
     assert_eq!(error_code(bad).await.0, StatusCode::BAD_REQUEST);
+    // An object created through the API (its id suffixed) and written in a file by its name
+    // alone is the same object: pruning keeps it, with its id and signing secret.
+    let created =
+        app.post_admin("/api/v1/destinations", &json!({"name": "Backup CRM", "url": "https://b.example.com"})).await;
+    let created: Value = created.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("backup-crm-"), "{id}");
+    let mut with_backup = solar_config();
+    with_backup["destinations"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "Backup CRM", "url": "https://b.example.com"}));
+    let applied = app.post_admin("/api/v1/config?prune=true", &with_backup).await;
+    assert_eq!(applied.json::<Value>().await.unwrap()["changed"], 0);
+    let kept = app.get_json(&format!("/api/v1/destinations/{id}")).await;
+    assert_eq!(kept["signing_secret"], created["signing_secret"]);
     app.stop().await;
 }
 

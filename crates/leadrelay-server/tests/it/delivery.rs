@@ -696,5 +696,12 @@ async fn a_destination_with_transfers_waiting_cannot_be_deleted() {
     let body: Value = refused.json().await.unwrap();
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("1 transfers waiting"), "{body}");
+    // Nor can a pruning apply that leaves it out delete it: nothing of the document is applied.
+    let mut without = config(json!([]));
+    without["flows"][0]["name"] = json!("Renamed");
+    let refused = app.post_admin("/api/v1/config?prune=true", &without).await;
+    assert_eq!(refused.status(), StatusCode::CONFLICT);
+    assert_eq!(app.get_json("/api/v1/flows/leads").await["name"], "Leads", "nothing changed");
+    assert_eq!(app.get_admin("/api/v1/destinations/crm").await.status(), StatusCode::OK);
     app.stop().await;
 }
