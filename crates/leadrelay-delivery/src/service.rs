@@ -86,6 +86,20 @@ pub struct DeliveryService {
     failures: Mutex<HashMap<String, u32>>,
 }
 
+/// One of a destination's connections, held by a realtime call; given back when dropped.
+struct Slot<'a> {
+    service: &'a DeliveryService,
+    destination_id: String,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if let Some(count) = self.service.in_flight().get_mut(&self.destination_id) {
+            *count = count.saturating_sub(1);
+        }
+    }
+}
+
 /// Deliveries reserved in cap windows; given back when dropped.
 pub struct CapReservation {
     reserved: Arc<Mutex<HashMap<CapWindowKey, u64>>>,
@@ -418,7 +432,7 @@ impl DeliveryService {
                 // Realtime calls share the destination's concurrency with the dispatcher's;
                 // when every connection is busy, the transfer goes to the background at once.
                 let slot = self.take_slot(destination);
-                let (record, reservation) = if slot {
+                let (record, reservation) = if slot.is_some() {
                     self.attempt_realtime(transfer, destination).await
                 } else {
                     let reason = format!(
@@ -432,9 +446,7 @@ impl DeliveryService {
                     tracing::error!(%error, "recording a realtime delivery failed; it will be delivered again");
                 }
                 drop(reservation);
-                if slot {
-                    self.give_back_slot(&destination.id);
-                }
+                drop(slot);
                 // A failed realtime delivery may now wait for a retry: let the dispatcher see it.
                 self.wake();
                 answer
@@ -444,21 +456,15 @@ impl DeliveryService {
     }
 
     /// Takes one of a destination's `concurrency` connections for a realtime call, if one is
-    /// free.
-    fn take_slot(&self, destination: &Destination) -> bool {
+    /// free; it is given back when the slot is dropped, however the call ends.
+    fn take_slot<'a>(&'a self, destination: &Destination) -> Option<Slot<'a>> {
         let mut in_flight = self.in_flight();
         let busy = in_flight.entry(destination.id.clone()).or_default();
         if *busy >= destination.concurrency as usize {
-            return false;
+            return None;
         }
         *busy += 1;
-        true
-    }
-
-    fn give_back_slot(&self, destination_id: &str) {
-        if let Some(count) = self.in_flight().get_mut(destination_id) {
-            *count = count.saturating_sub(1);
-        }
+        Some(Slot { service: self, destination_id: destination.id.clone() })
     }
 
     /// Calls a flow's enhancements for a prepared lead, in order.

@@ -161,7 +161,7 @@ mod tests {
             "state": field("tx", FieldType::State),
             "phone": field("(512) 555-0100", FieldType::Phone),
             "amount": field("1000", FieldType::Number),
-            "note": field("Texas", FieldType::Text),
+            "note": field("TX", FieldType::Text),
         });
         let passes = |rule: serde_json::Value| typed(&rules(json!({"all": [rule]})), &types).compile().matches(&lead);
         assert!(!passes(json!({"field": "dob", "op": "gt", "value": "01/01/1990"})));
@@ -173,7 +173,7 @@ mod tests {
         assert!(passes(json!({"field": "phone", "op": "eq", "value": "512-555-0100"})));
         assert!(passes(json!({"field": "amount", "op": "eq", "value": "1,000"})));
         // Text stays text, and a value the type cannot read is compared as written.
-        assert!(passes(json!({"field": "note", "op": "eq", "value": "texas"})));
+        assert!(!passes(json!({"field": "note", "op": "eq", "value": "Texas"})), "a text field is not a state");
         assert!(!passes(json!({"field": "state", "op": "eq", "value": "Texas Hill Country"})));
     }
 

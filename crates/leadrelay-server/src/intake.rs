@@ -33,29 +33,60 @@ const MAX_DECISIONS: usize = 5;
 #[derive(Default)]
 pub(crate) struct RealtimeWaits(std::sync::Mutex<WaitsByKey>);
 
-/// By source and idempotency key, where the final answer will come.
-type WaitsByKey = HashMap<(String, String), watch::Receiver<Option<StoredAnswer>>>;
+/// By source and idempotency key: which submission announced the wait, and where its final
+/// answer will come.
+type WaitsByKey = HashMap<(String, String), (u64, watch::Receiver<Option<StoredAnswer>>)>;
+
+/// A submission's announced wait. Dropping it withdraws the announcement (whether the answer
+/// was given, the submitter hung up or the task failed), so no entry outlives its submission.
+pub(crate) struct AnnouncedWait {
+    state: Arc<AppState>,
+    entry: (String, String),
+    id: u64,
+    answer: watch::Sender<Option<StoredAnswer>>,
+}
+
+impl AnnouncedWait {
+    fn answer(self, answer: StoredAnswer) {
+        self.answer.send_replace(Some(answer));
+    }
+}
+
+impl Drop for AnnouncedWait {
+    fn drop(&mut self) {
+        let mut waits = self.state.realtime_waits.lock();
+        // Only this submission's own announcement: another may have the key since.
+        if waits.get(&self.entry).is_some_and(|(id, _)| *id == self.id) {
+            waits.remove(&self.entry);
+        }
+    }
+}
 
 impl RealtimeWaits {
     fn lock(&self) -> std::sync::MutexGuard<'_, WaitsByKey> {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Announces a submission about to wait; the sender gives its final answer.
-    fn begin(&self, source_id: &str, key: &str) -> watch::Sender<Option<StoredAnswer>> {
-        let (sender, receiver) = watch::channel(None);
-        self.lock().insert((source_id.to_owned(), key.to_owned()), receiver);
-        sender
-    }
-
-    fn end(&self, source_id: &str, key: &str) {
-        self.lock().remove(&(source_id.to_owned(), key.to_owned()));
+    /// Announces a submission about to wait for its realtime destinations, unless another
+    /// submission with the key already waits (the commit makes this one a replay of it).
+    fn begin(state: &Arc<AppState>, source_id: &str, key: &str) -> Option<AnnouncedWait> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let entry = (source_id.to_owned(), key.to_owned());
+        let mut waits = state.realtime_waits.lock();
+        if waits.contains_key(&entry) {
+            return None;
+        }
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (answer, receiver) = watch::channel(None);
+        waits.insert(entry.clone(), (id, receiver));
+        drop(waits);
+        Some(AnnouncedWait { state: state.clone(), entry, id, answer })
     }
 
     /// The answer to replay for a key: the first submission's final answer when it is still
     /// waiting for its destinations here, else the stored one.
     async fn replay(&self, source_id: &str, key: &str, stored: StoredAnswer) -> StoredAnswer {
-        let waiting = self.lock().get(&(source_id.to_owned(), key.to_owned())).cloned();
+        let waiting = self.lock().get(&(source_id.to_owned(), key.to_owned())).map(|(_, receiver)| receiver.clone());
         let Some(mut waiting) = waiting else { return stored };
         // The first submission's task may end without an answer: what was stored stands.
         let answer = waiting.wait_for(Option::is_some).await.ok().and_then(|answer| answer.clone());
@@ -126,11 +157,13 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Map<String, Value>>
         });
         let encoding = match charset {
             None => None,
-            Some(label) => Some(encoding_rs::Encoding::for_label(label.as_bytes()).ok_or_else(|| {
-                ApiError::UnsupportedMediaType(format!(
-                    "unknown charset {label:?}: send UTF-8, or name a known charset"
-                ))
-            })?),
+            Some(label) => {
+                Some(encoding_rs::Encoding::for_label_no_replacement(label.as_bytes()).ok_or_else(|| {
+                    ApiError::UnsupportedMediaType(format!(
+                        "unknown charset {label:?}: send UTF-8, or name a known charset"
+                    ))
+                })?)
+            }
         };
         Ok(fields_of(form_pairs(body, encoding)))
     } else {
@@ -398,15 +431,11 @@ pub(crate) async fn submit(
         // Announced before the commit, so that a retry that finds the committed answer waits
         // for the outcomes; withdrawn unless this submission goes on to wait for them.
         let final_answer = match (&idempotency_key, realtime.is_empty()) {
-            (Some(key), false) => Some(state.realtime_waits.begin(&source.id, key)),
+            (Some(key), false) => RealtimeWaits::begin(&state, &source.id, key),
             _ => None,
         };
         let committed = state.store.commit_submission(submission).await;
-        if final_answer.is_some() && !matches!(committed, Ok(CommitOutcome::Committed)) {
-            if let Some(key) = &idempotency_key {
-                state.realtime_waits.end(&source.id, key);
-            }
-        }
+        let final_answer = final_answer.filter(|_| matches!(committed, Ok(CommitOutcome::Committed)));
         match committed? {
             CommitOutcome::Committed if realtime.is_empty() => {
                 if queued {
@@ -423,7 +452,6 @@ pub(crate) async fn submit(
                 let (store, delivery, live) = (state.store.clone(), state.delivery.clone(), config.clone());
                 let (source_id, key) = (source.id.clone(), idempotency_key.clone());
                 let answer_before_calls = answer.clone();
-                let waits = state.clone();
                 let task = tokio::spawn(async move {
                     let mut deliveries = delivery.deliver_realtime(&live, &realtime).await;
                     deliveries.append(&mut answer_now.deliveries);
@@ -438,9 +466,8 @@ pub(crate) async fn submit(
                             tracing::warn!(%error, "keeping the realtime answer for the idempotency key failed");
                         }
                         if let Some(final_answer) = final_answer {
-                            final_answer.send_replace(Some(answer.clone()));
+                            final_answer.answer(answer.clone());
                         }
-                        waits.realtime_waits.end(&source_id, &key);
                     }
                     Ok::<_, ApiError>(answer)
                 });

@@ -12,7 +12,9 @@ use crate::receiver::{Receiver, Reply};
 
 #[tokio::test]
 async fn realtime_calls_keep_to_the_destination_concurrency() {
-    let receiver = Receiver::start(vec![Reply::status(200).delay(Duration::from_millis(400))]).await;
+    // Slow enough that every submission meets the first call still in flight, even on a
+    // loaded machine.
+    let receiver = Receiver::start(vec![Reply::status(200).delay(Duration::from_millis(1500))]).await;
     let app = spawn_delivering_app().await;
     let destination = webhook("crm", &receiver, json!({"mode": "realtime", "concurrency": 1}));
     app.apply(&config(json!([destination]))).await;
