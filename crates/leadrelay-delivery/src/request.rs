@@ -289,10 +289,24 @@ pub fn build_request(
             headers.insert("Content-Type".to_owned(), "application/xml".to_owned());
         }
     }
+    // Credentials written in the URL are sent as the `Authorization` header they stand for,
+    // and the URL goes without them: the recorded request then shows that header (masked) as
+    // it was sent. A configured `auth` wins over them.
+    let url_credentials = (!url.username().is_empty() || url.password().is_some()).then(|| {
+        let decode = |part: &str| percent_encoding::percent_decode_str(part).decode_utf8_lossy().into_owned();
+        (decode(url.username()), decode(url.password().unwrap_or_default()))
+    });
+    if url_credentials.is_some() {
+        // Clearing the user info of a URL that has some cannot fail.
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+    }
+    let basic = |username: &str, password: &str| {
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}")))
+    };
     match &destination.auth {
         Some(Auth::Basic { username, password }) => {
-            let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
-            headers.insert("Authorization".to_owned(), format!("Basic {encoded}"));
+            headers.insert("Authorization".to_owned(), basic(username, password));
         }
         Some(Auth::Bearer { token }) => {
             headers.insert("Authorization".to_owned(), format!("Bearer {token}"));
@@ -300,7 +314,11 @@ pub fn build_request(
         Some(Auth::Header { name, value }) => {
             headers.insert(name.clone(), value.clone());
         }
-        None => {}
+        None => {
+            if let Some((username, password)) = &url_credentials {
+                headers.insert("Authorization".to_owned(), basic(username, password));
+            }
+        }
     }
     headers.insert("User-Agent".to_owned(), concat!("leadrelay/", env!("CARGO_PKG_VERSION")).to_owned());
     // The destination's own headers win over the defaults (`Content-Type`, `User-Agent`);
@@ -541,5 +559,24 @@ mod tests {
         assert_eq!(request.header("User-Agent"), Some("acme-bridge/2"));
         assert_eq!(request.header("content-type"), Some("text/plain"));
         assert_eq!(request.headers.iter().filter(|(name, _)| name.eq_ignore_ascii_case("user-agent")).count(), 1);
+    }
+
+    #[test]
+    fn credentials_in_the_url_are_sent_as_an_authorization_header() {
+        let request =
+            build_request(&destination(json!({"url": "http://ann:p%40ss@crm.test/leads"})), &snapshot(), &context())
+                .unwrap();
+        // ann:p@ss
+        assert_eq!(request.header("authorization"), Some("Basic YW5uOnBAc3M="));
+        assert_eq!(request.url.as_str(), "http://crm.test/leads");
+        // A configured auth wins over them.
+        let request = build_request(
+            &destination(json!({"url": "http://ann:pw@crm.test/leads", "auth": {"type": "bearer", "token": "t"}})),
+            &snapshot(),
+            &context(),
+        )
+        .unwrap();
+        assert_eq!(request.header("authorization"), Some("Bearer t"));
+        assert_eq!(request.url.as_str(), "http://crm.test/leads");
     }
 }
