@@ -15,7 +15,7 @@ use leadrelay_domain::config::FieldDef;
 use leadrelay_domain::fields::{parse_field, FieldType};
 use leadrelay_domain::lead::place_fields;
 use leadrelay_domain::time::{format_millis, now_millis};
-use leadrelay_store::{Cursor, JobRecord, ResendOutcome, ResendRequest};
+use leadrelay_store::{CursorList, JobRecord, ResendOutcome, ResendRequest};
 use serde_json::{json, Map, Value};
 
 use crate::auth::Caller;
@@ -41,8 +41,10 @@ pub(crate) async fn not_integrated(
     RawQuery(query): RawQuery,
 ) -> ApiResult<Response> {
     let params = Params::parse(query.as_deref(), REGISTER_PARAMS)?;
-    let page = state.store.not_integrated_page(&register_query(&params)?).await?;
-    json_response(&PageBody { items: page.items, next_cursor: page.next_cursor.as_ref().map(Cursor::encode) })
+    let query = register_query(&params)?;
+    let page = state.store.not_integrated_page(&query).await?;
+    let next_cursor = page.next_cursor.as_ref().map(|cursor| cursor.encode_for(CursorList::Transfers, query.sort));
+    json_response(&PageBody { items: page.items, next_cursor })
 }
 
 /// Sample values for a flow's fields, so a test call looks like a real lead.

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use leadrelay_domain::event::{EventType, Outcome, RegisterStatus};
 use leadrelay_domain::rules::RuleSet;
 use leadrelay_domain::time::{parse_query_time, Millis};
-use leadrelay_store::{Cursor, EventQuery, LeadQuery, RegisterQuery, SortOrder, EVENT_FIELDS, MAX_PAGE};
+use leadrelay_store::{Cursor, CursorList, EventQuery, LeadQuery, RegisterQuery, SortOrder, EVENT_FIELDS, MAX_PAGE};
 
 use crate::{ApiError, ApiResult};
 
@@ -68,9 +68,11 @@ impl Params {
         }
     }
 
-    pub fn cursor(&self) -> ApiResult<Option<Cursor>> {
+    /// The `cursor` of a list read in `sort` order; one handed out by another list or for the
+    /// other order is refused.
+    pub fn cursor(&self, list: CursorList, sort: SortOrder) -> ApiResult<Option<Cursor>> {
         self.text("cursor")
-            .map(|text| Cursor::decode(&text).ok_or_else(|| invalid("cursor", "not a cursor this API handed out")))
+            .map(|text| Cursor::decode_for(&text, list, sort).map_err(|problem| invalid("cursor", problem)))
             .transpose()
     }
 
@@ -172,6 +174,7 @@ pub fn event_query(params: &Params, default_sort: SortOrder) -> ApiResult<EventQ
         })
         .transpose()?;
     let (start, end) = params.range()?;
+    let sort = params.sort(default_sort)?;
     Ok(EventQuery {
         lead_id: params.text("lead_id"),
         event_type,
@@ -183,8 +186,8 @@ pub fn event_query(params: &Params, default_sort: SortOrder) -> ApiResult<EventQ
         end,
         rules,
         limit: params.limit(100)?,
-        sort: params.sort(default_sort)?,
-        cursor: params.cursor()?,
+        sort,
+        cursor: params.cursor(CursorList::Events, sort)?,
     })
 }
 
@@ -196,6 +199,7 @@ pub fn lead_query(params: &Params) -> ApiResult<LeadQuery> {
         .map(|text| Outcome::parse(&text).ok_or_else(|| invalid("outcome", "must be success, failure or error")))
         .transpose()?;
     let (start, end) = params.range()?;
+    let sort = params.sort(SortOrder::Desc)?;
     Ok(LeadQuery {
         flow_id: params.text("flow_id"),
         source_id: params.text("source_id"),
@@ -203,8 +207,8 @@ pub fn lead_query(params: &Params) -> ApiResult<LeadQuery> {
         start,
         end,
         limit: params.limit(100)?,
-        sort: params.sort(SortOrder::Desc)?,
-        cursor: params.cursor()?,
+        sort,
+        cursor: params.cursor(CursorList::Leads, sort)?,
     })
 }
 
@@ -257,6 +261,7 @@ pub fn json_object_body(body: &[u8], what: &str) -> ApiResult<serde_json::Map<St
 
 pub fn register_query(params: &Params) -> ApiResult<RegisterQuery> {
     let (start, end) = params.range()?;
+    let sort = params.sort(SortOrder::Desc)?;
     Ok(RegisterQuery {
         status: params.status()?,
         lead_id: params.text("lead_id"),
@@ -266,7 +271,7 @@ pub fn register_query(params: &Params) -> ApiResult<RegisterQuery> {
         start,
         end,
         limit: params.limit(100)?,
-        sort: params.sort(SortOrder::Desc)?,
-        cursor: params.cursor()?,
+        sort,
+        cursor: params.cursor(CursorList::Transfers, sort)?,
     })
 }

@@ -12,7 +12,7 @@ use axum::routing::get;
 use axum::Router;
 use futures::StreamExt;
 use leadrelay_store::{
-    events_page, export_event_lines, export_events, write_json_string, Cursor, EventQuery, SortOrder, EVENT_FIELDS,
+    events_page, export_event_lines, export_events, write_json_string, CursorList, EventQuery, SortOrder, EVENT_FIELDS,
 };
 use serde::Serialize;
 
@@ -54,7 +54,7 @@ impl Projection {
 }
 
 /// `{"items": [...], "next_cursor": ...}` around items that write themselves as JSON.
-fn page_json(count: usize, next_cursor: Option<&Cursor>, mut write_item: impl FnMut(usize, &mut Vec<u8>)) -> Vec<u8> {
+fn page_json(count: usize, next_cursor: Option<String>, mut write_item: impl FnMut(usize, &mut Vec<u8>)) -> Vec<u8> {
     let mut out = Vec::with_capacity(count * 1024 + 64);
     out.extend_from_slice(b"{\"items\":[");
     for index in 0..count {
@@ -65,7 +65,7 @@ fn page_json(count: usize, next_cursor: Option<&Cursor>, mut write_item: impl Fn
     }
     out.extend_from_slice(b"],\"next_cursor\":");
     match next_cursor {
-        Some(cursor) => write_json_string(&mut out, &cursor.encode()),
+        Some(cursor) => write_json_string(&mut out, &cursor),
         None => out.extend_from_slice(b"null"),
     }
     out.push(b'}');
@@ -89,7 +89,8 @@ pub(crate) fn json_response(body: &impl Serialize) -> ApiResult<Response> {
 
 async fn events_response(state: &AppState, query: EventQuery, projection: Projection) -> ApiResult<Response> {
     let page = events_page(state.store.as_ref(), &query, RULES_SCAN_BUDGET).await?;
-    Ok(json_bytes(page_json(page.items.len(), page.next_cursor.as_ref(), |index, out| {
+    let next_cursor = page.next_cursor.as_ref().map(|cursor| cursor.encode_for(CursorList::Events, query.sort));
+    Ok(json_bytes(page_json(page.items.len(), next_cursor, |index, out| {
         page.items[index].write_json(out, &projection.0)
     })))
 }
@@ -163,8 +164,10 @@ pub(crate) async fn get_event(
               (status = 400, description = "A parameter is invalid", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn list_leads(State(state): State<Arc<AppState>>, RawQuery(query): RawQuery) -> ApiResult<Response> {
     let params = Params::parse(query.as_deref(), LEAD_PARAMS)?;
-    let page = state.store.leads_page(&lead_query(&params)?).await?;
-    Ok(json_bytes(page_json(page.items.len(), page.next_cursor.as_ref(), |index, out| {
+    let query = lead_query(&params)?;
+    let page = state.store.leads_page(&query).await?;
+    let next_cursor = page.next_cursor.as_ref().map(|cursor| cursor.encode_for(CursorList::Leads, query.sort));
+    Ok(json_bytes(page_json(page.items.len(), next_cursor, |index, out| {
         out.extend_from_slice(page.items[index].snapshot.as_bytes())
     })))
 }
@@ -212,8 +215,10 @@ pub(crate) async fn list_register(
     RawQuery(query): RawQuery,
 ) -> ApiResult<Response> {
     let params = Params::parse(query.as_deref(), REGISTER_PARAMS)?;
-    let page = state.register_page(&register_query(&params)?).await?;
-    json_response(&PageBody { items: page.items, next_cursor: page.next_cursor.as_ref().map(Cursor::encode) })
+    let query = register_query(&params)?;
+    let page = state.register_page(&query).await?;
+    let next_cursor = page.next_cursor.as_ref().map(|cursor| cursor.encode_for(CursorList::Transfers, query.sort));
+    json_response(&PageBody { items: page.items, next_cursor })
 }
 
 /// At most `remaining` of the `count` lines of `ndjson`, counting them off `remaining`.

@@ -40,6 +40,56 @@ impl Cursor {
     }
 }
 
+/// The lists a cursor pages: one handed out by a list (in one order) is refused by another,
+/// rather than silently starting somewhere else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CursorList {
+    Events,
+    Leads,
+    /// The register and the not-integrated collection.
+    Transfers,
+}
+
+impl CursorList {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Events => "events",
+            Self::Leads => "leads",
+            Self::Transfers => "transfers",
+        }
+    }
+}
+
+impl Cursor {
+    /// The text handed to API clients: the position, the list and the order it pages.
+    pub fn encode_for(&self, list: CursorList, sort: SortOrder) -> String {
+        URL_SAFE_NO_PAD.encode(format!("v2:{}:{}:{}:{}", list.as_str(), sort.as_str(), self.time, self.seq))
+    }
+
+    /// Reads a cursor handed out by [`Cursor::encode_for`] for this list and order; the error
+    /// says what is wrong with it.
+    pub fn decode_for(text: &str, list: CursorList, sort: SortOrder) -> Result<Self, String> {
+        const NOT_OURS: &str = "not a cursor this API handed out";
+        let bytes = URL_SAFE_NO_PAD.decode(text.trim()).map_err(|_| NOT_OURS.to_owned())?;
+        let text = String::from_utf8(bytes).map_err(|_| NOT_OURS.to_owned())?;
+        let parts: Vec<&str> = text.split(':').collect();
+        let [version, cursor_list, cursor_sort, time, seq] = parts[..] else { return Err(NOT_OURS.to_owned()) };
+        if version != "v2" {
+            return Err(NOT_OURS.to_owned());
+        }
+        let (Ok(time), Ok(seq)) = (time.parse(), seq.parse()) else { return Err(NOT_OURS.to_owned()) };
+        if cursor_list != list.as_str() {
+            return Err(format!("this cursor pages {cursor_list}, not {}; start without a cursor", list.as_str()));
+        }
+        if cursor_sort != sort.as_str() {
+            return Err(format!(
+                "this cursor pages in sort={cursor_sort} order; ask with sort={cursor_sort}, or start without a cursor"
+            ));
+        }
+        Ok(Self { time, seq })
+    }
+}
+
 impl Serialize for Cursor {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&self.encode())
@@ -51,6 +101,15 @@ pub enum SortOrder {
     Asc,
     #[default]
     Desc,
+}
+
+impl SortOrder {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Asc => "asc",
+            Self::Desc => "desc",
+        }
+    }
 }
 
 /// One page of a list and where the next one starts.

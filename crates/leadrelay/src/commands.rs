@@ -14,7 +14,7 @@ use leadrelay_domain::rules::RuleSet;
 use leadrelay_domain::time::now_millis;
 use leadrelay_domain::time::parse_query_time;
 use leadrelay_server::{hash_token, new_token_value, AppState, Settings};
-use leadrelay_store::{Cursor, EventLines, EventQuery, NewToken, Role, SortOrder, Store, MAX_PAGE};
+use leadrelay_store::{Cursor, CursorList, EventLines, EventQuery, NewToken, Role, SortOrder, Store, MAX_PAGE};
 use leadrelay_store_postgres::{PostgresOptions, PostgresStore};
 use leadrelay_store_sqlite::{SqliteOptions, SqliteStore};
 
@@ -283,8 +283,11 @@ pub fn event_query(
         "desc" => SortOrder::Desc,
         other => bail!("--sort: {other:?} is not asc or desc"),
     };
-    let cursor =
-        cursor.map(|text| Cursor::decode(text).context("--cursor: not a cursor leadrelay printed")).transpose()?;
+    let cursor = cursor
+        .map(|text| {
+            Cursor::decode_for(text, CursorList::Events, sort).map_err(|problem| anyhow::anyhow!("--cursor: {problem}"))
+        })
+        .transpose()?;
     Ok(EventQuery {
         lead_id: filters.lead_id.clone(),
         event_type,
@@ -327,7 +330,7 @@ pub async fn events(database_url: &str, query: EventQuery, fields: &[&'static st
     stdout.write_all(lines.ndjson.as_bytes()).context("while writing events")?;
     stdout.flush().context("while writing events")?;
     if let Some(cursor) = page.next_cursor {
-        eprintln!("more events: --cursor {}", cursor.encode());
+        eprintln!("more events: --cursor {}", cursor.encode_for(CursorList::Events, query.sort));
     }
     Ok(ExitCode::SUCCESS)
 }

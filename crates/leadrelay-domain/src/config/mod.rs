@@ -223,23 +223,6 @@ impl ConfigObject {
     /// A `unique` id has a random suffix, for a `POST` that creates a new object each time;
     /// otherwise the same name gives the same id, so that applying a file twice replaces
     /// what the first time created.
-    /// The name, as written.
-    pub fn name(&self) -> &str {
-        match self {
-            ConfigObject::Flow(flow) => &flow.name,
-            ConfigObject::Source(source) => &source.name,
-            ConfigObject::Destination(destination) => &destination.name,
-        }
-    }
-
-    fn set_id(&mut self, new: String) {
-        match self {
-            ConfigObject::Flow(flow) => flow.id = new,
-            ConfigObject::Source(source) => source.id = new,
-            ConfigObject::Destination(destination) => destination.id = new,
-        }
-    }
-
     pub fn fill_defaults(&mut self, unique: bool) {
         let kind = self.kind().as_str();
         let (id, name) = match self {
@@ -465,15 +448,6 @@ impl Config {
         let mut seen = std::collections::HashSet::new();
         for mut object in objects {
             let named = object.id().is_empty();
-            if named && !object.name().is_empty() {
-                // An object written without an id is the stored one of that name (created
-                // through the API with a suffixed id, say), when exactly one has it.
-                let mut same_name =
-                    self.list(object.kind()).into_iter().filter(|stored| stored.name() == object.name());
-                if let (Some(stored), None) = (same_name.next(), same_name.next()) {
-                    object.set_id(stored.id().to_owned());
-                }
-            }
             object.fill_defaults(false);
             self.give_signing_secret(&mut object, now);
             if !seen.insert((object.kind(), object.id().to_owned())) {
@@ -779,5 +753,28 @@ mod tests {
             let problems = problems_of(auth);
             assert!(problems.len() == 1 && problems[0].starts_with("destinations[crm].auth.name:"), "{problems:?}");
         }
+    }
+
+    #[test]
+    fn enhancement_headers_are_checked_like_a_destinations() {
+        let flow = |headers: serde_json::Value| {
+            let document: ConfigDocument = parse_value(json!({"flows": [{"id": "f", "name": "F", "enhancements": [
+                {"name": "check", "url": "https://e.example.com/check", "headers": headers}]}]}))
+            .expect("document");
+            match Config::default().change(ConfigChange::Apply(document), 0) {
+                Ok(_) => Vec::new(),
+                Err(ChangeError::Invalid(error)) => error.problems,
+                Err(other) => panic!("unexpected error {other}"),
+            }
+        };
+        assert!(flow(json!({"X-Api-Key": "k"})).is_empty());
+        let problems = flow(json!({"Host": "evil.example", "X-Ok": "bad\r\nInjected: yes", "X-Bad\nName": "v"}));
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(
+            problems[0].starts_with("flows[f].enhancements[check].headers.Host: set by the HTTP client"),
+            "{problems:?}"
+        );
+        assert!(problems[1].starts_with("flows[f].enhancements[check].headers.X-Ok"), "{problems:?}");
+        assert!(problems[2].starts_with("flows[f].enhancements[check].headers: invalid header name"), "{problems:?}");
     }
 }

@@ -145,6 +145,16 @@ fn validate_flow(config: &Config, flow: &Flow, problems: &mut Vec<String>) {
         if enhancement.timeout_ms == 0 || enhancement.timeout_ms > 60_000 {
             problems.push(format!("{at}.enhancements[{}].timeout_ms: must be between 1 and 60000", enhancement.name));
         }
+        for (name, value) in &enhancement.headers {
+            let header_at = format!("{at}.enhancements[{}].headers.{name}", enhancement.name);
+            if !is_header_name(name) {
+                problems.push(format!("{at}.enhancements[{}].headers: invalid header name {name:?}", enhancement.name));
+            }
+            check_header_value(&header_at, value, problems);
+            if FRAMING_HEADERS.iter().any(|framing| framing.eq_ignore_ascii_case(name)) {
+                problems.push(format!("{header_at}: {FRAMING_REASON}"));
+            }
+        }
     }
     let mut seen_destinations = HashSet::new();
     for destination in &flow.destinations {
@@ -412,13 +422,15 @@ const SIGNATURE_HEADERS: [&str; 3] = ["webhook-id", "webhook-timestamp", "webhoo
 const FRAMING_HEADERS: [&str; 8] =
     ["content-length", "transfer-encoding", "connection", "host", "te", "trailer", "upgrade", "keep-alive"];
 
+const FRAMING_REASON: &str = "set by the HTTP client from the request it sends and cannot be configured";
+
 /// Why a header cannot be configured (in `headers` or as `auth.name`), if it cannot.
 fn reserved_header(name: &str) -> Option<&'static str> {
     let is = |names: &[&str]| names.iter().any(|reserved| reserved.eq_ignore_ascii_case(name));
     if is(&SIGNATURE_HEADERS) {
         Some("set by leadrelay on every webhook (Standard Webhooks signature) and cannot be configured")
     } else if is(&FRAMING_HEADERS) {
-        Some("set by the HTTP client from the request it sends and cannot be configured")
+        Some(FRAMING_REASON)
     } else {
         None
     }

@@ -7,7 +7,7 @@ use axum::extract::{Form, Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use leadrelay_domain::event::RegisterStatus;
-use leadrelay_store::{Page, RegisterQuery, TransferRow, EVENT_FIELDS};
+use leadrelay_store::{CursorList, Page, RegisterQuery, TransferRow, EVENT_FIELDS};
 use maud::{html, Markup};
 use serde_json::Value;
 
@@ -171,7 +171,7 @@ fn pager(path: &str, filters: &Filters, page: &Page<TransferRow>) -> Markup {
                 a href=(with_query(path, &filters.query_string(&[]))) { "← Newest" }
             }
             @if let Some(cursor) = &page.next_cursor {
-                a.older href=(with_query(path, &filters.query_string(&[("cursor", &cursor.encode())]))) { "Older →" }
+                a.older href=(with_query(path, &filters.query_string(&[("cursor", &cursor.encode_for(CursorList::Transfers, filters.query.sort))]))) { "Older →" }
             }
         }
     }

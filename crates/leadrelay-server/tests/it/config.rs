@@ -107,8 +107,9 @@ async fn a_pruning_apply_makes_the_configuration_the_document() {
     assert_eq!(app.get_json("/api/v1/config").await["flows"].as_array().unwrap().len(), 1);
     let bad = app.post_admin("/api/v1/config?prune=maybe", &solar_config()).await;
     assert_eq!(error_code(bad).await.0, StatusCode::BAD_REQUEST);
-    // An object created through the API (its id suffixed) and written in a file by its name
-    // alone is the same object: pruning keeps it, with its id and signing secret.
+    // An object a document writes without an id gets the slug of its name, on every database:
+    // one created through the API under the same name (its id suffixed) is another object,
+    // which a pruning apply deletes like anything else the document leaves out.
     let created =
         app.post_admin("/api/v1/destinations", &json!({"name": "Backup CRM", "url": "https://b.example.com"})).await;
     let created: Value = created.json().await.unwrap();
@@ -118,11 +119,12 @@ async fn a_pruning_apply_makes_the_configuration_the_document() {
     with_backup["destinations"]
         .as_array_mut()
         .unwrap()
-        .push(json!({"name": "Backup CRM", "url": "https://b.example.com"}));
+        .push(json!({"name": "Backup CRM", "url": "https://b2.example.com"}));
+    with_backup["flows"][0]["destinations"].as_array_mut().unwrap().push(json!("backup-crm"));
     let applied = app.post_admin("/api/v1/config?prune=true", &with_backup).await;
-    assert_eq!(applied.json::<Value>().await.unwrap()["changed"], 0);
-    let kept = app.get_json(&format!("/api/v1/destinations/{id}")).await;
-    assert_eq!(kept["signing_secret"], created["signing_secret"]);
+    assert_eq!(applied.status(), StatusCode::OK);
+    assert_eq!(app.get_json("/api/v1/destinations/backup-crm").await["url"], "https://b2.example.com");
+    assert_eq!(app.get_admin(&format!("/api/v1/destinations/{id}")).await.status(), StatusCode::NOT_FOUND);
     app.stop().await;
 }
 

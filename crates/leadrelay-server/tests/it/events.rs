@@ -224,6 +224,20 @@ async fn leads_and_register_lists_filter_and_page() {
     let cursor = first["next_cursor"].as_str().expect("a next page");
     let second = app.get_json(&format!("/api/v1/register?limit=1&cursor={cursor}")).await;
     assert_ne!(first["items"][0]["transfer_id"], second["items"][0]["transfer_id"]);
+    // A cursor pages the list and the order it came from; elsewhere it is refused by name.
+    for elsewhere in [
+        format!("/api/v1/register?limit=1&sort=asc&cursor={cursor}"),
+        format!("/api/v1/leads?limit=1&cursor={cursor}"),
+        format!("/api/v1/events?limit=1&cursor={cursor}"),
+    ] {
+        let refused = app.get_admin(&elsewhere).await;
+        assert_eq!(refused.status(), 400, "{elsewhere}");
+        let body: Value = refused.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_parameter", "{elsewhere}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("cursor"), "{body}");
+    }
+    let not_integrated = app.get_admin(&format!("/api/v1/not-integrated?cursor={cursor}")).await;
+    assert_eq!(not_integrated.status(), 200, "the not-integrated collection pages transfers too");
     app.stop().await;
 }
 
