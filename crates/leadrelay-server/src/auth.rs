@@ -38,6 +38,11 @@ impl Caller {
     pub fn sees_secrets(&self) -> bool {
         self.role == Role::Admin
     }
+
+    /// Whether the caller may see lead values (personal data): admins and operators.
+    pub fn sees_pii(&self) -> bool {
+        matches!(self.role, Role::Admin | Role::Operator)
+    }
 }
 
 /// Reading the configuration: operators and viewers may, with its secrets masked.

@@ -38,13 +38,14 @@ pub fn routes() -> Router<Arc<AppState>> {
               (status = 400, description = "A parameter is invalid", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn not_integrated(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Response> {
     let params = Params::parse(query.as_deref(), REGISTER_PARAMS)?;
     let query = register_query(&params)?;
     let page = state.store.not_integrated_page(&query).await?;
     let next_cursor = page.next_cursor.as_ref().map(|cursor| cursor.encode_for(CursorList::Transfers, query.sort));
-    json_response(&PageBody { items: page.items, next_cursor })
+    json_response(&PageBody { items: crate::read_api::transfers_for(&caller, page.items), next_cursor })
 }
 
 /// Sample values for a flow's fields, so a test call looks like a real lead.

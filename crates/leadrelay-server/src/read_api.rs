@@ -9,13 +9,15 @@ use axum::http::header::{CONTENT_DISPOSITION, CONTENT_TYPE};
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Extension, Router};
 use futures::StreamExt;
 use leadrelay_store::{
-    events_page, export_event_lines, export_events, write_json_string, CursorList, EventQuery, SortOrder, EVENT_FIELDS,
+    events_page, export_event_lines, export_events, write_json_string, CursorList, EventQuery, SortOrder, TransferRow,
+    EVENT_FIELDS,
 };
 use serde::Serialize;
 
+use crate::auth::Caller;
 use crate::export::{csv_header, encode_csv};
 use crate::params::{event_query, lead_query, register_query, Params, EVENT_PARAMS, LEAD_PARAMS, REGISTER_PARAMS};
 use crate::{ApiError, ApiResult, AppState};
@@ -212,13 +214,25 @@ pub(crate) async fn lead_timeline(
               (status = 400, description = "A parameter is invalid", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn list_register(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Response> {
     let params = Params::parse(query.as_deref(), REGISTER_PARAMS)?;
     let query = register_query(&params)?;
     let page = state.register_page(&query).await?;
     let next_cursor = page.next_cursor.as_ref().map(|cursor| cursor.encode_for(CursorList::Transfers, query.sort));
-    json_response(&PageBody { items: page.items, next_cursor })
+    json_response(&PageBody { items: transfers_for(&caller, page.items), next_cursor })
+}
+
+/// Register rows as a caller may read them: the lead values a description quotes (a filter's
+/// `(was "…")`) are masked for readers without access to personal data.
+pub(crate) fn transfers_for(caller: &Caller, mut rows: Vec<TransferRow>) -> Vec<TransferRow> {
+    if !caller.sees_pii() {
+        for row in &mut rows {
+            row.description = leadrelay_domain::rules::mask_found_values(&row.description).into_owned();
+        }
+    }
+    rows
 }
 
 /// At most `remaining` of the `count` lines of `ndjson`, counting them off `remaining`.

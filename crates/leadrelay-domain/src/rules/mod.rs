@@ -55,7 +55,7 @@ use serde_json::Value;
 
 pub use compile::CompiledRuleSet;
 pub use resolve::{FnResolver, Resolve};
-pub use verdict::{RuleOutcome, Verdict};
+pub use verdict::{mask_found_values, RuleOutcome, Verdict};
 
 /// How deeply rule sets may nest, counting the outermost set as 1.
 pub const MAX_DEPTH: usize = 16;

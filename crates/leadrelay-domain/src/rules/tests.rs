@@ -772,3 +772,22 @@ fn compiled_sets_are_reusable_across_many_items() {
         .count();
     assert_eq!(passing, 250);
 }
+
+#[test]
+fn found_values_are_masked_for_readers_without_personal_data() {
+    use super::mask_found_values;
+    assert_eq!(
+        mask_found_values(
+            r#"Filter blocklist: email ne "x@y.com" (was "jo \"q\" (x)@example.com"); age gte 18 (was 17)"#
+        ),
+        r#"Filter blocklist: email ne "x@y.com" (was ***); age gte 18 (was ***)"#
+    );
+    assert_eq!(
+        mask_found_values("zip eq 01234 (was missing); a blank (was blank)"),
+        "zip eq 01234 (was missing); a blank (was blank)"
+    );
+    assert_eq!(
+        mask_found_values("Duplicate: previously submitted 2024-01-10 (lead_1)"),
+        "Duplicate: previously submitted 2024-01-10 (lead_1)"
+    );
+}

@@ -143,3 +143,15 @@ fn describe_actual(value: &Value) -> String {
         other => truncate_chars(&other.to_string(), 80).into_owned(),
     }
 }
+
+/// A description with the lead values it quotes (`(was "jo@example.com")`) masked, for readers
+/// who may not see personal data; `(was blank)` and `(was missing)` stay.
+pub fn mask_found_values(text: &str) -> std::borrow::Cow<'_, str> {
+    static FOUND: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r#"\(was (?:"(?:[^"\\]|\\.)*"|[^()"]*)\)"#).expect("the pattern is valid")
+    });
+    FOUND.replace_all(text, |found: &regex::Captures<'_>| match &found[0] {
+        kept @ ("(was blank)" | "(was missing)") => kept.to_owned(),
+        _ => "(was ***)".to_owned(),
+    })
+}

@@ -76,6 +76,29 @@ async fn tokens_created_through_the_api_work_and_can_be_revoked() {
 }
 
 #[tokio::test]
+async fn viewers_read_the_register_without_the_lead_values_descriptions_quote() {
+    let app = spawn_app().await;
+    app.apply(&solar_config()).await;
+    app.submit("web", &json!({"email": "ny@example.com", "state": "NY"})).await;
+    let description = |page: Value| page["items"][0]["description"].as_str().unwrap().to_owned();
+    let as_admin = description(app.get_json("/api/v1/register").await);
+    assert!(as_admin.contains(r#"(was "NY")"#), "{as_admin}");
+    for role in ["viewer", "operator"] {
+        let token: Value =
+            app.post_admin("/api/v1/tokens", &json!({"name": role, "role": role})).await.json().await.unwrap();
+        let token = token["token"].as_str().unwrap();
+        let read = app.client.get(app.url("/api/v1/register")).bearer_auth(token).send().await.unwrap();
+        let shown = description(read.json().await.unwrap());
+        if role == "viewer" {
+            assert_eq!(shown, as_admin.replace(r#"(was "NY")"#, "(was ***)"));
+        } else {
+            assert_eq!(shown, as_admin, "operators see lead values");
+        }
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_token_can_be_renamed_and_given_another_role_without_changing_its_value() {
     let app = spawn_app().await;
     let created: Value =
