@@ -80,12 +80,18 @@ fn typed_rule(rule: &Rule, type_of: &dyn Fn(&str) -> Option<FieldType>) -> Rule 
 /// does not have (`email.domian`), or an ordering against something that is not a value of
 /// the field's type (`dob gt "someday"`). Each problem names the rule's place in the set.
 pub fn problems(set: &RuleSet, type_of: &dyn Fn(&str) -> Option<FieldType>) -> Vec<String> {
+    problems_under(set, "", type_of)
+}
+
+/// [`problems`] of the rules whose paths start with `prefix` (`lead.` in the events API's
+/// `rules`), their fields named without it.
+pub fn problems_under(set: &RuleSet, prefix: &str, type_of: &dyn Fn(&str) -> Option<FieldType>) -> Vec<String> {
     let mut found = Vec::new();
-    walk(set, "", type_of, &mut found);
+    walk(set, "", prefix, type_of, &mut found);
     found
 }
 
-fn walk(set: &RuleSet, at: &str, type_of: &dyn Fn(&str) -> Option<FieldType>, found: &mut Vec<String>) {
+fn walk(set: &RuleSet, at: &str, prefix: &str, type_of: &dyn Fn(&str) -> Option<FieldType>, found: &mut Vec<String>) {
     let (key, items) = match set {
         RuleSet::All(items) => ("all", items),
         RuleSet::Any(items) => ("any", items),
@@ -93,14 +99,24 @@ fn walk(set: &RuleSet, at: &str, type_of: &dyn Fn(&str) -> Option<FieldType>, fo
     for (index, item) in items.iter().enumerate() {
         let here = if at.is_empty() { format!("{key}[{index}]") } else { format!("{at}.{key}[{index}]") };
         match item {
-            RuleNode::Set(set) => walk(set, &here, type_of, found),
-            RuleNode::Rule(rule) => rule_problems(rule, &here, type_of, found),
+            RuleNode::Set(set) => walk(set, &here, prefix, type_of, found),
+            RuleNode::Rule(rule) => {
+                if let Some(field) = rule.field.strip_prefix(prefix) {
+                    rule_problems(field, rule, &here, type_of, found);
+                }
+            }
         }
     }
 }
 
-fn rule_problems(rule: &Rule, at: &str, type_of: &dyn Fn(&str) -> Option<FieldType>, found: &mut Vec<String>) {
-    if let Some((name, component)) = rule.field.split_once('.') {
+fn rule_problems(
+    field: &str,
+    rule: &Rule,
+    at: &str,
+    type_of: &dyn Fn(&str) -> Option<FieldType>,
+    found: &mut Vec<String>,
+) {
+    if let Some((name, component)) = field.split_once('.') {
         if let Some(field_type) = type_of(name) {
             let known = component_names(field_type);
             if !known.iter().any(|known| known == component) {
@@ -113,7 +129,7 @@ fn rule_problems(rule: &Rule, at: &str, type_of: &dyn Fn(&str) -> Option<FieldTy
         }
         return;
     }
-    let Some(field_type) = type_of(&rule.field) else { return };
+    let Some(field_type) = type_of(field) else { return };
     if !orders(rule.op) || !matches!(field_type, FieldType::Date | FieldType::Dob | FieldType::Number) {
         return;
     }

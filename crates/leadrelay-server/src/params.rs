@@ -185,6 +185,7 @@ pub fn event_query(params: &Params, default_sort: SortOrder) -> ApiResult<EventQ
         start,
         end,
         rules,
+        typed_rules: Default::default(),
         limit: params.limit(100)?,
         sort,
         cursor: params.cursor(CursorList::Events, sort)?,

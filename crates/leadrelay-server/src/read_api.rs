@@ -89,7 +89,15 @@ pub(crate) fn json_response(body: &impl Serialize) -> ApiResult<Response> {
     Ok(([(CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes).into_response())
 }
 
-async fn events_response(state: &AppState, query: EventQuery, projection: Projection) -> ApiResult<Response> {
+/// The `rules` filter read against the flows' field types, as their filters read them.
+fn type_rules(state: &AppState, query: &mut EventQuery) -> ApiResult<()> {
+    query
+        .type_rules(&state.config())
+        .map_err(|problem| ApiError::bad_request("invalid_parameter", format!("rules: {problem}")))
+}
+
+async fn events_response(state: &AppState, mut query: EventQuery, projection: Projection) -> ApiResult<Response> {
+    type_rules(state, &mut query)?;
     let page = events_page(state.store.as_ref(), &query, RULES_SCAN_BUDGET).await?;
     let next_cursor = page.next_cursor.as_ref().map(|cursor| cursor.encode_for(CursorList::Events, query.sort));
     Ok(json_bytes(page_json(page.items.len(), next_cursor, |index, out| {
@@ -278,6 +286,7 @@ pub(crate) async fn export(State(state): State<Arc<AppState>>, RawQuery(query): 
     };
     let mut events = event_query(&params, SortOrder::Asc)?;
     events.limit = leadrelay_store::MAX_PAGE;
+    type_rules(&state, &mut events)?;
     let projection = Projection::from_params(&params)?;
 
     // Once the status is sent, a storage error can only end the stream early, which the client

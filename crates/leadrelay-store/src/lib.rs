@@ -224,6 +224,8 @@ pub async fn events_page(store: &dyn Store, query: &EventQuery, scan_budget: usi
         return Ok(Page { items, next_cursor });
     };
     let compiled = rules.compile();
+    let typed: std::collections::HashMap<&str, leadrelay_domain::rules::CompiledRuleSet> =
+        query.typed_rules.iter().map(|(flow_id, rules)| (flow_id.as_str(), rules.compile())).collect();
     let mut items = Vec::new();
     let mut after = query.cursor.clone();
     let mut scanned = 0;
@@ -234,7 +236,8 @@ pub async fn events_page(store: &dyn Store, query: &EventQuery, scan_budget: usi
         for event in batch {
             scanned += 1;
             after = Some(event.cursor());
-            if compiled.matches(&leadrelay_domain::lead::EventView(&event.to_json())) {
+            let rules = typed.get(event.flow_id.as_str()).unwrap_or(&compiled);
+            if rules.matches(&leadrelay_domain::lead::EventView(&event.to_json())) {
                 items.push(event);
                 if items.len() == limit {
                     return Ok(Page { items, next_cursor: after });

@@ -131,9 +131,36 @@ pub struct EventQuery {
     pub start: Option<Millis>,
     pub end: Option<Millis>,
     pub rules: Option<RuleSet>,
+    /// `rules` as each flow's fields read them (`lead.state eq "Texas"` as `TX` where `state`
+    /// is a state), by flow id; an event of a flow not here meets `rules` as written.
+    pub typed_rules: std::collections::HashMap<String, RuleSet>,
     pub limit: usize,
     pub sort: SortOrder,
     pub cursor: Option<Cursor>,
+}
+
+impl EventQuery {
+    /// Reads `rules` against each configured flow's field types, refusing what a flow's
+    /// fields cannot answer (a part a type lacks, an ordering against something that is not a
+    /// value of the type).
+    pub fn type_rules(&mut self, config: &leadrelay_domain::config::Config) -> Result<(), String> {
+        let Some(rules) = &self.rules else { return Ok(()) };
+        for flow in config.flows.values() {
+            if self.flow_id.as_deref().is_some_and(|only| only != flow.id) {
+                continue;
+            }
+            let field_type = |name: &str| flow.field(name).map(|field| field.field_type);
+            if let Some(problem) = leadrelay_domain::typed_rules::problems_under(rules, "lead.", &field_type).first() {
+                return Err(format!("{problem} (in flow {})", flow.id));
+            }
+            let type_of = |path: &str| path.strip_prefix("lead.").and_then(field_type);
+            let typed = leadrelay_domain::typed_rules::typed(rules, &type_of);
+            if typed != *rules {
+                self.typed_rules.insert(flow.id.clone(), typed);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Filters of `GET /api/v1/leads`.

@@ -308,6 +308,7 @@ pub fn event_query(
                 Ok(rules)
             })
             .transpose()?,
+        typed_rules: Default::default(),
         limit,
         sort,
         cursor,
@@ -320,8 +321,21 @@ pub fn projection(filters: &crate::EventFilters) -> anyhow::Result<Vec<&'static 
         .map_err(|error| anyhow::anyhow!("--{error}"))
 }
 
-pub async fn events(database_url: &str, query: EventQuery, fields: &[&'static str]) -> anyhow::Result<ExitCode> {
+/// The `--rules` read against the stored flows' field types, as their filters read them.
+async fn type_rules(store: &dyn Store, query: &mut EventQuery) -> anyhow::Result<()> {
+    if query.rules.is_some() {
+        let config = store.load_config().await.context("while reading the configuration")?;
+        query.type_rules(&config).map_err(|problem| anyhow::anyhow!("--rules: {problem}"))?;
+    }
+    Ok(())
+}
+
+pub async fn events(database_url: &str, mut query: EventQuery, fields: &[&'static str]) -> anyhow::Result<ExitCode> {
     let store = open_existing_store(database_url).await?;
+    if let Err(error) = type_rules(store.as_ref(), &mut query).await {
+        store.close().await;
+        return Err(error);
+    }
     let page = leadrelay_store::events_page(store.as_ref(), &query, 20_000).await;
     store.close().await;
     let page = page.context("while reading events")?;
@@ -337,7 +351,7 @@ pub async fn events(database_url: &str, query: EventQuery, fields: &[&'static st
 
 pub async fn export(
     database_url: &str,
-    query: EventQuery,
+    mut query: EventQuery,
     fields: &[&'static str],
     format: &str,
     output: Option<&Path>,
@@ -346,6 +360,10 @@ pub async fn export(
         bail!("--format: {format:?} is not ndjson or csv");
     }
     let store = open_existing_store(database_url).await?;
+    if let Err(error) = type_rules(store.as_ref(), &mut query).await {
+        store.close().await;
+        return Err(error);
+    }
     let mut out: Box<dyn Write> = match output {
         Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(path).with_context(|| format!("while creating {}", path.display()))?,

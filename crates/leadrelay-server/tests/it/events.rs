@@ -99,6 +99,22 @@ async fn rules_filter_matches_event_and_snapshot_fields() {
     let response = app.get_admin(&format!("/api/v1/events?rules={encoded}")).await;
     let body: Value = response.json().await.unwrap();
     assert!(body["error"]["message"].as_str().unwrap().contains("lead.state"), "{body}");
+
+    // The lead's fields are read as their flow reads them, as in a flow filter: a state by
+    // its name, and a part its type does not have is refused by name.
+    let path = |rules: Value| {
+        let encoded: String = url::form_urlencoded::byte_serialize(rules.to_string().as_bytes()).collect();
+        format!("/api/v1/events?type=source.submitted&rules={encoded}")
+    };
+    let by_code = app.get_json(&path(json!({"all": [{"field": "lead.state", "op": "eq", "value": "TX"}]}))).await;
+    let by_name = app.get_json(&path(json!({"all": [{"field": "lead.state", "op": "eq", "value": "Texas"}]}))).await;
+    assert!(!by_code["items"].as_array().unwrap().is_empty());
+    assert_eq!(by_name["items"], by_code["items"]);
+    let misspelt = json!({"all": [{"field": "lead.email.domian", "op": "eq", "value": "gmail.com"}]});
+    let encoded: String = url::form_urlencoded::byte_serialize(misspelt.to_string().as_bytes()).collect();
+    let refused = app.get_admin(&format!("/api/v1/events?rules={encoded}")).await;
+    let body: Value = refused.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("has no part \"domian\""), "{body}");
     app.stop().await;
 }
 
