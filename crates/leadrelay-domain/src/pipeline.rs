@@ -515,7 +515,10 @@ pub fn decide(intake: &Intake<'_>, prepared: &Prepared, duplicate: Option<&Dupli
         route(&mut timeline, now);
     }
 
-    let duplicate_keys = match (&prepared.duplicate_query, accepted && duplicate.is_none()) {
+    // An accepted lead's keys are what later submissions are compared with: a linked
+    // duplicate's too, since its other keys (a new phone) were first seen on it.
+    let records_keys = accepted && (duplicate.is_none() || policy == Some(DuplicatePolicy::Link));
+    let duplicate_keys = match (&prepared.duplicate_query, records_keys) {
         (Some(query), true) => query.keys.clone(),
         _ => Vec::new(),
     };
