@@ -227,13 +227,34 @@ fn is_valid(field: Option<&Map<String, Value>>) -> bool {
     field.and_then(|f| f.get("valid")).and_then(Value::as_bool).unwrap_or(false)
 }
 
+/// The field a submitted name fills: the source's `field_map` entry for it, else the flow's
+/// field of that name; either matched regardless of case (`Email` fills `email`) when nothing
+/// matches exactly and the exact name was not submitted too. Any other name is kept as is.
+fn target_of<'a>(intake: &'a Intake<'_>, name: &'a str, submitted: &Map<String, Value>) -> &'a str {
+    let field_map = &intake.source.field_map;
+    if let Some(target) = field_map.get(name) {
+        return target;
+    }
+    if intake.flow.field(name).is_some() {
+        return name;
+    }
+    let folded = |candidate: &str| candidate.eq_ignore_ascii_case(name) && !submitted.contains_key(candidate);
+    if let Some((_, target)) = field_map.iter().find(|(from, _)| folded(from)) {
+        return target;
+    }
+    match intake.flow.fields.iter().find(|def| folded(&def.name)) {
+        Some(def) => &def.name,
+        None => name,
+    }
+}
+
 /// Parses and validates a submission: field map, field types, required fields, contact rule,
 /// and the duplicate keys to check.
 pub fn prepare(intake: &Intake<'_>, submitted: Map<String, Value>, received_at: Millis) -> Prepared {
     let flow = intake.flow;
     let mut fields: IndexMap<String, Map<String, Value>> = IndexMap::new();
     for (name, value) in &submitted {
-        let target = intake.source.field_map.get(name).unwrap_or(name);
+        let target = target_of(intake, name, &submitted);
         let field_type = flow.field(target).map(|def| def.field_type).unwrap_or_else(|| inferred_type(target));
         let parsed = match (field_type, value) {
             // A text field keeps a list or a map as it came (a group of checkboxes, a nested
@@ -254,7 +275,7 @@ pub fn prepare(intake: &Intake<'_>, submitted: Map<String, Value>, received_at: 
         if fields.get(target).is_some_and(|existing| !is_blank(existing)) && is_blank(&parsed) {
             continue;
         }
-        fields.insert(target.clone(), parsed);
+        fields.insert(target.to_owned(), parsed);
     }
 
     let mut problems = Vec::new();

@@ -177,6 +177,28 @@ async fn match_all_needs_every_key_to_match() {
 }
 
 #[tokio::test]
+async fn submitted_names_fill_the_flows_fields_regardless_of_case() {
+    let app = spawn_app().await;
+    app.apply(&solar_config()).await;
+    let (status, answer) = app.submit("web", &json!({"Email": "Case@Example.com", "STATE": "tx", "Notes": "hi"})).await;
+    assert_eq!((status, answer["outcome"].clone()), (StatusCode::CREATED, json!("success")), "{answer}");
+    let lead = app.get_json(&format!("/api/v1/leads/{}", answer["lead_id"].as_str().unwrap())).await;
+    assert_eq!(lead["email"]["value"], "case@example.com");
+    assert_eq!(lead["state"]["value"], "TX");
+    assert_eq!(lead["Notes"]["value"], "hi", "a name the flow does not declare is kept as sent");
+    // The field map too (`e-mail` maps to email); an exact name wins over another case of it.
+    let (_, answer) = app.submit("web", &json!({"E-Mail": "map@example.com", "state": "CA"})).await;
+    let lead = app.get_json(&format!("/api/v1/leads/{}", answer["lead_id"].as_str().unwrap())).await;
+    assert_eq!(lead["email"]["value"], "map@example.com");
+    let (_, answer) =
+        app.submit("web", &json!({"email": "exact@example.com", "EMAIL": "other@example.com", "state": "CA"})).await;
+    let lead = app.get_json(&format!("/api/v1/leads/{}", answer["lead_id"].as_str().unwrap())).await;
+    assert_eq!(lead["email"]["value"], "exact@example.com");
+    assert_eq!(lead["EMAIL"]["raw"], "other@example.com");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn link_policy_accepts_and_links_to_the_original() {
     let app = spawn_app().await;
     let mut config = solar_config();
