@@ -168,9 +168,51 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Map<String, Value>>
         Ok(fields_of(form_pairs(body, encoding)))
     } else {
         Err(ApiError::UnsupportedMediaType(format!(
-            "content type {media_type:?} is not supported: send application/json, application/x-www-form-urlencoded, or a query string"
+            "content type {media_type:?} is not supported: send application/json, application/x-www-form-urlencoded, multipart/form-data, or a query string"
         )))
     }
+}
+
+/// The boundary of a `multipart/form-data` body (what `fetch` sends for a `FormData`), if the
+/// body is one.
+fn multipart_boundary(headers: &HeaderMap) -> Option<ApiResult<String>> {
+    let content_type = headers.get(CONTENT_TYPE).and_then(|value| value.to_str().ok())?;
+    let media_type = content_type.split(';').next().unwrap_or("").trim();
+    media_type.eq_ignore_ascii_case("multipart/form-data").then(|| {
+        multer::parse_boundary(content_type).map_err(|error| {
+            ApiError::bad_request(
+                "invalid_multipart",
+                format!("multipart/form-data without a usable boundary: {error}"),
+            )
+        })
+    })
+}
+
+/// The text fields of a `multipart/form-data` body. A file input left empty is skipped; a file
+/// is refused, since a lead's fields are text.
+async fn multipart_fields(boundary: String, body: axum::body::Bytes) -> ApiResult<Map<String, Value>> {
+    let invalid = |error: multer::Error| ApiError::bad_request("invalid_multipart", format!("multipart body: {error}"));
+    let mut multipart =
+        multer::Multipart::new(futures::stream::once(async move { Ok::<_, std::convert::Infallible>(body) }), boundary);
+    let mut pairs = Vec::new();
+    while let Some(field) = multipart.next_field().await.map_err(invalid)? {
+        let Some(name) = field.name().map(str::to_owned) else {
+            return Err(ApiError::bad_request("invalid_multipart", "a multipart part has no field name"));
+        };
+        let file_name = field.file_name().map(str::to_owned);
+        let text = field.text().await.map_err(invalid)?;
+        match file_name {
+            Some(file) if !file.is_empty() || !text.is_empty() => {
+                return Err(ApiError::bad_request(
+                    "invalid_multipart",
+                    format!("{name}: files are not taken as lead fields (got {file:?}); send text fields only"),
+                ));
+            }
+            Some(_) => continue,
+            None => pairs.push((name, text)),
+        }
+    }
+    Ok(fields_of(pairs))
 }
 
 /// Whether the request carries an API token that may submit to any source in place of its
@@ -342,7 +384,11 @@ pub(crate) async fn submit(
     })?;
 
     let mut fields = parse_query(parts.uri.query())?;
-    for (name, value) in parse_body(&parts.headers, &body)? {
+    let from_body = match multipart_boundary(&parts.headers) {
+        Some(boundary) => multipart_fields(boundary?, body).await?,
+        None => parse_body(&parts.headers, &body)?,
+    };
+    for (name, value) in from_body {
         fields.insert(name, value);
     }
 

@@ -220,7 +220,8 @@ impl Modify for Conventions {
                         operation.request_body = None;
                     } else if let Some(body) = &mut operation.request_body {
                         let form = ContentBuilder::new().schema(Some(utoipa::openapi::ObjectBuilder::new())).build();
-                        body.content.insert("application/x-www-form-urlencoded".to_owned(), form);
+                        body.content.insert("application/x-www-form-urlencoded".to_owned(), form.clone());
+                        body.content.insert("multipart/form-data".to_owned(), form);
                     }
                 }
             }

@@ -139,6 +139,61 @@ async fn forms_and_query_strings_are_read_in_their_charset() {
 }
 
 #[tokio::test]
+async fn multipart_form_data_is_read_as_a_form() {
+    let app = spawn_app().await;
+    app.apply(&solar_config()).await;
+    let post = |body: String| {
+        app.client
+            .post(app.url("/api/v1/sources/web/submit"))
+            .header("content-type", "multipart/form-data; boundary=----formdata7MA4YWxk")
+            .body(body)
+            .send()
+    };
+    let part = |name: &str, value: &str| {
+        format!("------formdata7MA4YWxk\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+    };
+    // What `fetch(url, {body: new FormData(form)})` sends, with a file input left empty.
+    let empty_file = "------formdata7MA4YWxk\r\nContent-Disposition: form-data; name=\"resume\"; filename=\"\"\r\n\
+                      Content-Type: application/octet-stream\r\n\r\n\r\n";
+    let body = format!(
+        "{}{}{}{}{empty_file}------formdata7MA4YWxk--\r\n",
+        part("e-mail", "multi@example.com"),
+        part("state", "Texas"),
+        part("interests", "solar"),
+        part("interests", "roof"),
+    );
+    let response = post(body).await.unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let answer: Value = response.json().await.unwrap();
+    let lead = app.get_json(&format!("/api/v1/leads/{}", answer["lead_id"].as_str().unwrap())).await;
+    assert_eq!(lead["email"]["value"], "multi@example.com");
+    assert_eq!(lead["state"]["value"], "TX");
+    assert_eq!(lead["interests"]["raw"], json!(["solar", "roof"]));
+    assert!(lead.get("resume").is_none());
+
+    // A file is not a lead field; a body that is not multipart is a clear 400.
+    let file = format!(
+        "{}------formdata7MA4YWxk\r\nContent-Disposition: form-data; name=\"resume\"; filename=\"cv.pdf\"\r\n\r\n%PDF\r\n\
+         ------formdata7MA4YWxk--\r\n",
+        part("email", "f@example.com")
+    );
+    assert_eq!(error_code(post(file).await.unwrap()).await, (StatusCode::BAD_REQUEST, "invalid_multipart".to_owned()));
+    let broken = post("not multipart at all".to_owned()).await.unwrap();
+    assert_eq!(error_code(broken).await, (StatusCode::BAD_REQUEST, "invalid_multipart".to_owned()));
+    let no_boundary = app
+        .client
+        .post(app.url("/api/v1/sources/web/submit"))
+        .header("content-type", "multipart/form-data")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(no_boundary).await, (StatusCode::BAD_REQUEST, "invalid_multipart".to_owned()));
+    assert_eq!(app.get_json("/api/v1/leads").await["items"].as_array().unwrap().len(), 1, "nothing else recorded");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn form_encoded_and_query_string_submissions_are_accepted() {
     let app = spawn_app().await;
     app.apply(&solar_config()).await;
