@@ -528,6 +528,8 @@ mod tests {
         assert_eq!(redacted_url(&url), "https://crm.test/in?api_key=***&campaign=7&token=***&api_secret=***");
         let plain = url::Url::parse("https://crm.test/in?campaign=7").unwrap();
         assert_eq!(redacted_url(&plain), "https://crm.test/in?campaign=7");
+        let hook = url::Url::parse("https://hooks.test/hooks/catch/123456/AbCdEf1234567890XyZqW/?x=1").unwrap();
+        assert_eq!(redacted_url(&hook), "https://hooks.test/hooks/catch/***/***/?x=1");
     }
 
     #[test]

@@ -17,12 +17,14 @@ pub fn secret_parameter(name: &str) -> bool {
         .any(|word| name.contains(word))
 }
 
-/// A URL as it may be shown or recorded: no user or password, and `***` for query values
-/// whose names say they are secrets (`api_key`, `token`, `api_secret`, …).
+/// A URL as it may be shown or recorded: no user or password, path segments that look like
+/// tokens masked (`/hooks/catch/***/***`), and `***` for query values whose names say they
+/// are secrets (`api_key`, `token`, `api_secret`, …).
 pub fn redacted_url(url: &url::Url) -> String {
     let mut shown = url.clone();
     let _ = shown.set_username("");
     let _ = shown.set_password(None);
+    mask_path_tokens(&mut shown);
     if shown.query_pairs().any(|(name, _)| secret_parameter(&name)) {
         let pairs: Vec<(String, String)> = shown
             .query_pairs()
@@ -36,23 +38,36 @@ pub fn redacted_url(url: &url::Url) -> String {
     shown.to_string()
 }
 
-/// A URL as a reader sees it: no credentials, every query value masked, and path segments
-/// that look like tokens (`/hooks/catch/123456/ab12cd34`, Slack's `T0…/B0…/…`) masked.
-fn redact_url_text(text: &mut String) {
-    let Ok(mut url) = url::Url::parse(text) else {
-        MASK.clone_into(text);
-        return;
-    };
-    let _ = url.set_username("");
-    let _ = url.set_password(None);
+/// Masks the path segments that look like tokens (`/hooks/catch/123456/ab12cd34`, Slack's
+/// `T0…/B0…/…`): the path is the credential of many webhook URLs.
+fn mask_path_tokens(url: &mut url::Url) {
     let looks_secret =
         |segment: &str| segment.len() >= 20 || (segment.len() >= 6 && segment.chars().any(|c| c.is_ascii_digit()));
+    if !url.path().split('/').any(looks_secret) {
+        return;
+    }
     let path: Vec<String> = url
         .path()
         .split('/')
         .map(|segment| if looks_secret(segment) { MASK.to_owned() } else { segment.to_owned() })
         .collect();
     url.set_path(&path.join("/"));
+}
+
+/// A URL as a reader sees it: credentials, every query value and path segments that look
+/// like tokens masked, each as `***` (so that a copy written back is refused where it stands).
+fn redact_url_text(text: &mut String) {
+    let Ok(mut url) = url::Url::parse(text) else {
+        MASK.clone_into(text);
+        return;
+    };
+    if !url.username().is_empty() {
+        let _ = url.set_username(MASK);
+    }
+    if url.password().is_some() {
+        let _ = url.set_password(Some(MASK));
+    }
+    mask_path_tokens(&mut url);
     if url.query().is_some() {
         let pairs: Vec<(String, String)> =
             url.query_pairs().map(|(name, _)| (name.into_owned(), MASK.to_owned())).collect();
@@ -214,7 +229,7 @@ mod tests {
             assert!(!text.contains(secret), "{secret} shows in {text}");
         }
         let destination = &shown["destinations"][0];
-        assert_eq!(destination["url"], "https://crm.test/in?token=***&campaign=***");
+        assert_eq!(destination["url"], "https://***:***@crm.test/in?token=***&campaign=***");
         assert_eq!(destination["auth"], json!({"type": "basic", "username": "me", "password": "***"}));
         assert_eq!(destination["headers"], json!({"X-Api-Key": "***"}));
         assert_eq!(shown["flows"][0]["enhancements"][0]["url"], "https://e.test/c?api_key=***&x=***");
