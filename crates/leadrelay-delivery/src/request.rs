@@ -289,6 +289,18 @@ pub fn build_request(
             headers.insert("Content-Type".to_owned(), "application/xml".to_owned());
         }
     }
+    apply_auth_and_headers(destination, &mut url, &mut headers);
+    // A POST whose fields travel in the URL still says its body is empty (RFC 9110 §8.6):
+    // some servers answer one without a length with 411.
+    if body.is_empty() && method != HttpMethod::GET {
+        headers.insert("Content-Length".to_owned(), "0".to_owned());
+    }
+    Ok(OutboundRequest { method, url, headers: headers.into_iter().collect(), body })
+}
+
+/// Sets what a destination's `auth`, URL credentials and `headers` ask for, and leadrelay's
+/// `User-Agent`; the URL is left without credentials.
+fn apply_auth_and_headers(destination: &Destination, url: &mut url::Url, headers: &mut IndexMap<String, String>) {
     // Credentials written in the URL are sent as the `Authorization` header they stand for,
     // and the URL goes without them: the recorded request then shows that header (masked) as
     // it was sent. A configured `auth` wins over them.
@@ -330,7 +342,6 @@ pub fn build_request(
         }
         headers.insert(name.clone(), value.clone());
     }
-    Ok(OutboundRequest { method, url, headers: headers.into_iter().collect(), body })
 }
 
 /// A GA4 Measurement Protocol event for a lead: `generate_lead` (or the configured name) with
@@ -362,13 +373,14 @@ fn ga4_request(destination: &Destination, snapshot: &Value) -> Result<OutboundRe
         params["currency"] = json!("USD");
     }
     let body = json!({"client_id": client_id, "events": [{"name": settings.event_name, "params": params}]});
+    // A server-side collector (a tagging server behind a gateway) may need auth and headers.
+    let mut headers = IndexMap::new();
+    headers.insert("Content-Type".to_owned(), "application/json".to_owned());
+    apply_auth_and_headers(destination, &mut url, &mut headers);
     Ok(OutboundRequest {
         method: HttpMethod::POST,
         url,
-        headers: vec![
-            ("Content-Type".to_owned(), "application/json".to_owned()),
-            ("User-Agent".to_owned(), concat!("leadrelay/", env!("CARGO_PKG_VERSION")).to_owned()),
-        ],
+        headers: headers.into_iter().collect(),
         body: body.to_string().into_bytes(),
     })
 }
@@ -430,6 +442,9 @@ mod tests {
         .unwrap();
         assert_eq!(request.url.query(), Some("campaign=7&email=ann%40example.com&state=TX&note=a+%3C+b+%26+c"));
         assert!(request.body.is_empty());
+        assert_eq!(request.header("content-length"), None, "a GET has no body to measure");
+        let post = build_request(&destination(json!({"format": "query"})), &snapshot(), &context()).unwrap();
+        assert_eq!(post.header("content-length"), Some("0"));
     }
 
     #[test]

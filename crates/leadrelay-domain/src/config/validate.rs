@@ -282,6 +282,20 @@ fn validate_destination(destination: &Destination, problems: &mut Vec<String>) {
             }
             Some(_) => {}
         }
+        // A Measurement Protocol event is a JSON POST leadrelay builds; settings that would
+        // shape another request would be ignored, so they are refused.
+        if destination.method != HttpMethod::POST {
+            problems.push(format!("{at}.method: a ga4 destination always POSTs its event; leave method out"));
+        }
+        if destination.format != BodyFormat::Json {
+            problems.push(format!("{at}.format: a ga4 destination always sends its event as JSON; leave format out"));
+        }
+        if destination.body_template.is_some() {
+            problems.push(format!(
+                "{at}.body_template: a ga4 destination sends a Measurement Protocol event (ga4.event_name); leave \
+                 body_template out"
+            ));
+        }
     } else if destination.ga4.is_some() {
         problems.push(format!("{at}.ga4: only for kind ga4"));
     }

@@ -642,7 +642,9 @@ async fn a_ga4_destination_sends_a_measurement_protocol_event() {
     let app = spawn_delivering_app().await;
     let ga4 = json!({
         "id": "analytics", "kind": "ga4", "url": collector.url("/mp/collect"), "price": 25.0,
-        "ga4": {"measurement_id": "G-TEST123", "api_secret": "s3cret", "client_id_field": "ga_client_id"}
+        "ga4": {"measurement_id": "G-TEST123", "api_secret": "s3cret", "client_id_field": "ga_client_id"},
+        // A tagging server behind a gateway: its auth and headers are sent.
+        "headers": {"X-Gtm-Server-Preview": "abc"}, "auth": {"type": "bearer", "token": "sgtm-tok"}
     });
     app.apply(&config(json!([ga4]))).await;
     let (_, answer) =
@@ -651,6 +653,8 @@ async fn a_ga4_destination_sends_a_measurement_protocol_event() {
     app.timeline_until(lead_id, "recipient.delivered").await;
     let request = &collector.received()[0];
     assert_eq!(request.uri.to_string(), "/mp/collect?measurement_id=G-TEST123&api_secret=s3cret");
+    assert_eq!(request.header("x-gtm-server-preview"), Some("abc"));
+    assert_eq!(request.header("authorization"), Some("Bearer sgtm-tok"));
     assert_eq!(
         request.json(),
         json!({"client_id": "123.456", "events": [{"name": "generate_lead", "params": {
@@ -664,6 +668,15 @@ async fn a_ga4_destination_sends_a_measurement_protocol_event() {
         .post_admin("/api/v1/destinations", &json!({"id": "ga-bad", "kind": "ga4", "url": collector.url("/")}))
         .await;
     assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    // What would shape another request than the event is refused, never ignored.
+    let ignored = json!({"id": "ga-x", "kind": "ga4", "url": collector.url("/"), "method": "GET", "format": "xml",
+                         "body_template": "x", "ga4": {"measurement_id": "G-1", "api_secret": "s"}});
+    let refused = app.post_admin("/api/v1/destinations", &ignored).await;
+    let body: Value = refused.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    for place in ["ga-x].method", "ga-x].format", "ga-x].body_template"] {
+        assert!(message.contains(place), "{place}: {message}");
+    }
     app.stop().await;
 }
 

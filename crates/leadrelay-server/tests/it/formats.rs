@@ -41,6 +41,15 @@ async fn query_format_sends_the_fields_in_the_url() {
     assert_eq!(request.method, axum::http::Method::GET);
     assert_eq!(request.uri.to_string(), "/in?campaign=7&email=query%40example.com&state=TX");
     assert!(request.body.is_empty());
+    // Posted, the fields still travel in the URL, and the empty body says its length once.
+    let mut posted = webhook("crm", &receiver, json!({"format": "query"}));
+    posted["url"] = json!(receiver.url("/posted"));
+    app.apply(&config(json!([posted]))).await;
+    let lead_id = submit(&app, "posted@example.com").await;
+    app.timeline_until(&lead_id, "recipient.delivered").await;
+    let request = receiver.received().into_iter().find(|r| r.uri.path() == "/posted").unwrap();
+    assert_eq!(request.method, axum::http::Method::POST);
+    assert_eq!(request.headers.get_all("content-length").iter().collect::<Vec<_>>(), ["0"]);
     app.stop().await;
 }
 
