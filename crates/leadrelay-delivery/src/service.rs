@@ -264,7 +264,19 @@ impl DeliveryService {
             let reason = format!("Destination filter: {}", verdict.describe_failure());
             return (skipped(claimed, owner, reason, data, now), None);
         }
-        let caps = applicable_caps(destination, self.config.current().rules.cap_rules(&destination.id), &snapshot, now);
+        // Caps count leads delivered: a resent transfer that was delivered before already has
+        // its place, so it neither waits for a cap nor takes another place.
+        let caps = match self.delivered_before(claimed).await {
+            Ok(false) => {
+                applicable_caps(destination, self.config.current().rules.cap_rules(&destination.id), &snapshot, now)
+            }
+            Ok(true) => Vec::new(),
+            Err(error) => {
+                let reason = format!("caps could not be checked: {error}");
+                tracing::warn!(transfer_id = %claimed.transfer_id, %reason, "delivery postponed");
+                return (postponed(claimed, owner, reason, now, CAP_CHECK_RETRY_MS), None);
+            }
+        };
         let reservation = match self.reserve(&caps).await {
             Ok(reservation) => reservation,
             Err(CapRefusal::Reached { reason, cap }) => return (skipped(claimed, owner, reason, cap, now), None),
@@ -283,6 +295,21 @@ impl DeliveryService {
             self.trip(destination).await;
         }
         (record, reservation)
+    }
+
+    /// Whether a transfer was delivered before this claim: only a resent one can have been.
+    async fn delivered_before(&self, claimed: &ClaimedTransfer) -> leadrelay_store::StoreResult<bool> {
+        if claimed.retry_base == 0 {
+            return Ok(false);
+        }
+        let query = leadrelay_store::EventQuery {
+            lead_id: Some(claimed.lead_id.clone()),
+            destination_id: Some(claimed.destination_id.clone()),
+            event_type: Some(leadrelay_domain::event::EventType::RecipientDelivered),
+            ..Default::default()
+        };
+        let delivered = self.store.scan_events(&query, None, 100).await?;
+        Ok(delivered.iter().any(|event| event.transfer_id.as_deref() == Some(claimed.transfer_id.as_str())))
     }
 
     /// Counts technical failures in a row. Half way to a destination's circuit breaker, adds

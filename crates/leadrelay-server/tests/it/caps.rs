@@ -100,3 +100,35 @@ async fn refused_deliveries_in_flight_never_use_up_a_cap() {
     assert_eq!(skip["data"]["cap"], json!({"window": "total", "max": 2, "count": 2, "window_start": null}));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_delivered_lead_resent_keeps_its_one_place_in_a_cap() {
+    let receiver = Receiver::start(vec![Reply::status(200)]).await;
+    let app = spawn_delivering_app().await;
+    let caps = json!({"caps": [{"window": "day", "max": 2}]});
+    app.apply(&config(json!([webhook("crm", &receiver, caps)]))).await;
+    let (_, first) = app.submit("web", &json!({"email": "first@example.com", "state": "TX"})).await;
+    let transfer = wait_for_register(&app, "success", 1).await[0]["transfer_id"].as_str().unwrap().to_owned();
+    // The buyer asks for the lead again, twice: each resend is delivered, and the lead still
+    // holds one place of the two.
+    for round in 1..=2 {
+        let resent = app.post_admin(&format!("/api/v1/register/{transfer}/resend"), &json!({})).await;
+        assert_eq!(resent.status(), StatusCode::OK, "{}", resent.text().await.unwrap());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while receiver.received().len() < 1 + round {
+            assert!(tokio::time::Instant::now() < deadline, "resend {round} was not delivered");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let timeline = app.timeline(first["lead_id"].as_str().unwrap()).await;
+    let delivered = timeline.iter().filter(|e| e["type"] == "recipient.delivered").count();
+    assert_eq!(delivered, 3);
+    assert!(timeline.iter().all(|e| e["type"] != "recipient.skipped"));
+    // The second lead takes the second place; the third finds the cap reached by two leads.
+    app.submit("web", &json!({"email": "second@example.com", "state": "TX"})).await;
+    wait_for_register(&app, "success", 2).await;
+    app.submit("web", &json!({"email": "third@example.com", "state": "TX"})).await;
+    let skipped = wait_for_register(&app, "skip", 1).await;
+    assert_eq!(skipped[0]["description"], "Daily cap reached (2/2)");
+    app.stop().await;
+}
