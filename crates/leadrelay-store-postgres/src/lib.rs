@@ -126,6 +126,22 @@ impl PostgresStore {
         Ok(Arc::new(Self { readers, writes, health, tasks: std::sync::Mutex::new(vec![writer_task]) }))
     }
 
+    /// Whether the database at `url` holds leadrelay's tables, without creating anything: a
+    /// command that only reads refuses a database leadrelay never set up.
+    pub async fn is_initialised(url: &str) -> StoreResult<bool> {
+        let connect = PgConnectOptions::from_str(url)
+            .map_err(|error| unavailable(format!("invalid PostgreSQL URL: {error}")))?
+            .application_name("leadrelay");
+        let mut connection =
+            connect.connect().await.map_err(|error| unavailable(format!("connecting to PostgreSQL: {error}")))?;
+        let found: bool = sqlx::query_scalar("SELECT to_regclass('chain_head') IS NOT NULL")
+            .fetch_one(&mut connection)
+            .await
+            .map_err(unavailable)?;
+        let _ = sqlx::Connection::close(connection).await;
+        Ok(found)
+    }
+
     async fn write<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> WriteCommand) -> StoreResult<T> {
         group_commit::send(&self.writes, make).await
     }

@@ -128,17 +128,30 @@ impl ChainWalk {
 
     /// The report once every row is checked: the log must end where its head says.
     pub fn finish(self, head_seq: i64, head_hash: &[u8]) -> ChainReport {
-        if head_seq != self.last_seq || head_hash[..] != self.previous[..] {
+        let problem = if head_seq > self.last_seq {
+            Some(format!(
+                "the log ends at event {} but its head says {head_seq}: events were removed from the end",
+                self.last_seq
+            ))
+        } else if head_seq < self.last_seq {
+            Some(format!(
+                "the log goes on to event {} but its head says {head_seq}: events were added after the head, or the \
+                 head was changed",
+                self.last_seq
+            ))
+        } else if head_hash[..] != self.previous[..] {
+            Some(format!(
+                "the head's hash does not match event {}, the last one: the chain head was changed, or the last \
+                 events were replaced",
+                self.last_seq
+            ))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
             return ChainReport {
                 events_checked: self.checked,
-                first_broken: Some(BrokenLink {
-                    seq: self.last_seq + 1,
-                    event_id: String::new(),
-                    problem: format!(
-                        "the log ends at event {} but its head says {head_seq}: events were removed from the end",
-                        self.last_seq
-                    ),
-                }),
+                first_broken: Some(BrokenLink { seq: head_seq.max(self.last_seq), event_id: String::new(), problem }),
             };
         }
         ChainReport { events_checked: self.checked, first_broken: None }

@@ -28,13 +28,26 @@ pub fn init_logging() {
 
 /// The URL without its password, for messages and logs.
 pub fn redacted_database_url(database_url: &str) -> String {
-    match url::Url::parse(database_url) {
-        Ok(mut url) if url.password().is_some() => {
-            let _ = url.set_password(Some("***"));
-            url.to_string()
-        }
-        _ => database_url.to_owned(),
+    let Ok(mut url) = url::Url::parse(database_url) else { return database_url.to_owned() };
+    let secret_parameter =
+        |name: &str| name.eq_ignore_ascii_case("password") || name.eq_ignore_ascii_case("sslpassword");
+    if url.password().is_none() && !url.query_pairs().any(|(name, _)| secret_parameter(&name)) {
+        return database_url.to_owned();
     }
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+    }
+    if url.query_pairs().any(|(name, _)| secret_parameter(&name)) {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(name, value)| {
+                let value = if secret_parameter(&name) { "***".to_owned() } else { value.into_owned() };
+                (name.into_owned(), value)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
 }
 
 /// Opens a store that must exist already: commands that only read never create an empty
@@ -43,7 +56,23 @@ pub async fn open_existing_store(database_url: &str) -> anyhow::Result<Arc<dyn S
     if let Some(path) = missing_sqlite_file(database_url)? {
         bail!("no database at {}: check --database-url (or LEADRELAY_DATABASE_URL)", path.display());
     }
+    if is_postgres(database_url) {
+        let initialised = PostgresStore::is_initialised(database_url)
+            .await
+            .with_context(|| format!("while opening {}", redacted_database_url(database_url)))?;
+        if !initialised {
+            bail!(
+                "{} holds no leadrelay database (run `leadrelay serve` or `leadrelay apply` on it first): check \
+                 --database-url (or LEADRELAY_DATABASE_URL)",
+                redacted_database_url(database_url)
+            );
+        }
+    }
     open_store(database_url).await
+}
+
+fn is_postgres(database_url: &str) -> bool {
+    database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")
 }
 
 /// The file of a `sqlite:` URL when it does not exist yet.
@@ -51,7 +80,20 @@ fn missing_sqlite_file(database_url: &str) -> anyhow::Result<Option<std::path::P
     if !database_url.starts_with("sqlite:") {
         return Ok(None);
     }
-    Ok(leadrelay_store_sqlite::database_file(database_url)?.filter(|path| !path.exists()))
+    let path = sqlite_file(database_url)?;
+    Ok((!path.exists()).then_some(path))
+}
+
+/// The file of a `sqlite:` URL; one without a file (in memory, or no path) is refused, since
+/// what it stored would vanish with the process.
+fn sqlite_file(database_url: &str) -> anyhow::Result<std::path::PathBuf> {
+    match leadrelay_store_sqlite::database_file(database_url)? {
+        Some(path) if !path.as_os_str().is_empty() && !path.to_string_lossy().starts_with("file:") => Ok(path),
+        _ => bail!(
+            "{database_url:?} names no database file: use sqlite://PATH (for example sqlite://leadrelay.db); an \
+             in-memory database would lose everything when the process ends"
+        ),
+    }
 }
 
 /// Opens the store for a command that may be the first to run on a new machine (`apply`,
@@ -81,10 +123,11 @@ pub async fn open_server_store(database_url: &str) -> anyhow::Result<Arc<dyn Sto
 
 async fn open_store_as(database_url: &str, sqlite: SqliteOptions) -> anyhow::Result<Arc<dyn Store>> {
     if database_url.starts_with("sqlite:") {
+        sqlite_file(database_url)?;
         let store =
             SqliteStore::open(database_url, sqlite).await.with_context(|| format!("while opening {database_url}"))?;
         Ok(store)
-    } else if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
+    } else if is_postgres(database_url) {
         let store = PostgresStore::open(database_url, PostgresOptions::default())
             .await
             .with_context(|| format!("while opening {}", redacted_database_url(database_url)))?;
@@ -119,7 +162,15 @@ async fn ensure_admin_token(store: &dyn Store) -> anyhow::Result<()> {
         hash: hash_token(value.trim()),
         created_at: now_millis(),
     };
+    let hash = token.hash;
     store.ensure_token(token).await.context("while storing LEADRELAY_ADMIN_TOKEN")?;
+    // Changing the variable rotates the token: what an earlier value created stops working.
+    for earlier in store.list_tokens().await.context("while reading tokens")? {
+        if earlier.name == "LEADRELAY_ADMIN_TOKEN" && earlier.hash != hash {
+            store.delete_token(&earlier.id).await.context("while revoking the earlier LEADRELAY_ADMIN_TOKEN")?;
+            tracing::info!(token_id = %earlier.id, "revoked the token of an earlier LEADRELAY_ADMIN_TOKEN value");
+        }
+    }
     Ok(())
 }
 
@@ -216,13 +267,15 @@ pub async fn verify(database_url: &str) -> anyhow::Result<ExitCode> {
             println!("OK: {} events verified, the chain is intact", report.events_checked);
             Ok(ExitCode::SUCCESS)
         }
+        Some(broken) if broken.event_id.is_empty() => {
+            // The rows check out one by one; where the log ends disagrees with its head.
+            println!("BROKEN at the end of the log: {}; {} events verified", broken.problem, report.events_checked);
+            Ok(ExitCode::from(1))
+        }
         Some(broken) => {
             println!(
                 "BROKEN at event {} (seq {}): {}; {} events before it verified",
-                if broken.event_id.is_empty() { "-" } else { &broken.event_id },
-                broken.seq,
-                broken.problem,
-                report.events_checked
+                broken.event_id, broken.seq, broken.problem, report.events_checked
             );
             Ok(ExitCode::from(1))
         }

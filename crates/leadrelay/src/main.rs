@@ -46,10 +46,13 @@ struct EventFilters {
     /// Only events with this register status: new, success, skip or error.
     #[arg(long)]
     status: Option<String>,
+    /// Only events of the leads of this source.
     #[arg(long)]
     source_id: Option<String>,
+    /// Only events about this destination (its deliveries, skips and retries).
     #[arg(long)]
     destination_id: Option<String>,
+    /// Only events of the leads of this flow.
     #[arg(long)]
     flow_id: Option<String>,
     /// From this time (ISO 8601) or date (`2024-01-15`), inclusive.
@@ -70,6 +73,23 @@ struct EventFilters {
     exclude: Option<String>,
 }
 
+/// A network in CIDR notation; spaces around it (`10.0.0.0/8, 192.168.0.0/16`) are ignored.
+fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{text:?} is not a network such as 10.1.2.0/24 (or one address)"))
+}
+
+/// A body limit no real submission falls under: 0 would refuse every body.
+fn parse_body_limit(text: &str) -> Result<usize, String> {
+    let limit: usize = text.trim().parse().map_err(|_| format!("{text:?} is not a number of bytes"))?;
+    if limit < 1024 {
+        return Err(format!("{limit} bytes would refuse ordinary submissions: give at least 1024"));
+    }
+    Ok(limit)
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the HTTP server (intake, API) until SIGTERM or Ctrl-C.
@@ -88,10 +108,11 @@ enum Command {
         allow_private_destinations: bool,
         /// A network outbound calls may reach whatever its class, such as a CRM at
         /// 10.1.2.0/24; repeat the flag or separate networks with commas.
-        #[arg(long = "allow-network", env = "LEADRELAY_ALLOW_NETWORKS", value_delimiter = ',', value_name = "CIDR")]
+        #[arg(long = "allow-network", env = "LEADRELAY_ALLOW_NETWORKS", value_delimiter = ',', value_name = "CIDR",
+              value_parser = parse_network)]
         allow_networks: Vec<ipnet::IpNet>,
-        /// Largest accepted request body, in bytes.
-        #[arg(long, env = "LEADRELAY_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+        /// Largest accepted request body, in bytes (at least 1024).
+        #[arg(long, env = "LEADRELAY_MAX_BODY_BYTES", default_value_t = 1 << 20, value_parser = parse_body_limit)]
         max_body_bytes: usize,
     },
     /// A ready local playground: the server on a temporary SQLite file, a sample flow with two
@@ -223,5 +244,20 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {error:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks_and_body_limits_are_read_as_people_write_them() {
+        assert_eq!(parse_network(" 192.168.0.0/16").unwrap(), "192.168.0.0/16".parse::<ipnet::IpNet>().unwrap());
+        assert_eq!(parse_network("10.1.2.3").unwrap(), "10.1.2.3/32".parse::<ipnet::IpNet>().unwrap());
+        assert!(parse_network("10.0.0.0/33").unwrap_err().contains("not a network"));
+        assert_eq!(parse_body_limit("1048576").unwrap(), 1 << 20);
+        assert!(parse_body_limit("0").unwrap_err().contains("at least 1024"));
+        assert!(parse_body_limit("lots").is_err());
     }
 }

@@ -91,6 +91,8 @@ impl ConfigError {
 
 /// Parses a document from JSON, naming the path of the first problem (`flows[0].fields[1]: unknown field ...`).
 pub fn parse_json<T: serde::de::DeserializeOwned + Serialize>(text: &str) -> Result<T, ConfigError> {
+    // Windows editors start UTF-8 files with a byte order mark; it is not part of the document.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let deserializer = &mut serde_json::Deserializer::from_str(text);
     let parsed = serde_path_to_error::deserialize(deserializer)
         .map_err(|error| ConfigError::one(describe_path_error(&error)))?;
@@ -753,6 +755,13 @@ mod tests {
             let problems = problems_of(auth);
             assert!(problems.len() == 1 && problems[0].starts_with("destinations[crm].auth.name:"), "{problems:?}");
         }
+    }
+
+    #[test]
+    fn a_json_document_may_start_with_a_byte_order_mark() {
+        let document: ConfigDocument =
+            parse_json("\u{feff}{\"flows\": [{\"id\": \"bom\", \"name\": \"Bom\"}]}").unwrap();
+        assert_eq!(document.flows.len(), 1);
     }
 
     #[test]

@@ -165,6 +165,67 @@ async fn verify_passes_an_intact_log_and_names_the_first_changed_event() {
     assert!(stdout(&output).contains(&changed), "{}", stdout(&output));
 }
 
+#[tokio::test]
+async fn a_new_admin_token_value_replaces_the_one_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let status =
+        |server: &Server, token: &'static str| client.get(server.url("/api/v1/tokens")).bearer_auth(token).send();
+    let server = Server::start(dir.path());
+    assert_eq!(status(&server, ADMIN_TOKEN).await.unwrap().status(), 200);
+    assert!(server.terminate().success());
+    let rotated = "a-rotated-admin-token-value-0123";
+    let server = Server::start_with_admin_token(dir.path(), rotated);
+    assert_eq!(status(&server, rotated).await.unwrap().status(), 200);
+    assert_eq!(status(&server, ADMIN_TOKEN).await.unwrap().status(), 401, "the old value is revoked");
+    let tokens: serde_json::Value = status(&server, rotated).await.unwrap().json().await.unwrap();
+    assert_eq!(tokens["items"].as_array().unwrap().len(), 1, "{tokens}");
+    assert!(server.terminate().success());
+}
+
+#[test]
+fn in_memory_and_pathless_sqlite_urls_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in ["sqlite:", "sqlite://", "sqlite::memory:"] {
+        for command in [&["token", "create", "--name", "x"][..], &["verify"], &["apply", "-"]] {
+            let output = std::process::Command::new(crate::process::binary())
+                .args(command)
+                .args(["--database-url", url])
+                .current_dir(dir.path())
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            assert_eq!(output.status.code(), Some(1), "{url} {command:?}: {}", stdout(&output));
+            assert!(stderr(&output).contains("names no database file"), "{url} {command:?}: {}", stderr(&output));
+            assert!(stdout(&output).is_empty(), "{url} {command:?}: no token is printed");
+        }
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no file was created");
+}
+
+#[tokio::test]
+async fn reading_commands_refuse_a_postgres_database_leadrelay_never_set_up() {
+    let database = leadrelay_store_conformance::postgres::TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    // A password given as a parameter never shows in what is printed.
+    let url = format!("{}?password=QuerySecretPw", database.url);
+    for command in [&["verify"][..], &["events"], &["export", "--format", "ndjson"]] {
+        let output = crate::process::run_on(&url, dir.path(), command);
+        assert_eq!(output.status.code(), Some(1), "{command:?}: {}", stdout(&output));
+        assert!(stderr(&output).contains("holds no leadrelay database"), "{command:?}: {}", stderr(&output));
+        assert!(stderr(&output).contains("password=***"), "{command:?}: {}", stderr(&output));
+        assert!(!stderr(&output).contains("QuerySecretPw"), "{command:?}: {}", stderr(&output));
+    }
+    // Nothing was created in it: once set up (by apply), the same commands read it.
+    let output = crate::process::run_on(&url, dir.path(), &["verify"]);
+    assert!(!output.status.success());
+    let config = write_config(dir.path(), CONFIG);
+    assert!(crate::process::run_on(&url, dir.path(), &["apply", config.to_str().unwrap()]).status.success());
+    let output = crate::process::run_on(&url, dir.path(), &["verify"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    database.drop().await;
+}
+
 #[test]
 fn reading_commands_refuse_a_database_that_does_not_exist() {
     let dir = tempfile::tempdir().unwrap();
@@ -204,6 +265,15 @@ async fn verify_detects_changed_snapshots_and_removed_events() {
     let output = run(dir.path(), &["verify"]);
     assert_eq!(output.status.code(), Some(1));
     assert!(stdout(&output).contains("removed from the end"), "{}", stdout(&output));
+
+    // A changed head is named as such, not as events removed.
+    let dir = tempfile::tempdir().unwrap();
+    seed(dir.path(), 4).await;
+    tamper(dir.path(), "UPDATE chain_head SET hash = zeroblob(32)").await;
+    let output = run(dir.path(), &["verify"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stdout(&output).contains("the chain head was changed"), "{}", stdout(&output));
+    assert!(!stdout(&output).contains("removed"), "{}", stdout(&output));
 }
 
 #[tokio::test]
@@ -261,7 +331,7 @@ async fn a_running_server_takes_up_what_apply_changes_in_its_file() {
     assert!(output.status.success(), "{}", stderr(&output));
     // At once: a source the server does not know is looked for in the file before a 404.
     assert_eq!(submit().send().await.unwrap().status(), 201, "the new source takes leads at once");
-    let admin = |path: &str| client.get(server.url(path)).bearer_auth(crate::process::ADMIN_TOKEN).send();
+    let admin = |path: &str| client.get(server.url(path)).bearer_auth(ADMIN_TOKEN).send();
     assert_eq!(admin("/api/v1/sources/partner").await.unwrap().status(), 200);
 
     // A change to a known object is read by the admin API at once too, and by intake within

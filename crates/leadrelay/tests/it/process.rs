@@ -97,6 +97,13 @@ impl Server {
         Self::spawn(command, url, dir)
     }
 
+    /// Starts `serve` on the database in `dir` with `LEADRELAY_ADMIN_TOKEN` set to `token`.
+    pub fn start_with_admin_token(dir: &Path, token: &str) -> Server {
+        let mut command = Command::new(binary());
+        command.args(["serve", "--listen", "127.0.0.1:0"]).env("LEADRELAY_ADMIN_TOKEN", token);
+        Self::spawn(command, &database_url(dir), dir)
+    }
+
     /// Starts `serve` on the database in `dir` unable to grow any file past `bytes`, as on a
     /// full disk: writes past it fail (`EFBIG`; the signal that would kill the process is
     /// ignored) until `lift_file_size_limit`.
@@ -118,9 +125,11 @@ impl Server {
     }
 
     fn spawn(mut command: Command, url: &str, dir: &Path) -> Server {
+        if !command.get_envs().any(|(name, _)| name == "LEADRELAY_ADMIN_TOKEN") {
+            command.env("LEADRELAY_ADMIN_TOKEN", ADMIN_TOKEN);
+        }
         let mut child = command
             .env("LEADRELAY_DATABASE_URL", url)
-            .env("LEADRELAY_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("LEADRELAY_LOG", "warn")
             .current_dir(dir)
             .stdout(Stdio::piped())
