@@ -488,7 +488,17 @@ impl Config {
         if let Some(old) = stored_secret.filter(|old| Some(old) != destination.signing_secret.as_ref()) {
             previous.push(PreviousSecret { secret: old, until: crate::time::format_millis(now + SECRET_OVERLAP_MS) });
         }
-        previous.retain(|old| old.in_force(now) && Some(&old.secret) != destination.signing_secret.as_ref());
+        // Any ISO 8601 time or date (a date runs to its end) is stored in one form; one that
+        // cannot be read stays as written, for the check to refuse by name.
+        for old in &mut previous {
+            if let Ok(until) = crate::time::parse_query_time(&old.until, true) {
+                old.until = crate::time::format_millis(until);
+            }
+        }
+        let readable = |old: &PreviousSecret| chrono::DateTime::parse_from_rfc3339(&old.until).is_ok();
+        previous.retain(|old| {
+            !readable(old) || (old.in_force(now) && Some(&old.secret) != destination.signing_secret.as_ref())
+        });
         // Stored as read back: an empty list is no list.
         destination.previous_signing_secrets = (!previous.is_empty()).then_some(previous);
     }
@@ -755,6 +765,22 @@ mod tests {
             let problems = problems_of(auth);
             assert!(problems.len() == 1 && problems[0].starts_with("destinations[crm].auth.name:"), "{problems:?}");
         }
+    }
+
+    #[test]
+    fn a_previous_secrets_until_is_read_as_a_time_or_a_date_or_refused() {
+        let url = "https://crm.example.com/leads";
+        let old = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let with_until = |until: &str| json!([{"id": "crm", "url": url, "previous_signing_secrets": [{"secret": old, "until": until}]}]);
+        for unreadable in ["tomorrow", "garbage"] {
+            let problems = problems_of(with_until(unreadable));
+            assert_eq!(problems, ["destinations[crm].previous_signing_secrets[0].until: must be an ISO 8601 time"]);
+        }
+        let document: ConfigDocument =
+            parse_value(json!({ "destinations": with_until("2099-01-01") })).expect("document");
+        let (config, _) = Config::default().change(ConfigChange::Apply(document), 0).expect("a date is a time");
+        let kept = config.destinations["crm"].previous_signing_secrets.clone().expect("kept");
+        assert_eq!(kept[0].until, "2099-01-01T23:59:59.999Z");
     }
 
     #[test]
