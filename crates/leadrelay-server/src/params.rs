@@ -83,24 +83,31 @@ impl Params {
         use base64::engine::general_purpose::URL_SAFE_NO_PAD;
         use base64::Engine;
         let limit = self.limit(100)?;
+        // The cursor names the last item seen and where it stood: when that item has been
+        // deleted since, the next page starts where it stood.
         let start = match self.text("cursor") {
             None => 0,
             Some(text) => {
-                let after = URL_SAFE_NO_PAD
+                let (position, after) = URL_SAFE_NO_PAD
                     .decode(&text)
                     .ok()
                     .and_then(|bytes| String::from_utf8(bytes).ok())
-                    .and_then(|text| text.strip_prefix("id:").map(str::to_owned))
+                    .and_then(|text| {
+                        let (position, id) = text.strip_prefix("at:")?.split_once(':')?;
+                        Some((position.parse::<usize>().ok()?, id.to_owned()))
+                    })
                     .ok_or_else(|| invalid("cursor", "not a cursor this API handed out"))?;
-                let position = items.iter().position(|(id, _)| *id == after).ok_or_else(|| {
-                    invalid("cursor", "the item it points past no longer exists; start again without a cursor")
-                })?;
-                position + 1
+                match items.iter().position(|(id, _)| *id == after) {
+                    Some(found) => found + 1,
+                    None => position.min(items.len()),
+                }
             }
         };
         let more = items.len() > start + limit;
         let page: Vec<(String, T)> = items.into_iter().skip(start).take(limit).collect();
-        let next = more.then(|| page.last().map(|(id, _)| URL_SAFE_NO_PAD.encode(format!("id:{id}")))).flatten();
+        let next = more
+            .then(|| page.last().map(|(id, _)| URL_SAFE_NO_PAD.encode(format!("at:{}:{id}", start + page.len() - 1))))
+            .flatten();
         Ok((page.into_iter().map(|(_, item)| item).collect(), next))
     }
 

@@ -78,6 +78,13 @@ async fn configuration_lists_page_with_limit_and_cursor() {
         }
     }
     assert_eq!(seen, ["d0", "d1", "d2", "d3", "d4"]);
+    // The item a cursor points past is deleted: the next page goes on from where it stood.
+    let first = app.get_json("/api/v1/destinations?limit=2").await;
+    let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    assert_eq!(app.delete_admin("/api/v1/destinations/d1").await.status(), StatusCode::NO_CONTENT);
+    let next = app.get_json(&format!("/api/v1/destinations?limit=2&cursor={cursor}")).await;
+    let ids: Vec<&str> = next["items"].as_array().unwrap().iter().map(|item| item["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["d2", "d3"]);
     for bad in ["limit=0", "cursor=nope", "colour=red"] {
         let response = app.get_admin(&format!("/api/v1/destinations?{bad}")).await;
         assert_eq!(error_code(response).await.0, StatusCode::BAD_REQUEST, "{bad}");
