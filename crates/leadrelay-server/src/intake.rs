@@ -139,12 +139,12 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Map<String, Value>>
     // `curl -d '{…}'` and most HTTP libraries label any body they are given as a form; a
     // JSON object sent that way is still a JSON object (no form field starts with `{`).
     if is_form && looks_like_json {
-        if let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) {
+        if let Ok(Value::Object(map)) = exact_json(body) {
             return Ok(map);
         }
     }
     if is_json || (media_type.is_empty() && looks_like_json) {
-        let value: Value = serde_json::from_slice(body)
+        let value: Value = exact_json(body)
             .map_err(|error| ApiError::bad_request("invalid_json", format!("body is not valid JSON: {error}")))?;
         match value {
             Value::Object(map) => Ok(map),
@@ -170,6 +170,78 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Map<String, Value>>
         Err(ApiError::UnsupportedMediaType(format!(
             "content type {media_type:?} is not supported: send application/json, application/x-www-form-urlencoded, multipart/form-data, or a query string"
         )))
+    }
+}
+
+/// A JSON body as written: a number that a double cannot hold exactly (more than 15
+/// significant digits, or out of range like `1e400`) is kept as the text it was written as,
+/// since the raw value of a field is kept (SPEC 4) and a lead is never refused for it.
+fn exact_json(body: &[u8]) -> serde_json::Result<Value> {
+    if !may_hold_inexact_numbers(body) {
+        return serde_json::from_slice(body);
+    }
+    let raw: &serde_json::value::RawValue = serde_json::from_slice(body)?;
+    exact_value(raw)
+}
+
+/// Whether a body has a run of 16 digits or more (dots between them counted out) or an
+/// exponent: only then can a number in it lose digits as a double. Strings count too, which
+/// only sends them the slower, exact way.
+fn may_hold_inexact_numbers(body: &[u8]) -> bool {
+    let mut digits = 0;
+    let mut previous = 0u8;
+    for &byte in body {
+        match byte {
+            b'0'..=b'9' => {
+                digits += 1;
+                if digits >= 16 {
+                    return true;
+                }
+            }
+            b'.' => {}
+            b'e' | b'E' if previous.is_ascii_digit() || previous == b'.' => return true,
+            _ => digits = 0,
+        }
+        previous = byte;
+    }
+    false
+}
+
+fn exact_value(raw: &serde_json::value::RawValue) -> serde_json::Result<Value> {
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'{') => {
+            let members: indexmap::IndexMap<String, &serde_json::value::RawValue> = serde_json::from_str(text)?;
+            members
+                .into_iter()
+                .map(|(name, value)| Ok((name, exact_value(value)?)))
+                .collect::<serde_json::Result<Map<String, Value>>>()
+                .map(Value::Object)
+        }
+        Some(b'[') => {
+            let items: Vec<&serde_json::value::RawValue> = serde_json::from_str(text)?;
+            items.into_iter().map(exact_value).collect::<serde_json::Result<Vec<Value>>>().map(Value::Array)
+        }
+        Some(b'-' | b'0'..=b'9') => {
+            let significant = text
+                .split(['e', 'E'])
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches('-')
+                .chars()
+                .filter(char::is_ascii_digit)
+                .collect::<String>();
+            let significant = significant.trim_start_matches('0').trim_end_matches('0').len();
+            let is_integer = !text.contains(['.', 'e', 'E']);
+            match serde_json::from_str::<serde_json::Number>(text) {
+                Ok(number) if is_integer && (number.is_i64() || number.is_u64()) => Ok(Value::Number(number)),
+                Ok(number) if !is_integer && significant <= 15 && number.as_f64().is_some_and(f64::is_finite) => {
+                    Ok(Value::Number(number))
+                }
+                _ => Ok(Value::String(text.to_owned())),
+            }
+        }
+        _ => serde_json::from_str(text),
     }
 }
 

@@ -119,7 +119,8 @@ pub(crate) async fn list_events(State(state): State<Arc<AppState>>, RawQuery(que
 #[utoipa::path(get, path = "/api/v1/flows/{flow_id}/events", tag = "events",
     params(("flow_id" = String, Path, description = "The flow's id"), crate::openapi::LeadFilterDoc, crate::openapi::EventParamsDoc, crate::openapi::EventPageDoc),
     responses((status = 200, description = "A page of events", body = crate::openapi::PageDoc),
-              (status = 400, description = "A parameter is invalid", body = crate::openapi::ErrorBody)))]
+              (status = 400, description = "A parameter is invalid", body = crate::openapi::ErrorBody),
+              (status = 404, description = "No such flow, configured or in the log", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn list_flow_events(
     State(state): State<Arc<AppState>>,
     Path(flow_id): Path<String>,
@@ -198,6 +199,7 @@ pub(crate) async fn get_lead(State(state): State<Arc<AppState>>, Path(lead_id): 
 #[utoipa::path(get, path = "/api/v1/leads/{lead_id}/events", tag = "leads",
     params(("lead_id" = String, Path, description = "`lead_…`"), crate::openapi::EventParamsDoc, crate::openapi::TimelinePageDoc),
     responses((status = 200, description = "The timeline, oldest first", body = crate::openapi::PageDoc),
+              (status = 400, description = "A parameter is invalid", body = crate::openapi::ErrorBody),
               (status = 404, description = "No such lead", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn lead_timeline(
     State(state): State<Arc<AppState>>,

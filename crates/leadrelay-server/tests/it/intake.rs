@@ -139,6 +139,36 @@ async fn forms_and_query_strings_are_read_in_their_charset() {
 }
 
 #[tokio::test]
+async fn numbers_a_double_cannot_hold_are_kept_as_written() {
+    let app = spawn_app().await;
+    app.apply(&solar_config()).await;
+    let body = r#"{"email": "big@example.com", "state": "TX", "account": 98765432109876543210987,
+        "ratio": 1e400, "precise": 0.12345678901234567890, "plain": 1.5, "count": 42, "small": 1e5,
+        "nested": {"id": 123456789012345678901}, "list": [1, 18446744073709551616]}"#;
+    let response = app
+        .client
+        .post(app.url("/api/v1/sources/web/submit"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let answer: Value = response.json().await.unwrap();
+    let lead = app.get_json(&format!("/api/v1/leads/{}", answer["lead_id"].as_str().unwrap())).await;
+    assert_eq!(lead["account"]["raw"], "98765432109876543210987");
+    assert_eq!(lead["ratio"]["raw"], "1e400");
+    assert_eq!(lead["precise"]["raw"], "0.12345678901234567890");
+    // Numbers a double holds read as before.
+    assert_eq!(lead["plain"]["raw"], "1.5");
+    assert_eq!(lead["count"]["raw"], "42");
+    assert_eq!(lead["small"]["raw"], "100000.0");
+    assert_eq!(lead["nested"]["raw"], json!({"id": "123456789012345678901"}));
+    assert_eq!(lead["list"]["raw"], json!([1, "18446744073709551616"]));
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn multipart_form_data_is_read_as_a_form() {
     let app = spawn_app().await;
     app.apply(&solar_config()).await;
