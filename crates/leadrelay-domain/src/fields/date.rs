@@ -2,8 +2,10 @@
 //! ISO 8601 `YYYY-MM-DD`.
 //!
 //! Slash and dash dates with the day and month both under 13 are read month first, as in the US;
-//! dotted dates (`15.01.2024`) are read day first, as in Europe. Two-digit years are refused:
-//! their century is a guess.
+//! dotted dates (`15.01.2024`) are read day first, as in Europe. A two-digit year at the end
+//! (`01/02/85`, `Jan 2, 85`) is read as most software reads it: 69–99 in the 1900s, 00–68 in
+//! the 2000s; a date of birth read so that would lie after the lead arrived is a century
+//! earlier (`01/02/30` → 1930).
 
 use std::sync::LazyLock;
 
@@ -32,7 +34,7 @@ static YEAR_FIRST: LazyLock<Regex> = LazyLock::new(|| {
 /// as US forms and spreadsheets write them).
 static YEAR_LAST: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(
-        r"^([0-9]{1,2})([-/.])([0-9]{1,2})([-/.])([0-9]{4})(?:,?\s+[0-9]{1,2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]+)?)?(?:\s*[AaPp]\.?[Mm]\.?)?)?$",
+        r"^([0-9]{1,2})([-/.])([0-9]{1,2})([-/.])([0-9]{4}|[0-9]{2})(?:,?\s+[0-9]{1,2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]+)?)?(?:\s*[AaPp]\.?[Mm]\.?)?)?$",
     )
     .expect("the year-last pattern is valid")
 });
@@ -73,12 +75,44 @@ pub(super) fn parse_dob(trimmed: &str) -> Parsed {
 }
 
 /// A birth date after the day the lead arrived (in UTC, with a day of grace: somewhere it is
-/// already tomorrow) is invalid: no one is born in the future.
+/// already tomorrow) is invalid: no one is born in the future. One written with a two-digit
+/// year is a century earlier instead (`01/02/30` → 1930).
 pub(super) fn invalidate_future_dob(field: &mut serde_json::Map<String, Value>, received_at: i64) {
     let Some(arrival) = DateTime::from_timestamp_millis(received_at).map(|time| time.date_naive()) else { return };
+    let latest = arrival + chrono::Days::new(1);
     let born = field.get("value").and_then(Value::as_str).and_then(|text| text.parse::<NaiveDate>().ok());
-    if born.is_some_and(|born| born > arrival + chrono::Days::new(1)) {
-        field.insert("valid".to_owned(), Value::Bool(false));
+    let Some(born) = born.filter(|born| *born > latest) else { return };
+    let raw = field.get("raw").and_then(Value::as_str).unwrap_or_default().trim();
+    let earlier = has_two_digit_year(raw).then(|| born.with_year(born.year() - 100)).flatten();
+    match earlier.filter(|earlier| *earlier <= latest) {
+        Some(earlier) => {
+            let described = describe(earlier, DOB_YEARS.contains(&earlier.year())).into_object(raw);
+            field.extend(described.into_iter().filter(|(name, _)| name != "raw"));
+        }
+        None => {
+            field.insert("valid".to_owned(), Value::Bool(false));
+        }
+    }
+}
+
+/// Whether a date that parses was written with a two-digit year.
+fn has_two_digit_year(raw: &str) -> bool {
+    to_date(raw).is_some() && {
+        let digits_at_end = raw.bytes().rev().take_while(u8::is_ascii_digit).count();
+        let year_last = YEAR_LAST.captures(raw).map(|captures| captures[5].len());
+        year_last == Some(2) || (year_last.is_none() && digits_at_end == 2 && with_month_name(raw).is_some())
+    }
+}
+
+/// A two-digit year as most software reads it: 69–99 in the 1900s, 00–68 in the 2000s.
+fn full_year(year: &str) -> Option<String> {
+    match year.len() {
+        4 => Some(year.to_owned()),
+        2 => {
+            let short: i32 = year.parse().ok()?;
+            Some((if short >= 69 { 1900 + short } else { 2000 + short }).to_string())
+        }
+        _ => None,
     }
 }
 
@@ -104,7 +138,9 @@ fn to_date(trimmed: &str) -> Option<NaiveDate> {
         if captures[2] != captures[4] {
             return None;
         }
-        let (first, second, year) = (&captures[1], &captures[3], &captures[5]);
+        let (first, second) = (&captures[1], &captures[3]);
+        let year = full_year(&captures[5])?;
+        let year = year.as_str();
         return if &captures[2] == "." {
             ymd(year, second, first)
         } else {
@@ -137,14 +173,11 @@ fn with_month_name(trimmed: &str) -> Option<NaiveDate> {
         return None;
     };
     let (year, month, day) = match (month_number(a), month_number(b), month_number(c)) {
-        (Some(month), None, None) => (c, month, b),
-        (None, Some(month), None) if is_year(a) => (a, month, c),
-        (None, Some(month), None) => (c, month, a),
+        (Some(month), None, None) => (full_year(c).filter(|_| is_year_token(c))?, month, b),
+        (None, Some(month), None) if is_year(a) => (a.to_string(), month, c),
+        (None, Some(month), None) => (full_year(c).filter(|_| is_year_token(c))?, month, a),
         _ => return None,
     };
-    if !is_year(year) {
-        return None;
-    }
     let day = strip_ordinal(day)?;
     NaiveDate::from_ymd_opt(year.parse().ok()?, month, day.parse().ok()?)
 }
@@ -160,6 +193,11 @@ fn month_number(token: &str) -> Option<u32> {
 
 fn is_year(token: &str) -> bool {
     token.len() == 4 && token.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A year written last: four digits, or two.
+fn is_year_token(token: &str) -> bool {
+    matches!(token.len(), 2 | 4) && token.bytes().all(|b| b.is_ascii_digit())
 }
 
 fn is_weekday(token: &str) -> bool {
@@ -266,14 +304,14 @@ mod tests {
             "2024-00-10",
             "2024-01-32",
             "13/13/2024",
-            "01/15/24",
             "1/5",
             "2024-01/15",
             "Janu 15 2024 extra",
             "Foo 15 2024",
             "Jan 2024",
-            "15 Jan 24",
             "January 2024 15",
+            "01/15/024",
+            "Jan 15 1",
             "2024-01-15Tnoon",
             "yesterday",
             "Zoë Ñúñez",
@@ -311,6 +349,34 @@ mod tests {
             json!({"value": "1900-01-01", "valid": true, "year": 1900, "month": 1, "day": 1}),
         );
         check_unparsed(FieldType::Dob, "not a date");
+    }
+
+    #[test]
+    fn two_digit_years_are_read_in_the_usual_century() {
+        check_date("01/15/24", "2024-01-15");
+        check_date("1-5-85", "1985-01-05");
+        check_date("15.01.69", "1969-01-15");
+        check_date("15 Jan 24", "2024-01-15");
+        check_date("Jan 2, 85", "1985-01-02");
+        check_date("05/17/80 10:30 AM", "1980-05-17");
+        check_date("12/31/68", "2068-12-31");
+    }
+
+    #[test]
+    fn a_two_digit_birth_year_never_lies_in_the_future() {
+        let arrival = chrono::NaiveDate::from_ymd_opt(2026, 12, 3).unwrap().and_hms_opt(12, 0, 0).unwrap();
+        let received_at = arrival.and_utc().timestamp_millis();
+        for (raw, born) in [("01/02/05", "2005-01-02"), ("01/02/30", "1930-01-02"), ("Jan 2, 85", "1985-01-02")] {
+            let mut field = parse_field(FieldType::Dob, raw);
+            super::invalidate_future_dob(&mut field, received_at);
+            assert_eq!((field["value"].as_str(), field["valid"].as_bool()), (Some(born), Some(true)), "{raw}");
+            assert_eq!(field["year"], json!(born[..4].parse::<i32>().unwrap()), "{raw}");
+            assert_eq!(field["raw"], raw);
+        }
+        // A four-digit year is taken as written: in the future, it is invalid.
+        let mut field = parse_field(FieldType::Dob, "01/02/2030");
+        super::invalidate_future_dob(&mut field, received_at);
+        assert_eq!((field["value"].as_str(), field["valid"].as_bool()), (Some("2030-01-02"), Some(false)));
     }
 
     #[test]
