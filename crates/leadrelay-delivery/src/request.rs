@@ -544,7 +544,10 @@ mod tests {
         let plain = url::Url::parse("https://crm.test/in?campaign=7").unwrap();
         assert_eq!(redacted_url(&plain), "https://crm.test/in?campaign=7");
         let hook = url::Url::parse("https://hooks.test/hooks/catch/123456/AbCdEf1234567890XyZqW/?x=1").unwrap();
-        assert_eq!(redacted_url(&hook), "https://hooks.test/hooks/catch/***/***/?x=1");
+        assert_eq!(redacted_url(&hook), "https://hooks.test/hooks/catch/123456/***/?x=1");
+        // Where a lead went stays readable.
+        let plain = url::Url::parse("https://crm.test/ok/crm-500/v2/leads").unwrap();
+        assert_eq!(redacted_url(&plain), "https://crm.test/ok/crm-500/v2/leads");
     }
 
     #[test]

@@ -432,9 +432,15 @@ impl Timeline<'_> {
         let reason = self.lead.reason.clone();
         // What the lead cost, once it is known whether it was bought.
         let price = self.lead.cost;
+        // A lead that went nowhere says why on its last event, as its register row does.
+        let nowhere = self
+            .transfers
+            .iter()
+            .find(|transfer| transfer.destination_id.is_none() && transfer.status == RegisterStatus::Skip)
+            .map(|transfer| transfer.description.clone());
         let event = self.push(EventType::FlowCompleted, now);
         event.outcome = Some(outcome);
-        event.reason = reason.clone();
+        event.reason = reason.clone().or(nowhere);
         event.duration_ms = Some((now - received_at).max(0));
         event.data = json!({ "transfers": transfers });
         event.price = price;

@@ -197,7 +197,7 @@ pub(crate) async fn resend_one(
 /// Queues one transfer again (for the API and the web UI alike); an error says why not.
 pub(crate) async fn resend_transfer(state: &AppState, transfer_id: &str, actor: String) -> ApiResult<()> {
     let config = state.config();
-    let request = ResendRequest { transfer_ids: vec![transfer_id.to_owned()], actor, now: now_millis() };
+    let request = ResendRequest { transfer_ids: vec![transfer_id.to_owned()], actor, job_id: None, now: now_millis() };
     // The destination must still exist: check the transfer before queueing it.
     let held = state.store.held_transfers(&request.transfer_ids).await?;
     if let Some(transfer) = held.first() {

@@ -128,6 +128,7 @@ async fn run_resend(state: &Arc<AppState>, mut job: JobRecord) -> StoreResult<()
             let request = ResendRequest {
                 transfer_ids: resendable.iter().map(|transfer| transfer.transfer_id.clone()).collect(),
                 actor: actor.clone(),
+                job_id: Some(job.id.clone()),
                 now: now_millis(),
             };
             for (_, outcome) in state.store.resend_transfers(request).await? {

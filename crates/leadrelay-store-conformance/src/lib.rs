@@ -431,8 +431,12 @@ pub async fn completion_follows_the_last_delivery_outcome(store: Arc<dyn Store>)
     assert_eq!(completed[0].price, Some(2.0), "what the lead cost");
     assert!(completed[0].lead.contains("done@example.com"), "with the lead's snapshot");
 
-    let request =
-        ResendRequest { transfer_ids: vec![again[0].transfer_id.clone()], actor: "ops".into(), now: now_millis() };
+    let request = ResendRequest {
+        transfer_ids: vec![again[0].transfer_id.clone()],
+        actor: "ops".into(),
+        job_id: None,
+        now: now_millis(),
+    };
     store.resend_transfers(request).await.expect("resend");
     let resent = store.claim_deliveries(&claim("node-b", now_millis(), 10)).await.expect("claim");
     store.record_deliveries(vec![delivered(&resent[0], "node-b", now_millis())]).await.expect("record");
@@ -461,7 +465,8 @@ pub async fn resends_queue_finished_transfers_again(store: Arc<dyn Store>) {
     store.commit_submission(lead).await.expect("commit");
     let claimed = store.claim_deliveries(&claim("node-a", now, 10)).await.expect("claim");
     let transfer_id = claimed[0].transfer_id.clone();
-    let request = |ids: Vec<String>| ResendRequest { transfer_ids: ids, actor: "ops".into(), now: now_millis() };
+    let request =
+        |ids: Vec<String>| ResendRequest { transfer_ids: ids, actor: "ops".into(), job_id: None, now: now_millis() };
     let in_flight = store.resend_transfers(request(vec![transfer_id.clone()])).await.expect("resend");
     assert_eq!(in_flight, vec![(transfer_id.clone(), ResendOutcome::AlreadyQueued)]);
 

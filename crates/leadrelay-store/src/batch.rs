@@ -155,7 +155,7 @@ pub fn plan_resends(
                 answers.push((transfer_id.clone(), ResendOutcome::AlreadyQueued));
                 continue;
             }
-            match plan_resend(rows.get(transfer_id), &request.actor, request.now) {
+            match plan_resend(rows.get(transfer_id), &request.actor, request.job_id.as_deref(), request.now) {
                 Ok(record) => {
                     records.push(record);
                     answers.push((transfer_id.clone(), ResendOutcome::Queued));

@@ -137,6 +137,8 @@ pub struct ResendRequest {
     pub transfer_ids: Vec<String>,
     /// Who asked (a token's name), for the `delivery.resent` event.
     pub actor: String,
+    /// The bulk resend job that asks, if one does: its events name it.
+    pub job_id: Option<String>,
     pub now: Millis,
 }
 
@@ -158,7 +160,12 @@ pub struct ResendRow {
 
 /// The event and the new state of one resent transfer, or why it is not resent. Shared by
 /// every engine, so that a resend means the same everywhere.
-pub fn plan_resend(row: Option<&ResendRow>, actor: &str, now: Millis) -> Result<DeliveryRecord, ResendOutcome> {
+pub fn plan_resend(
+    row: Option<&ResendRow>,
+    actor: &str,
+    job_id: Option<&str>,
+    now: Millis,
+) -> Result<DeliveryRecord, ResendOutcome> {
     use leadrelay_domain::event::EventType;
     use leadrelay_domain::ids::{LeadId, TransferId};
 
@@ -179,6 +186,7 @@ pub fn plan_resend(row: Option<&ResendRow>, actor: &str, now: Millis) -> Result<
     event.status = Some(RegisterStatus::New);
     event.data = serde_json::json!({
         "by": actor,
+        "job_id": job_id,
         "previous_status": row.status,
         "previous_state": row.state,
         "attempts_before": row.attempts,

@@ -17,14 +17,20 @@ pub fn secret_parameter(name: &str) -> bool {
         .any(|word| name.contains(word))
 }
 
-/// A URL as it may be shown or recorded: no user or password, path segments that look like
-/// tokens masked (`/hooks/catch/***/***`), and `***` for query values whose names say they
-/// are secrets (`api_key`, `token`, `api_secret`, …).
+/// A URL as it may be recorded: no user or password, path segments that can only be tokens
+/// masked (16 or more letters and digits, as in `/hooks/catch/123456/***`), and `***` for query
+/// values whose names say they are secrets (`api_key`, `token`, `api_secret`, …).
 pub fn redacted_url(url: &url::Url) -> String {
     let mut shown = url.clone();
     let _ = shown.set_username("");
     let _ = shown.set_password(None);
-    mask_path_tokens(&mut shown);
+    // Only segments that can be nothing but a token: the log must still show where a lead went.
+    mask_path_tokens(&mut shown, |segment| {
+        segment.len() >= 16
+            && segment.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && segment.bytes().any(|b| b.is_ascii_digit())
+            && segment.bytes().any(|b| b.is_ascii_alphabetic())
+    });
     if shown.query_pairs().any(|(name, _)| secret_parameter(&name)) {
         let pairs: Vec<(String, String)> = shown
             .query_pairs()
@@ -38,12 +44,10 @@ pub fn redacted_url(url: &url::Url) -> String {
     shown.to_string()
 }
 
-/// Masks the path segments that look like tokens (`/hooks/catch/123456/ab12cd34`, Slack's
-/// `T0…/B0…/…`): the path is the credential of many webhook URLs.
-fn mask_path_tokens(url: &mut url::Url) {
-    let looks_secret =
-        |segment: &str| segment.len() >= 20 || (segment.len() >= 6 && segment.chars().any(|c| c.is_ascii_digit()));
-    if !url.path().split('/').any(looks_secret) {
+/// Masks the path segments `looks_secret` picks: the path is the credential of many webhook
+/// URLs (`/hooks/catch/123456/ab12cd34`, Slack's `T0…/B0…/…`).
+fn mask_path_tokens(url: &mut url::Url, looks_secret: impl Fn(&str) -> bool) {
+    if !url.path().split('/').any(&looks_secret) {
         return;
     }
     let path: Vec<String> = url
@@ -67,7 +71,10 @@ fn redact_url_text(text: &mut String) {
     if url.password().is_some() {
         let _ = url.set_password(Some(MASK));
     }
-    mask_path_tokens(&mut url);
+    // A reader's copy errs on the side of the secret.
+    mask_path_tokens(&mut url, |segment| {
+        segment.len() >= 20 || (segment.len() >= 6 && segment.chars().any(|c| c.is_ascii_digit()))
+    });
     if url.query().is_some() {
         let pairs: Vec<(String, String)> =
             url.query_pairs().map(|(name, _)| (name.into_owned(), MASK.to_owned())).collect();

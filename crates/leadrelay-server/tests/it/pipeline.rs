@@ -199,6 +199,23 @@ async fn submitted_names_fill_the_flows_fields_regardless_of_case() {
 }
 
 #[tokio::test]
+async fn a_lead_of_a_flow_without_destinations_says_why_it_went_nowhere() {
+    let app = spawn_app().await;
+    let mut config = solar_config();
+    config["flows"][0]["destinations"] = json!([]);
+    app.apply(&config).await;
+    let (status, answer) = app.submit("web", &json!({"email": "nowhere@example.com", "state": "TX"})).await;
+    assert_eq!((status, answer["reason"].clone()), (StatusCode::CREATED, Value::Null));
+    let lead_id = answer["lead_id"].as_str().unwrap();
+    let completed = app.timeline(lead_id).await.pop().unwrap();
+    assert_eq!(completed["type"], "flow.completed");
+    assert_eq!(completed["reason"], "No destinations configured for this flow");
+    let row = &app.get_json(&format!("/api/v1/register?lead_id={lead_id}")).await["items"][0];
+    assert_eq!((row["status"].as_str(), &row["description"]), (Some("skip"), &completed["reason"]));
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn link_policy_accepts_and_links_to_the_original() {
     let app = spawn_app().await;
     let mut config = solar_config();

@@ -123,6 +123,10 @@ async fn a_bulk_resend_job_queues_every_matching_transfer_and_reports_progress()
     assert_eq!(finished["skipped"], 0);
     for lead_id in &leads {
         app.timeline_until(lead_id, "recipient.delivered").await;
+        // Each resend names the job that made it.
+        let timeline = app.timeline(lead_id).await;
+        let resent = timeline.iter().find(|event| event["type"] == "delivery.resent").unwrap();
+        assert_eq!(resent["data"]["job_id"], job_id);
     }
     assert_eq!(app.get_json("/api/v1/not-integrated").await["items"], json!([]));
     app.stop().await;
