@@ -28,8 +28,9 @@ pub fn select<'a>(document: &'a Value, path: &str) -> Option<&'a Value> {
 /// `Retry-After` as seconds (`120`) or an HTTP date, relative to `now_seconds`.
 pub fn parse_retry_after(value: &str, now_seconds: i64) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // More seconds than a u64 holds is "a very long time": the caller's cap applies.
+        return Some(Duration::from_secs(value.parse::<u64>().unwrap_or(u64::MAX)));
     }
     // An IMF-fixdate (`Wed, 21 Oct 2015 07:28:00 GMT`) is an RFC 2822 date.
     let date = chrono::DateTime::parse_from_rfc2822(value).ok()?.timestamp();
@@ -172,6 +173,7 @@ mod tests {
     #[test]
     fn retry_after_takes_seconds_or_a_date() {
         assert_eq!(parse_retry_after("120", 0), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after("99999999999999999999999", 0), Some(Duration::from_secs(u64::MAX)));
         let now = 1_445_412_480; // 2015-10-21T07:28:00Z
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:29:00 GMT", now), Some(Duration::from_secs(60)));
         assert_eq!(parse_retry_after("soon", now), None);

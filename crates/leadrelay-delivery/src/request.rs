@@ -108,6 +108,9 @@ pub fn render_template(
 ) -> Result<String, BuildError> {
     let mut environment = minijinja::Environment::new();
     environment.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
+    // A template's work is bounded: one that loops for long fails its delivery, and never
+    // holds a worker thread that intake and other deliveries need.
+    environment.set_fuel(Some(leadrelay_domain::config::TEMPLATE_FUEL));
     let format = destination.format;
     environment.set_formatter(move |out, _state, value| {
         if value.is_undefined() || value.is_none() {

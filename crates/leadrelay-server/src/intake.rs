@@ -157,13 +157,18 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Map<String, Value>>
         });
         let encoding = match charset {
             None => None,
-            Some(label) => {
-                Some(encoding_rs::Encoding::for_label_no_replacement(label.as_bytes()).ok_or_else(|| {
-                    ApiError::UnsupportedMediaType(format!(
-                        "unknown charset {label:?}: send UTF-8, or name a known charset"
-                    ))
-                })?)
-            }
+            // A form's names and separators are ASCII: a charset that writes them otherwise
+            // (UTF-16) cannot be what the body is in.
+            Some(label) => Some(
+                encoding_rs::Encoding::for_label_no_replacement(label.as_bytes())
+                    .filter(|encoding| encoding.is_ascii_compatible())
+                    .ok_or_else(|| {
+                        ApiError::UnsupportedMediaType(format!(
+                            "charset {label:?} cannot be a form's: send UTF-8, or name a known charset such as \
+                             ISO-8859-1"
+                        ))
+                    })?,
+            ),
         };
         Ok(fields_of(form_pairs(body, encoding)))
     } else {
@@ -272,7 +277,19 @@ async fn multipart_fields(boundary: String, body: axum::body::Bytes) -> ApiResul
             return Err(ApiError::bad_request("invalid_multipart", "a multipart part has no field name"));
         };
         let file_name = field.file_name().map(str::to_owned);
-        let text = field.text().await.map_err(invalid)?;
+        let charset = field
+            .content_type()
+            .and_then(|content_type| content_type.get_param("charset"))
+            .and_then(|label| encoding_rs::Encoding::for_label_no_replacement(label.as_str().as_bytes()))
+            .filter(|encoding| encoding.is_ascii_compatible());
+        let bytes = field.bytes().await.map_err(invalid)?;
+        // As a form's values: UTF-8, else the part's charset, else what browsers of legacy
+        // pages send unlabelled (Windows-1252); never a replacement character for a letter.
+        let text = match (String::from_utf8(bytes.to_vec()), charset) {
+            (Ok(text), None) => text,
+            (_, Some(encoding)) => encoding.decode_without_bom_handling(&bytes).0.into_owned(),
+            (Err(_), None) => encoding_rs::WINDOWS_1252.decode_without_bom_handling(&bytes).0.into_owned(),
+        };
         match file_name {
             Some(file) if !file.is_empty() || !text.is_empty() => {
                 return Err(ApiError::bad_request(

@@ -174,12 +174,25 @@ async fn ensure_admin_token(store: &dyn Store) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The largest configuration file `apply` reads: thousands of objects fit many times over.
+const MAX_CONFIG_BYTES: u64 = 32 << 20;
+
 fn read_document(file: &Path) -> anyhow::Result<ConfigDocument> {
-    let text = if file == Path::new("-") {
-        std::io::read_to_string(std::io::stdin()).context("while reading standard input")?
+    use std::io::Read;
+    let reader: Box<dyn Read> = if file == Path::new("-") {
+        Box::new(std::io::stdin())
     } else {
-        std::fs::read_to_string(file).with_context(|| format!("while reading {}", file.display()))?
+        Box::new(std::fs::File::open(file).with_context(|| format!("while reading {}", file.display()))?)
     };
+    let mut bytes = Vec::new();
+    reader
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("while reading {}", file.display()))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        bail!("{} is larger than {} MiB: not a configuration file", file.display(), MAX_CONFIG_BYTES >> 20);
+    }
+    let text = String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", file.display()))?;
     let is_json = file.extension().is_some_and(|extension| extension == "json");
     let document = if is_json { parse_json(&text) } else { parse_yaml(&text) };
     document.with_context(|| format!("{} is not a valid configuration", file.display()))

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 pub use objects::*;
 pub use redact::{redacted_url, secret_parameter, MASK};
-pub use validate::{parse_json_path, parse_status_range, validate_http_url};
+pub use validate::{parse_json_path, parse_status_range, validate_http_url, TEMPLATE_FUEL};
 
 use crate::ids::{slug_from_name, unique_slug_from_name};
 use crate::time::Millis;
@@ -398,6 +398,16 @@ impl Config {
                 next.insert(object);
             }
             ConfigChange::Sync(document) => {
+                // An empty file (a truncated copy, the wrong path) would delete everything.
+                let empty =
+                    document.flows.is_empty() && document.sources.is_empty() && document.destinations.is_empty();
+                if empty && self.list_all().next().is_some() {
+                    return Err(ConfigError::one(
+                        "a pruning apply of a document that names no flow, source or destination would delete every \
+                         object; delete them one by one (DELETE on each), or name what should stay",
+                    )
+                    .into());
+                }
                 let named = self.apply_document(document, now, &mut next, &mut writes)?;
                 let unnamed: Vec<(ConfigKind, String)> =
                     self.list_all().filter(|(kind, id)| !named.contains(&(*kind, id.clone()))).collect();
@@ -781,6 +791,29 @@ mod tests {
         let (config, _) = Config::default().change(ConfigChange::Apply(document), 0).expect("a date is a time");
         let kept = config.destinations["crm"].previous_signing_secrets.clone().expect("kept");
         assert_eq!(kept[0].until, "2099-01-01T23:59:59.999Z");
+    }
+
+    #[test]
+    fn a_template_that_does_too_much_work_is_refused() {
+        let costly = "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}";
+        let problems = problems_of(json!([{"id": "crm", "url": "https://c.example.com", "body_template": costly}]));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("does too much work"), "{problems:?}");
+        let fine = r#"{"email": "{{ lead.email }}"}"#;
+        assert!(problems_of(json!([{"id": "crm", "url": "https://c.example.com", "body_template": fine}])).is_empty());
+    }
+
+    #[test]
+    fn a_pruning_apply_of_an_empty_document_changes_nothing() {
+        let document: ConfigDocument =
+            parse_value(json!({"destinations": [{"id": "crm", "url": "https://c.example.com"}]})).unwrap();
+        let (config, _) = Config::default().change(ConfigChange::Apply(document), 0).unwrap();
+        let empty: ConfigDocument = parse_value(json!({})).unwrap();
+        let Err(ChangeError::Invalid(error)) = config.change(ConfigChange::Sync(empty), 0) else { panic!("refused") };
+        assert!(error.problems[0].contains("would delete every object"), "{:?}", error.problems);
+        // On an empty configuration it is no change at all.
+        let empty: ConfigDocument = parse_value(json!({})).unwrap();
+        assert!(Config::default().change(ConfigChange::Sync(empty), 0).is_ok());
     }
 
     #[test]

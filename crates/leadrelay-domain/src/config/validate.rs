@@ -220,6 +220,11 @@ fn check_price(at: &str, price: Option<f64>, problems: &mut Vec<String>) {
 
 /// An absolute `http` or `https` URL with a host.
 pub fn validate_http_url(text: &str) -> Result<url::Url, String> {
+    // Servers refuse far shorter request lines; a longer URL could never be delivered to.
+    const MAX_URL: usize = 8192;
+    if text.len() > MAX_URL {
+        return Err(format!("URL is {} bytes long; the most a server takes is about {MAX_URL}", text.len()));
+    }
     let url = url::Url::parse(text).map_err(|error| format!("invalid URL {text:?}: {error}"))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!("URL {text:?} must use http or https"));
@@ -458,12 +463,17 @@ fn auth_header_name(auth: Option<&Auth>) -> &str {
     }
 }
 
+/// The most steps (MiniJinja's fuel) rendering one `body_template` may take: far more than any
+/// payload needs, far less than a second of work.
+pub const TEMPLATE_FUEL: u64 = 200_000;
+
 /// Refuses a template that does not compile, or that names a filter, test or function
 /// MiniJinja does not have: those are looked up only when the template runs, so a trial run
 /// over an empty lead finds the ones outside conditions before any lead meets them.
 fn check_template(template: &str) -> Result<(), String> {
     let mut environment = minijinja::Environment::new();
     environment.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
+    environment.set_fuel(Some(TEMPLATE_FUEL));
     let compiled = environment.template_from_str(template).map_err(|error| error.to_string())?;
     let empty = minijinja::context! { lead => minijinja::context! { fields => minijinja::context! {} } };
     match compiled.render(empty) {
@@ -478,6 +488,9 @@ fn check_template(template: &str) -> Result<(), String> {
         {
             Err(error.to_string())
         }
+        Err(error) if error.kind() == minijinja::ErrorKind::OutOfFuel => Err(format!(
+            "the template does too much work to render (over {TEMPLATE_FUEL} steps even for an empty lead)"
+        )),
         _ => Ok(()),
     }
 }

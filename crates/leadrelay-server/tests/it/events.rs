@@ -301,6 +301,6 @@ async fn exports_stream_every_event_and_neutralise_formulas() {
     let names = app
         .get_admin(&format!("/api/v1/export?format=csv&lead_id={lead_id}&include=type,reason&type=flow.completed"))
         .await;
-    assert_eq!(names.text().await.unwrap(), "type,reason\nflow.completed,\n");
+    assert_eq!(names.text().await.unwrap(), "type,reason\nflow.completed,No destinations configured for this flow\n");
     app.stop().await;
 }

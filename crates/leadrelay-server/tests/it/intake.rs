@@ -129,9 +129,11 @@ async fn forms_and_query_strings_are_read_in_their_charset() {
         );
     }
     // Unknown, or known only to decode everything as a replacement character.
-    for content_type in
-        ["application/x-www-form-urlencoded; charset=klingon", "application/x-www-form-urlencoded; charset=iso-2022-kr"]
-    {
+    for content_type in [
+        "application/x-www-form-urlencoded; charset=klingon",
+        "application/x-www-form-urlencoded; charset=iso-2022-kr",
+        "application/x-www-form-urlencoded; charset=utf-16",
+    ] {
         let refused = post(content_type, "email=e%40example.com").await.unwrap();
         assert_eq!(error_code(refused).await.0, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{content_type}");
     }
@@ -201,6 +203,24 @@ async fn multipart_form_data_is_read_as_a_form() {
     assert_eq!(lead["interests"]["raw"], json!(["solar", "roof"]));
     assert!(lead.get("resume").is_none());
 
+    // A legacy page's bytes, unlabelled, are read as Windows-1252, never lost.
+    let mut latin =
+        b"------formdata7MA4YWxk\r\nContent-Disposition: form-data; name=\"first_name\"\r\n\r\nJos\xe9\r\n".to_vec();
+    latin.extend_from_slice(part("email", "latin@example.com").as_bytes());
+    latin.extend_from_slice(part("state", "TX").as_bytes());
+    latin.extend_from_slice(b"------formdata7MA4YWxk--\r\n");
+    let response = app
+        .client
+        .post(app.url("/api/v1/sources/web/submit"))
+        .header("content-type", "multipart/form-data; boundary=----formdata7MA4YWxk")
+        .body(latin)
+        .send()
+        .await
+        .unwrap();
+    let answer: Value = response.json().await.unwrap();
+    let lead = app.get_json(&format!("/api/v1/leads/{}", answer["lead_id"].as_str().unwrap())).await;
+    assert_eq!(lead["first_name"]["raw"], "José");
+
     // A file is not a lead field; a body that is not multipart is a clear 400.
     let file = format!(
         "{}------formdata7MA4YWxk\r\nContent-Disposition: form-data; name=\"resume\"; filename=\"cv.pdf\"\r\n\r\n%PDF\r\n\
@@ -219,7 +239,7 @@ async fn multipart_form_data_is_read_as_a_form() {
         .await
         .unwrap();
     assert_eq!(error_code(no_boundary).await, (StatusCode::BAD_REQUEST, "invalid_multipart".to_owned()));
-    assert_eq!(app.get_json("/api/v1/leads").await["items"].as_array().unwrap().len(), 1, "nothing else recorded");
+    assert_eq!(app.get_json("/api/v1/leads").await["items"].as_array().unwrap().len(), 2, "nothing else recorded");
     app.stop().await;
 }
 
