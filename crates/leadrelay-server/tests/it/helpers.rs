@@ -146,6 +146,17 @@ impl TestApp {
     }
 
     /// Submits JSON fields to a source and returns the status and the answer.
+    /// Posts a body as written, with its content type, to a source.
+    pub async fn submit_raw(&self, source: &str, content_type: &str, body: impl Into<reqwest::Body>) -> Response {
+        self.client
+            .post(self.url(&format!("/api/v1/sources/{source}/submit")))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
     pub async fn submit(&self, source: &str, fields: &Value) -> (StatusCode, Value) {
         let response = self
             .client

@@ -147,14 +147,7 @@ async fn numbers_a_double_cannot_hold_are_kept_as_written() {
     let body = r#"{"email": "big@example.com", "state": "TX", "account": 98765432109876543210987,
         "ratio": 1e400, "precise": 0.12345678901234567890, "plain": 1.5, "count": 42, "small": 1e5,
         "nested": {"id": 123456789012345678901}, "list": [1, 18446744073709551616]}"#;
-    let response = app
-        .client
-        .post(app.url("/api/v1/sources/web/submit"))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response = app.submit_raw("web", "application/json", body).await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let answer: Value = response.json().await.unwrap();
     let lead = app.get_json(&format!("/api/v1/leads/{}", answer["lead_id"].as_str().unwrap())).await;
@@ -209,14 +202,7 @@ async fn multipart_form_data_is_read_as_a_form() {
     latin.extend_from_slice(part("email", "latin@example.com").as_bytes());
     latin.extend_from_slice(part("state", "TX").as_bytes());
     latin.extend_from_slice(b"------formdata7MA4YWxk--\r\n");
-    let response = app
-        .client
-        .post(app.url("/api/v1/sources/web/submit"))
-        .header("content-type", "multipart/form-data; boundary=----formdata7MA4YWxk")
-        .body(latin)
-        .send()
-        .await
-        .unwrap();
+    let response = app.submit_raw("web", "multipart/form-data; boundary=----formdata7MA4YWxk", latin).await;
     let answer: Value = response.json().await.unwrap();
     let lead = app.get_json(&format!("/api/v1/leads/{}", answer["lead_id"].as_str().unwrap())).await;
     assert_eq!(lead["first_name"]["raw"], "José");
