@@ -157,18 +157,12 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Map<String, Value>>
         });
         let encoding = match charset {
             None => None,
-            // A form's names and separators are ASCII: a charset that writes them otherwise
-            // (UTF-16) cannot be what the body is in.
-            Some(label) => Some(
-                encoding_rs::Encoding::for_label_no_replacement(label.as_bytes())
-                    .filter(|encoding| encoding.is_ascii_compatible())
-                    .ok_or_else(|| {
-                        ApiError::UnsupportedMediaType(format!(
-                            "charset {label:?} cannot be a form's: send UTF-8, or name a known charset such as \
+            Some(label) => Some(form_encoding(&label).ok_or_else(|| {
+                ApiError::UnsupportedMediaType(format!(
+                    "charset {label:?} cannot be a form's: send UTF-8, or name a known charset such as \
                              ISO-8859-1"
-                        ))
-                    })?,
-            ),
+                ))
+            })?),
         };
         Ok(fields_of(form_pairs(body, encoding)))
     } else {
@@ -280,16 +274,9 @@ async fn multipart_fields(boundary: String, body: axum::body::Bytes) -> ApiResul
         let charset = field
             .content_type()
             .and_then(|content_type| content_type.get_param("charset"))
-            .and_then(|label| encoding_rs::Encoding::for_label_no_replacement(label.as_str().as_bytes()))
-            .filter(|encoding| encoding.is_ascii_compatible());
-        let bytes = field.bytes().await.map_err(invalid)?;
-        // As a form's values: UTF-8, else the part's charset, else what browsers of legacy
-        // pages send unlabelled (Windows-1252); never a replacement character for a letter.
-        let text = match (String::from_utf8(bytes.to_vec()), charset) {
-            (Ok(text), None) => text,
-            (_, Some(encoding)) => encoding.decode_without_bom_handling(&bytes).0.into_owned(),
-            (Err(_), None) => encoding_rs::WINDOWS_1252.decode_without_bom_handling(&bytes).0.into_owned(),
-        };
+            .and_then(|label| form_encoding(label.as_str()));
+        // Read as a form's values are.
+        let text = decode_text(field.bytes().await.map_err(invalid)?.to_vec(), charset);
         match file_name {
             Some(file) if !file.is_empty() || !text.is_empty() => {
                 return Err(ApiError::bad_request(
@@ -338,17 +325,31 @@ fn parse_query(query: Option<&str>) -> ApiResult<Map<String, Value>> {
 /// that sends its own 8-bit encoding unlabelled (browsers send a page's encoding and say
 /// nothing) is read as Windows-1252, the superset of ISO-8859-1 browsers use for it, so
 /// `Jos%E9` is `José`, never a replacement character.
+/// A form value's bytes as text: in the labelled charset; unlabelled, UTF-8, or else what
+/// browsers of legacy pages send without saying (Windows-1252), never a replacement character
+/// for a letter.
+fn decode_text(bytes: Vec<u8>, encoding: Option<&'static encoding_rs::Encoding>) -> String {
+    match encoding {
+        Some(encoding) => encoding.decode_without_bom_handling(&bytes).0.into_owned(),
+        None => match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(error) => encoding_rs::WINDOWS_1252.decode_without_bom_handling(error.as_bytes()).0.into_owned(),
+        },
+    }
+}
+
+/// The encoding a charset label names, if a form can be in it: a form's names and separators
+/// are ASCII, so a charset that writes them otherwise (UTF-16) cannot be, nor one that decodes
+/// everything as a replacement character.
+fn form_encoding(label: &str) -> Option<&'static encoding_rs::Encoding> {
+    encoding_rs::Encoding::for_label_no_replacement(label.as_bytes()).filter(|encoding| encoding.is_ascii_compatible())
+}
+
 fn form_pairs(body: &[u8], encoding: Option<&'static encoding_rs::Encoding>) -> Vec<(String, String)> {
     let decode = |part: &[u8]| -> String {
         let spaced: Vec<u8> = part.iter().map(|byte| if *byte == b'+' { b' ' } else { *byte }).collect();
         let bytes: Vec<u8> = percent_encoding::percent_decode(&spaced).collect();
-        match encoding {
-            Some(encoding) => encoding.decode_without_bom_handling(&bytes).0.into_owned(),
-            None => match String::from_utf8(bytes) {
-                Ok(text) => text,
-                Err(error) => encoding_rs::WINDOWS_1252.decode_without_bom_handling(error.as_bytes()).0.into_owned(),
-            },
-        }
+        decode_text(bytes, encoding)
     };
     body.split(|byte| *byte == b'&')
         .filter(|pair| !pair.is_empty())

@@ -146,6 +146,11 @@ impl TestApp {
     }
 
     /// Submits JSON fields to a source and returns the status and the answer.
+    /// The lead a submit answer names, as `GET /api/v1/leads/{id}` answers it.
+    pub async fn lead_of(&self, answer: &Value) -> Value {
+        self.get_json(&format!("/api/v1/leads/{}", answer["lead_id"].as_str().expect("a lead id"))).await
+    }
+
     /// Posts a body as written, with its content type, to a source.
     pub async fn submit_raw(&self, source: &str, content_type: &str, body: impl Into<reqwest::Body>) -> Response {
         self.client

@@ -20,7 +20,7 @@ async fn json_submission_is_accepted_with_the_contract_answer() {
     assert_eq!(answer["reason"], Value::Null);
     assert_eq!(answer["price"], 2.5);
     assert_eq!(answer["deliveries"], json!([]));
-    let lead = app.get_json(&format!("/api/v1/leads/{}", answer["lead_id"].as_str().unwrap())).await;
+    let lead = app.lead_of(&answer).await;
     assert_eq!(lead["cost"], 2.5);
     assert_eq!(lead["state"]["value"], "TX");
     app.stop().await;
@@ -42,7 +42,7 @@ async fn a_json_object_labelled_as_a_form_or_unlabelled_is_read_as_json() {
         let response = request.send().await.unwrap();
         assert_eq!(response.status(), StatusCode::CREATED, "{content_type:?}");
         let answer: Value = response.json().await.unwrap();
-        let lead = app.get_json(&format!("/api/v1/leads/{}", answer["lead_id"].as_str().unwrap())).await;
+        let lead = app.lead_of(&answer).await;
         assert_eq!(lead["email"]["value"], email, "{content_type:?}: {lead}");
         assert_eq!(lead["state"]["value"], "TX");
     }
@@ -121,7 +121,7 @@ async fn forms_and_query_strings_are_read_in_their_charset() {
     for response in answers {
         assert_eq!(response.status(), StatusCode::CREATED);
         let answer: Value = response.json().await.unwrap();
-        let lead = app.get_json(&format!("/api/v1/leads/{}", answer["lead_id"].as_str().unwrap())).await;
+        let lead = app.lead_of(&answer).await;
         assert_eq!(
             (lead["first_name"]["raw"].as_str(), lead["city"]["raw"].as_str()),
             (Some("José"), Some("São Paulo")),
@@ -150,7 +150,7 @@ async fn numbers_a_double_cannot_hold_are_kept_as_written() {
     let response = app.submit_raw("web", "application/json", body).await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let answer: Value = response.json().await.unwrap();
-    let lead = app.get_json(&format!("/api/v1/leads/{}", answer["lead_id"].as_str().unwrap())).await;
+    let lead = app.lead_of(&answer).await;
     assert_eq!(lead["account"]["raw"], "98765432109876543210987");
     assert_eq!(lead["ratio"]["raw"], "1e400");
     assert_eq!(lead["precise"]["raw"], "0.12345678901234567890");
@@ -167,13 +167,7 @@ async fn numbers_a_double_cannot_hold_are_kept_as_written() {
 async fn multipart_form_data_is_read_as_a_form() {
     let app = spawn_app().await;
     app.apply(&solar_config()).await;
-    let post = |body: String| {
-        app.client
-            .post(app.url("/api/v1/sources/web/submit"))
-            .header("content-type", "multipart/form-data; boundary=----formdata7MA4YWxk")
-            .body(body)
-            .send()
-    };
+    let post = |body: String| app.submit_raw("web", "multipart/form-data; boundary=----formdata7MA4YWxk", body);
     let part = |name: &str, value: &str| {
         format!("------formdata7MA4YWxk\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
     };
@@ -187,10 +181,10 @@ async fn multipart_form_data_is_read_as_a_form() {
         part("interests", "solar"),
         part("interests", "roof"),
     );
-    let response = post(body).await.unwrap();
+    let response = post(body).await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let answer: Value = response.json().await.unwrap();
-    let lead = app.get_json(&format!("/api/v1/leads/{}", answer["lead_id"].as_str().unwrap())).await;
+    let lead = app.lead_of(&answer).await;
     assert_eq!(lead["email"]["value"], "multi@example.com");
     assert_eq!(lead["state"]["value"], "TX");
     assert_eq!(lead["interests"]["raw"], json!(["solar", "roof"]));
@@ -204,7 +198,7 @@ async fn multipart_form_data_is_read_as_a_form() {
     latin.extend_from_slice(b"------formdata7MA4YWxk--\r\n");
     let response = app.submit_raw("web", "multipart/form-data; boundary=----formdata7MA4YWxk", latin).await;
     let answer: Value = response.json().await.unwrap();
-    let lead = app.get_json(&format!("/api/v1/leads/{}", answer["lead_id"].as_str().unwrap())).await;
+    let lead = app.lead_of(&answer).await;
     assert_eq!(lead["first_name"]["raw"], "José");
 
     // A file is not a lead field; a body that is not multipart is a clear 400.
@@ -213,17 +207,10 @@ async fn multipart_form_data_is_read_as_a_form() {
          ------formdata7MA4YWxk--\r\n",
         part("email", "f@example.com")
     );
-    assert_eq!(error_code(post(file).await.unwrap()).await, (StatusCode::BAD_REQUEST, "invalid_multipart".to_owned()));
-    let broken = post("not multipart at all".to_owned()).await.unwrap();
+    assert_eq!(error_code(post(file).await).await, (StatusCode::BAD_REQUEST, "invalid_multipart".to_owned()));
+    let broken = post("not multipart at all".to_owned()).await;
     assert_eq!(error_code(broken).await, (StatusCode::BAD_REQUEST, "invalid_multipart".to_owned()));
-    let no_boundary = app
-        .client
-        .post(app.url("/api/v1/sources/web/submit"))
-        .header("content-type", "multipart/form-data")
-        .body("x")
-        .send()
-        .await
-        .unwrap();
+    let no_boundary = app.submit_raw("web", "multipart/form-data", "x").await;
     assert_eq!(error_code(no_boundary).await, (StatusCode::BAD_REQUEST, "invalid_multipart".to_owned()));
     assert_eq!(app.get_json("/api/v1/leads").await["items"].as_array().unwrap().len(), 2, "nothing else recorded");
     app.stop().await;
@@ -234,13 +221,12 @@ async fn form_encoded_and_query_string_submissions_are_accepted() {
     let app = spawn_app().await;
     app.apply(&solar_config()).await;
     let form = app
-        .client
-        .post(app.url("/api/v1/sources/web/submit"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("e-mail=form%40example.com&state=California&interests=solar&interests=roof&state=&e-mail=form%40example.com")
-        .send()
-        .await
-        .unwrap();
+        .submit_raw(
+            "web",
+            "application/x-www-form-urlencoded",
+            "e-mail=form%40example.com&state=California&interests=solar&interests=roof&state=&e-mail=form%40example.com",
+        )
+        .await;
     assert_eq!(form.status(), StatusCode::CREATED);
     let answer: Value = form.json().await.unwrap();
     let lead_id = answer["lead_id"].as_str().unwrap();
@@ -343,7 +329,7 @@ async fn source_key_is_required_when_set_by_header_or_parameter() {
         .unwrap();
     assert_eq!(by_parameter.status(), StatusCode::CREATED);
     let answer: Value = by_parameter.json().await.unwrap();
-    let lead = app.get_json(&format!("/api/v1/leads/{}", answer["lead_id"].as_str().unwrap())).await;
+    let lead = app.lead_of(&answer).await;
     assert!(lead.get("key").is_none(), "the key is not kept as a lead field");
     // A source token stands in for any source's key; an operator token does not.
     let mut tokens = Vec::new();
@@ -436,7 +422,7 @@ async fn unicode_and_odd_values_are_kept_raw() {
     });
     let (status, answer) = app.submit("web", &lead).await;
     assert_eq!(status, StatusCode::CREATED, "{answer}");
-    let stored = app.get_json(&format!("/api/v1/leads/{}", answer["lead_id"].as_str().unwrap())).await;
+    let stored = app.lead_of(&answer).await;
     assert_eq!(stored["first_name"]["raw"], "Zoë Ñúñez 🌞");
     assert_eq!(stored["notes"]["raw"], "line1\nline2\t\u{0000}end");
     assert_eq!(stored["count"]["raw"], "42");

@@ -129,7 +129,7 @@ async fn duplicate_within_window_is_rejected_with_original_id_and_date() {
     let today = app.timeline(original).await[0]["timestamp"].as_str().unwrap()[..10].to_owned();
     assert!(reason.starts_with(&format!("Duplicate: previously submitted {today}")), "{reason}");
     assert!(reason.contains(original), "{reason}");
-    let lead = app.get_json(&format!("/api/v1/leads/{}", second["lead_id"].as_str().unwrap())).await;
+    let lead = app.lead_of(&second).await;
     assert_eq!(lead["duplicate_of"], original);
     let (_, by_phone) =
         app.submit("web", &json!({"email": "other@example.com", "phone": "(415) 555-2671", "state": "TX"})).await;
@@ -182,17 +182,17 @@ async fn submitted_names_fill_the_flows_fields_regardless_of_case() {
     app.apply(&solar_config()).await;
     let (status, answer) = app.submit("web", &json!({"Email": "Case@Example.com", "STATE": "tx", "Notes": "hi"})).await;
     assert_eq!((status, answer["outcome"].clone()), (StatusCode::CREATED, json!("success")), "{answer}");
-    let lead = app.get_json(&format!("/api/v1/leads/{}", answer["lead_id"].as_str().unwrap())).await;
+    let lead = app.lead_of(&answer).await;
     assert_eq!(lead["email"]["value"], "case@example.com");
     assert_eq!(lead["state"]["value"], "TX");
     assert_eq!(lead["Notes"]["value"], "hi", "a name the flow does not declare is kept as sent");
     // The field map too (`e-mail` maps to email); an exact name wins over another case of it.
     let (_, answer) = app.submit("web", &json!({"E-Mail": "map@example.com", "state": "CA"})).await;
-    let lead = app.get_json(&format!("/api/v1/leads/{}", answer["lead_id"].as_str().unwrap())).await;
+    let lead = app.lead_of(&answer).await;
     assert_eq!(lead["email"]["value"], "map@example.com");
     let (_, answer) =
         app.submit("web", &json!({"email": "exact@example.com", "EMAIL": "other@example.com", "state": "CA"})).await;
-    let lead = app.get_json(&format!("/api/v1/leads/{}", answer["lead_id"].as_str().unwrap())).await;
+    let lead = app.lead_of(&answer).await;
     assert_eq!(lead["email"]["value"], "exact@example.com");
     assert_eq!(lead["EMAIL"]["raw"], "other@example.com");
     app.stop().await;
@@ -224,7 +224,7 @@ async fn link_policy_accepts_and_links_to_the_original() {
     let (_, first) = app.submit("web", &json!({"email": "link@example.com", "state": "TX"})).await;
     let (status, second) = app.submit("web", &json!({"email": "link@example.com", "state": "TX"})).await;
     assert_eq!(status, StatusCode::CREATED);
-    let lead = app.get_json(&format!("/api/v1/leads/{}", second["lead_id"].as_str().unwrap())).await;
+    let lead = app.lead_of(&second).await;
     assert_eq!(lead["duplicate_of"], first["lead_id"]);
     let accepted = &app.timeline(second["lead_id"].as_str().unwrap()).await[1];
     assert_eq!(accepted["type"], "source.accepted");
@@ -233,16 +233,13 @@ async fn link_policy_accepts_and_links_to_the_original() {
     // while a key the original has still links to the original.
     let (_, with_phone) =
         app.submit("web", &json!({"email": "link@example.com", "phone": "512-555-0100", "state": "TX"})).await;
-    assert_eq!(
-        app.get_json(&format!("/api/v1/leads/{}", with_phone["lead_id"].as_str().unwrap())).await["duplicate_of"],
-        first["lead_id"]
-    );
+    assert_eq!(app.lead_of(&with_phone).await["duplicate_of"], first["lead_id"]);
     let (status, by_phone) = app.submit("web", &json!({"phone": "(512) 555-0100", "state": "TX"})).await;
     assert_eq!(status, StatusCode::CREATED);
-    let lead = app.get_json(&format!("/api/v1/leads/{}", by_phone["lead_id"].as_str().unwrap())).await;
+    let lead = app.lead_of(&by_phone).await;
     assert_eq!(lead["duplicate_of"], with_phone["lead_id"]);
     let (_, by_email) = app.submit("web", &json!({"email": "link@example.com", "state": "CA"})).await;
-    let lead = app.get_json(&format!("/api/v1/leads/{}", by_email["lead_id"].as_str().unwrap())).await;
+    let lead = app.lead_of(&by_email).await;
     assert_eq!(lead["duplicate_of"], first["lead_id"], "the earliest lead with the key is the original");
     app.stop().await;
 }

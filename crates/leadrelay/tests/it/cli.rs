@@ -188,13 +188,7 @@ fn in_memory_and_pathless_sqlite_urls_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     for url in ["sqlite:", "sqlite://", "sqlite::memory:"] {
         for command in [&["token", "create", "--name", "x"][..], &["verify"], &["apply", "-"]] {
-            let output = std::process::Command::new(crate::process::binary())
-                .args(command)
-                .args(["--database-url", url])
-                .current_dir(dir.path())
-                .stdin(std::process::Stdio::null())
-                .output()
-                .unwrap();
+            let output = crate::process::run_on(url, dir.path(), command);
             assert_eq!(output.status.code(), Some(1), "{url} {command:?}: {}", stdout(&output));
             assert!(stderr(&output).contains("names no database file"), "{url} {command:?}: {}", stderr(&output));
             assert!(stdout(&output).is_empty(), "{url} {command:?}: no token is printed");
@@ -252,28 +246,24 @@ async fn verify_detects_changed_snapshots_and_removed_events() {
     assert_eq!(output.status.code(), Some(1));
     assert!(stdout(&output).contains(&changed), "{}", stdout(&output));
 
-    let dir = tempfile::tempdir().unwrap();
-    seed(dir.path(), 4).await;
-    tamper(dir.path(), "DELETE FROM events WHERE seq = 5").await;
-    let output = run(dir.path(), &["verify"]);
-    assert_eq!(output.status.code(), Some(1));
-    assert!(stdout(&output).contains("missing"), "{}", stdout(&output));
-
-    let dir = tempfile::tempdir().unwrap();
-    seed(dir.path(), 4).await;
-    tamper(dir.path(), "DELETE FROM events WHERE seq = (SELECT MAX(seq) FROM events)").await;
-    let output = run(dir.path(), &["verify"]);
-    assert_eq!(output.status.code(), Some(1));
-    assert!(stdout(&output).contains("removed from the end"), "{}", stdout(&output));
-
+    let missing = verify_a_tampered_log("DELETE FROM events WHERE seq = 5").await;
+    assert!(missing.contains("missing"), "{missing}");
+    let last_removed = verify_a_tampered_log("DELETE FROM events WHERE seq = (SELECT MAX(seq) FROM events)").await;
+    assert!(last_removed.contains("removed from the end"), "{last_removed}");
     // A changed head is named as such, not as events removed.
+    let head_changed = verify_a_tampered_log("UPDATE chain_head SET hash = zeroblob(32)").await;
+    assert!(head_changed.contains("the chain head was changed"), "{head_changed}");
+    assert!(!head_changed.contains("removed"), "{head_changed}");
+}
+
+/// What `verify` prints of a log of four leads changed by `sql`; it must exit 1.
+async fn verify_a_tampered_log(sql: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     seed(dir.path(), 4).await;
-    tamper(dir.path(), "UPDATE chain_head SET hash = zeroblob(32)").await;
+    tamper(dir.path(), sql).await;
     let output = run(dir.path(), &["verify"]);
-    assert_eq!(output.status.code(), Some(1));
-    assert!(stdout(&output).contains("the chain head was changed"), "{}", stdout(&output));
-    assert!(!stdout(&output).contains("removed"), "{}", stdout(&output));
+    assert_eq!(output.status.code(), Some(1), "{sql}: {}", stdout(&output));
+    stdout(&output)
 }
 
 #[tokio::test]
