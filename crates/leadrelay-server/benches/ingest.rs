@@ -2,7 +2,8 @@
 //! filter, one destination) beside a baseline in the same run: a minimal axum handler that
 //! commits one row per request through the same group-committing writer.
 //!
-//! `cargo bench -p leadrelay-server --bench ingest` (`INGEST_REQUESTS`, `INGEST_CONCURRENCY`).
+//! `cargo bench -p leadrelay-server --bench ingest` (`INGEST_REQUESTS`, `INGEST_CONCURRENCY`,
+//! `INGEST_ROUNDS`; `INGEST_STORE_ONLY=1` stops after the store-alone figure).
 
 mod common;
 
@@ -169,6 +170,10 @@ fn main() {
             store_only(scratch.clone(), &live, concurrency).await
         );
         scratch.close().await;
+        if std::env::var_os("INGEST_STORE_ONLY").is_some() {
+            // Profiling the writer: stop before the HTTP rounds.
+            return;
+        }
 
         println!("durable ingest over HTTP: {requests} requests per round, {concurrency} concurrent clients, {rounds} rounds");
         // Warm both up, then alternate so that machine noise hits both alike.

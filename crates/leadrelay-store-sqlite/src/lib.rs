@@ -1,5 +1,5 @@
 //! The embedded SQLite engine of the storage trait: one file, WAL, `synchronous=FULL`, a single
-//! writer task that group-commits concurrent writes, and a pool of readers.
+//! writer thread that group-commits concurrent writes, and a pool of readers.
 
 #![forbid(unsafe_code)]
 
@@ -22,13 +22,11 @@ use leadrelay_store::{
     StoredLead, Submission, TokenRecord, TransferRow,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::ConnectOptions;
+use sqlx::{ConnectOptions, Connection};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use leadrelay_store::group_commit::{self, WriteCommand};
-
-use crate::writer::Writer;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -88,10 +86,9 @@ pub fn database_file(url: &str) -> StoreResult<Option<std::path::PathBuf>> {
 impl SqliteStore {
     /// Opens (creating if missing) the database at a `sqlite://path` URL and migrates it.
     pub async fn open(url: &str, options: SqliteOptions) -> StoreResult<Arc<Self>> {
-        let server_lock = match (options.serving, database_file(url)?) {
-            (true, Some(file)) => Some(take_server_lock(&file)?),
-            _ => None,
-        };
+        let file = database_file(url)?
+            .ok_or_else(|| unavailable(format!("{url:?} names no file: the SQLite store keeps its data in a file")))?;
+        let server_lock = if options.serving { Some(take_server_lock(&file)?) } else { None };
         let connect = SqliteConnectOptions::from_str(url)
             .map_err(|error| unavailable(format!("invalid SQLite URL {url:?}: {error}")))?
             .create_if_missing(true)
@@ -132,16 +129,16 @@ impl SqliteStore {
                 .await
                 .map_err(unavailable)?;
         }
-        let writer = Writer::start(write_connection, connect.clone()).await?;
-        let (writes, receiver) = mpsc::channel(options.max_batch.max(1) * 4);
+        // The writer opens its own connection; this one, which set the file up, is done.
+        write_connection.close().await.map_err(unavailable)?;
         let health = group_commit::WriterHealth::default();
-        let writer_task = tokio::spawn(group_commit::run(writer, receiver, options.max_batch, health.clone()));
+        let writes = writer::spawn(&file, options.max_batch, health.clone())?;
         let checkpoint_task = tokio::spawn(checkpoint_loop(readers.clone(), options.checkpoint_interval));
         Ok(Arc::new(Self {
             readers,
             writes,
             health,
-            tasks: std::sync::Mutex::new(vec![writer_task, checkpoint_task]),
+            tasks: std::sync::Mutex::new(vec![checkpoint_task]),
             _server_lock: server_lock,
         }))
     }

@@ -8,8 +8,8 @@ use leadrelay_domain::pipeline::{DuplicateFound, DuplicateQuery};
 use leadrelay_domain::time::Millis;
 use leadrelay_store::{
     ClaimedTransfer, Cursor, EventLines, EventQuery, JobRecord, LeadQuery, OverviewQuery, OverviewRow, Page,
-    RegisterQuery, ResendRow, SortOrder, StoreError, StoreResult, StoredAnswer, StoredEvent, StoredLead, TokenRecord,
-    TransferRow, MAX_PAGE,
+    RegisterQuery, SortOrder, StoreError, StoreResult, StoredAnswer, StoredEvent, StoredLead, TokenRecord, TransferRow,
+    MAX_PAGE,
 };
 pub(crate) use leadrelay_store_sql::{event_from_row, job_from_row};
 use leadrelay_store_sql::{lead_from_row, overview_from_row, overview_sql, token_from_row, transfer_from_row};
@@ -23,15 +23,18 @@ fn corrupt(error: impl std::fmt::Display) -> StoreError {
 }
 
 pub(crate) async fn load_config(executor: impl SqliteExecutor<'_>) -> StoreResult<Config> {
-    let rows = sqlx::query("SELECT kind, id, body FROM config_objects ORDER BY position")
-        .fetch_all(executor)
-        .await
-        .map_err(unavailable)?;
+    let rows: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT kind, id, body FROM config_objects ORDER BY position")
+            .fetch_all(executor)
+            .await
+            .map_err(unavailable)?;
+    config_from_rows(rows)
+}
+
+/// The configuration from its stored rows, `(kind, id, body)` in order.
+pub(crate) fn config_from_rows(rows: Vec<(String, String, String)>) -> StoreResult<Config> {
     let mut objects = Vec::with_capacity(rows.len());
-    for row in rows {
-        let kind: String = row.try_get("kind").map_err(corrupt)?;
-        let id: String = row.try_get("id").map_err(corrupt)?;
-        let body: String = row.try_get("body").map_err(corrupt)?;
+    for (kind, id, body) in rows {
         let kind = ConfigKind::parse(&kind).ok_or_else(|| corrupt(format!("unknown config kind {kind:?}")))?;
         let value: serde_json::Value = serde_json::from_str(&body).map_err(corrupt)?;
         let object =
@@ -67,68 +70,6 @@ pub(crate) async fn find_duplicate(
         lead_id: LeadId::from_stored(row.try_get("lead_id").map_err(corrupt)?),
         created_at: row.try_get("first").map_err(corrupt)?,
     }))
-}
-
-/// Stored duplicate keys of one flow among `digests`, created at or after `since`.
-pub(crate) async fn duplicate_keys(
-    executor: impl SqliteExecutor<'_>,
-    flow_id: &str,
-    digests: &[&str],
-    since: Millis,
-) -> StoreResult<Vec<(String, String, Millis)>> {
-    if digests.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut builder: QueryBuilder<Sqlite> =
-        QueryBuilder::new("SELECT digest, lead_id, created_at FROM duplicate_keys WHERE flow_id = ");
-    builder.push_bind(flow_id).push(" AND created_at >= ").push_bind(since).push(" AND digest IN (");
-    let mut separated = builder.separated(", ");
-    for digest in digests {
-        separated.push_bind(*digest);
-    }
-    builder.push(")");
-    let rows = builder.build().persistent(false).fetch_all(executor).await.map_err(unavailable)?;
-    rows.iter()
-        .map(|row| {
-            Ok((row.try_get(0).map_err(corrupt)?, row.try_get(1).map_err(corrupt)?, row.try_get(2).map_err(corrupt)?))
-        })
-        .collect()
-}
-
-/// The stored answers of several idempotency keys at once.
-pub(crate) async fn idempotent_answers(
-    executor: impl SqliteExecutor<'_>,
-    keys: &[(&str, &str)],
-) -> StoreResult<Vec<((String, String), StoredAnswer)>> {
-    if keys.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
-        "SELECT source_id, key, http_status, answer FROM idempotency_keys WHERE (source_id, key) IN (VALUES ",
-    );
-    let mut separated = builder.separated(", ");
-    for (source_id, key) in keys {
-        separated
-            .push("(")
-            .push_bind_unseparated(*source_id)
-            .push_unseparated(", ")
-            .push_bind_unseparated(*key)
-            .push_unseparated(")");
-    }
-    builder.push(")");
-    let rows = builder.build().persistent(false).fetch_all(executor).await.map_err(unavailable)?;
-    rows.iter()
-        .map(|row| {
-            let status: i64 = row.try_get(2).map_err(corrupt)?;
-            Ok((
-                (row.try_get(0).map_err(corrupt)?, row.try_get(1).map_err(corrupt)?),
-                StoredAnswer {
-                    http_status: u16::try_from(status).map_err(corrupt)?,
-                    body_json: row.try_get(3).map_err(corrupt)?,
-                },
-            ))
-        })
-        .collect()
 }
 
 pub(crate) async fn idempotent_answer(
@@ -394,20 +335,6 @@ pub(crate) async fn with_snapshots(pool: &SqlitePool, rows: Vec<ClaimRow>) -> St
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let mut connection = pool.acquire().await.map_err(unavailable)?;
-    snapshots_on(&mut connection, rows).await
-}
-
-/// Completes claimed rows with their leads' current snapshots, on one connection (the
-/// writer's, inside a claim: its page cache stays warm, where a reader's is reset by every
-/// commit).
-pub(crate) async fn snapshots_on(
-    connection: &mut sqlx::SqliteConnection,
-    rows: Vec<ClaimRow>,
-) -> StoreResult<Vec<ClaimedTransfer>> {
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
     let mut snapshots: std::collections::HashMap<String, (i64, String, Vec<u8>)> = std::collections::HashMap::new();
     for chunk in rows.chunks(500) {
         let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
@@ -418,7 +345,7 @@ pub(crate) async fn snapshots_on(
             separated.push_bind(row.lead_id.as_str());
         }
         builder.push(")");
-        for found in builder.build().fetch_all(&mut *connection).await.map_err(unavailable)? {
+        for found in builder.build().fetch_all(pool).await.map_err(unavailable)? {
             let lead_id: String = found.try_get(0).map_err(corrupt)?;
             snapshots.insert(
                 lead_id,
@@ -432,24 +359,30 @@ pub(crate) async fn snapshots_on(
     }
     rows.into_iter()
         .map(|row| {
-            let (snapshot_id, snapshot, digest) = snapshots.get(&row.lead_id).cloned().ok_or_else(|| {
+            let snapshot = snapshots.get(&row.lead_id).cloned().ok_or_else(|| {
                 corrupt(format!("transfer {} names lead {} without a snapshot", row.transfer_id, row.lead_id))
             })?;
-            Ok(ClaimedTransfer {
-                transfer_id: row.transfer_id,
-                lead_id: row.lead_id,
-                flow_id: row.flow_id,
-                source_id: row.source_id,
-                destination_id: row.destination_id,
-                attempts: u32::try_from(row.attempts).unwrap_or(0),
-                retry_base: u32::try_from(row.retry_base).unwrap_or(0),
-                created_at: row.created_at,
-                snapshot_id,
-                snapshot,
-                snapshot_digest: digest.try_into().map_err(|_| corrupt("snapshot digest is not 32 bytes"))?,
-            })
+            claimed_transfer(row, snapshot)
         })
         .collect()
+}
+
+/// A claimed row with its lead's current snapshot `(id, body, digest)`.
+pub(crate) fn claimed_transfer(row: ClaimRow, snapshot: (i64, String, Vec<u8>)) -> StoreResult<ClaimedTransfer> {
+    let (snapshot_id, snapshot, digest) = snapshot;
+    Ok(ClaimedTransfer {
+        transfer_id: row.transfer_id,
+        lead_id: row.lead_id,
+        flow_id: row.flow_id,
+        source_id: row.source_id,
+        destination_id: row.destination_id,
+        attempts: u32::try_from(row.attempts).unwrap_or(0),
+        retry_base: u32::try_from(row.retry_base).unwrap_or(0),
+        created_at: row.created_at,
+        snapshot_id,
+        snapshot,
+        snapshot_digest: digest.try_into().map_err(|_| corrupt("snapshot digest is not 32 bytes"))?,
+    })
 }
 
 /// Transfers by id, as claims return them; transfers to no destination are left out.
@@ -476,45 +409,6 @@ pub(crate) async fn transfer_rows(pool: &SqlitePool, transfer_ids: &[String]) ->
                 retry_base: row.try_get(6).map_err(corrupt)?,
                 created_at: row.try_get(7).map_err(corrupt)?,
             });
-        }
-    }
-    Ok(rows)
-}
-
-/// What resends need of transfers, with their leads' current snapshots.
-pub(crate) async fn resend_rows(
-    connection: &mut sqlx::SqliteConnection,
-    transfer_ids: &[String],
-) -> StoreResult<std::collections::HashMap<String, ResendRow>> {
-    let mut rows = std::collections::HashMap::with_capacity(transfer_ids.len());
-    for chunk in transfer_ids.chunks(500) {
-        let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "SELECT t.id, t.lead_id, t.flow_id, t.source_id, t.destination_id, t.status, t.state, t.lease_owner, \
-             t.attempts, s.id, s.digest FROM transfers t JOIN leads l ON l.id = t.lead_id \
-             JOIN snapshots s ON s.id = l.snapshot_id WHERE t.id IN (",
-        );
-        let mut separated = builder.separated(", ");
-        for id in chunk {
-            separated.push_bind(id.as_str());
-        }
-        builder.push(")");
-        for row in builder.build().fetch_all(&mut *connection).await.map_err(unavailable)? {
-            let digest: Vec<u8> = row.try_get(10).map_err(corrupt)?;
-            let attempts: i64 = row.try_get(8).map_err(corrupt)?;
-            let found = ResendRow {
-                transfer_id: row.try_get(0).map_err(corrupt)?,
-                lead_id: row.try_get(1).map_err(corrupt)?,
-                flow_id: row.try_get(2).map_err(corrupt)?,
-                source_id: row.try_get(3).map_err(corrupt)?,
-                destination_id: row.try_get(4).map_err(corrupt)?,
-                status: row.try_get(5).map_err(corrupt)?,
-                state: row.try_get(6).map_err(corrupt)?,
-                lease_owner: row.try_get(7).map_err(corrupt)?,
-                attempts: u32::try_from(attempts).unwrap_or(0),
-                snapshot_id: row.try_get(9).map_err(corrupt)?,
-                snapshot_digest: digest.try_into().map_err(|_| corrupt("snapshot digest is not 32 bytes"))?,
-            };
-            rows.insert(found.transfer_id.clone(), found);
         }
     }
     Ok(rows)

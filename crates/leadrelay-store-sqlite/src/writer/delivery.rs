@@ -1,230 +1,314 @@
-//! The rows of delivery: transfers' new states, attempt rows, cap counters, claims (leases)
-//! and jobs.
+//! The rows of delivery: transfers' new states, attempt rows, cap counters, claims (leases),
+//! resends and jobs.
 
 use std::collections::HashMap;
 
 use leadrelay_domain::caps::CapWindowKey;
 use leadrelay_store::completion::DueCompletion;
-use leadrelay_store::{DeliveryClaim, DeliveryRecord, JobClaim, JobRecord, StoreError, StoreResult, TransferState};
-use leadrelay_store_sql::{completion_transfer_from_row, due_completion_from_row};
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use leadrelay_store::{
+    ClaimedTransfer, DeliveryClaim, DeliveryRecord, JobClaim, JobRecord, ResendRow, StoreError, StoreResult,
+    TransferState,
+};
+use leadrelay_store_sql::corrupt;
+use rusqlite::{params, Connection, Row};
 
-use super::{rows_per_statement, ClaimRow, MAX_BOUND_VALUES};
-use crate::read::{job_from_row, JOB_COLUMNS};
+use super::ClaimRow;
+use crate::read::{claimed_transfer, JOB_COLUMNS};
 use crate::unavailable;
 
 /// Sets the states delivery steps reached; a step whose lease was taken over by another node
 /// leaves the state to that node.
-pub(super) async fn update_transfers(
-    transaction: &mut SqliteConnection,
-    records: &[&DeliveryRecord],
-) -> StoreResult<()> {
-    let updates: Vec<_> = records.iter().filter_map(|record| record.update.as_ref()).collect();
-    for chunk in updates.chunks(rows_per_statement(9)) {
-        let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "WITH v (id, owner, status, description, state, due_at, attempts, updated_at, retry_base) AS (",
-        );
-        builder.push_values(chunk, |mut row, update| {
-            let due_at = match update.state {
-                TransferState::Pending { due_at } => Some(due_at),
-                _ => None,
-            };
-            row.push_bind(update.transfer_id.as_str())
-                .push_bind(update.owner.as_deref())
-                .push_bind(update.status.as_str())
-                .push_bind(update.description.as_str())
-                .push_bind(update.state.as_str())
-                .push_bind(due_at)
-                .push_bind(i64::from(update.attempts))
-                .push_bind(update.updated_at)
-                .push_bind(update.retry_base.map(i64::from));
-        });
-        builder.push(
-            ") UPDATE transfers SET status = v.status, description = v.description, state = v.state, due_at = v.due_at, \
-             lease_owner = NULL, attempts = v.attempts, updated_at = v.updated_at, \
-             retry_base = COALESCE(v.retry_base, transfers.retry_base) \
-             FROM v WHERE transfers.id = v.id AND (v.owner IS NULL OR transfers.lease_owner = v.owner)",
-        );
-        builder.build().persistent(false).execute(&mut *transaction).await.map_err(unavailable)?;
+pub(super) fn update_transfers(connection: &Connection, records: &[&DeliveryRecord]) -> StoreResult<()> {
+    let mut updates = records.iter().filter_map(|record| record.update.as_ref()).peekable();
+    if updates.peek().is_none() {
+        return Ok(());
+    }
+    let mut statement = connection
+        .prepare_cached(
+            "UPDATE transfers SET status = ?3, description = ?4, state = ?5, due_at = ?6, lease_owner = NULL, \
+             attempts = ?7, updated_at = ?8, retry_base = COALESCE(?9, retry_base) \
+             WHERE id = ?1 AND (?2 IS NULL OR lease_owner = ?2)",
+        )
+        .map_err(unavailable)?;
+    for update in updates {
+        let due_at = match update.state {
+            TransferState::Pending { due_at } => Some(due_at),
+            _ => None,
+        };
+        statement
+            .execute(params![
+                update.transfer_id,
+                update.owner,
+                update.status.as_str(),
+                update.description,
+                update.state.as_str(),
+                due_at,
+                update.attempts,
+                update.updated_at,
+                update.retry_base,
+            ])
+            .map_err(unavailable)?;
     }
     Ok(())
 }
 
-pub(super) async fn count_caps(transaction: &mut SqliteConnection, records: &[&DeliveryRecord]) -> StoreResult<()> {
+pub(super) fn count_caps(connection: &Connection, records: &[&DeliveryRecord]) -> StoreResult<()> {
     let mut counts: HashMap<&CapWindowKey, i64> = HashMap::new();
     for key in records.iter().flat_map(|record| record.cap_counts.iter()) {
         *counts.entry(key).or_default() += 1;
     }
-    let counts: Vec<_> = counts.into_iter().collect();
-    for chunk in counts.chunks(rows_per_statement(4)) {
-        let mut builder: QueryBuilder<Sqlite> =
-            QueryBuilder::new("INSERT INTO cap_counters (destination_id, cap_key, window_start, count) ");
-        builder.push_values(chunk, |mut row, (key, count)| {
-            row.push_bind(key.destination_id.as_str())
-                .push_bind(key.cap_key.as_str())
-                .push_bind(key.window_start)
-                .push_bind(*count);
-        });
-        builder.push(
-            " ON CONFLICT (destination_id, cap_key, window_start) DO UPDATE SET count = cap_counters.count + excluded.count",
-        );
-        builder.build().persistent(false).execute(&mut *transaction).await.map_err(unavailable)?;
+    if counts.is_empty() {
+        return Ok(());
+    }
+    let mut statement = connection
+        .prepare_cached(
+            "INSERT INTO cap_counters (destination_id, cap_key, window_start, count) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (destination_id, cap_key, window_start) DO UPDATE SET count = cap_counters.count + excluded.count",
+        )
+        .map_err(unavailable)?;
+    for (key, count) in counts {
+        statement.execute(params![key.destination_id, key.cap_key, key.window_start, count]).map_err(unavailable)?;
     }
     Ok(())
 }
 
-pub(super) async fn insert_attempts(
-    transaction: &mut SqliteConnection,
-    records: &[&DeliveryRecord],
-) -> StoreResult<()> {
-    let attempts: Vec<_> = records.iter().filter_map(|record| record.attempt.as_ref()).collect();
-    for chunk in attempts.chunks(rows_per_statement(7)) {
-        let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT OR IGNORE INTO attempts (transfer_id, attempt, started_at, duration_ms, outcome, response_code, event_id) ",
-        );
-        builder.push_values(chunk, |mut row, attempt| {
-            row.push_bind(attempt.transfer_id.as_str())
-                .push_bind(i64::from(attempt.attempt))
-                .push_bind(attempt.started_at)
-                .push_bind(attempt.duration_ms)
-                .push_bind(attempt.outcome)
-                .push_bind(attempt.response_code)
-                .push_bind(attempt.event_id.as_str());
-        });
-        builder.build().persistent(false).execute(&mut *transaction).await.map_err(unavailable)?;
+pub(super) fn insert_attempts(connection: &Connection, records: &[&DeliveryRecord]) -> StoreResult<()> {
+    let mut attempts = records.iter().filter_map(|record| record.attempt.as_ref()).peekable();
+    if attempts.peek().is_none() {
+        return Ok(());
+    }
+    let mut statement = connection
+        .prepare_cached(
+            "INSERT OR IGNORE INTO attempts (transfer_id, attempt, started_at, duration_ms, outcome, response_code, \
+             event_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .map_err(unavailable)?;
+    for attempt in attempts {
+        statement
+            .execute(params![
+                attempt.transfer_id,
+                attempt.attempt,
+                attempt.started_at,
+                attempt.duration_ms,
+                attempt.outcome,
+                attempt.response_code,
+                attempt.event_id,
+            ])
+            .map_err(unavailable)?;
     }
     Ok(())
 }
 
 /// Leases the due transfers of one destination to the claiming node: their `due_at` moves to
 /// the lease's end, when they are due again unless the node recorded an outcome.
-pub(super) async fn claim_transfers(
-    transaction: &mut SqliteConnection,
-    claim: &DeliveryClaim,
-) -> StoreResult<Vec<ClaimRow>> {
-    let rows = sqlx::query(
-        "UPDATE transfers SET due_at = ?1, lease_owner = ?2 WHERE seq IN (\
-            SELECT seq FROM transfers WHERE state = 'pending' AND destination_id = ?3 AND due_at <= ?4 \
-            ORDER BY due_at, seq LIMIT ?5) \
-         RETURNING id, lead_id, flow_id, source_id, destination_id, attempts, retry_base, created_at",
-    )
-    .bind(claim.now + claim.lease_ms)
-    .bind(&claim.owner)
-    .bind(&claim.destination_id)
-    .bind(claim.now)
-    .bind(i64::try_from(claim.limit).unwrap_or(i64::MAX))
-    .fetch_all(&mut *transaction)
-    .await
-    .map_err(unavailable)?;
-    rows.iter()
-        .map(|row| {
+pub(super) fn claim_transfers(connection: &Connection, claim: &DeliveryClaim) -> StoreResult<Vec<ClaimRow>> {
+    let mut statement = connection
+        .prepare_cached(
+            "UPDATE transfers SET due_at = ?1, lease_owner = ?2 WHERE seq IN (\
+                SELECT seq FROM transfers WHERE state = 'pending' AND destination_id = ?3 AND due_at <= ?4 \
+                ORDER BY due_at, seq LIMIT ?5) \
+             RETURNING id, lead_id, flow_id, source_id, destination_id, attempts, retry_base, created_at",
+        )
+        .map_err(unavailable)?;
+    let limit = i64::try_from(claim.limit).unwrap_or(i64::MAX);
+    let rows = statement
+        .query_map(params![claim.now + claim.lease_ms, claim.owner, claim.destination_id, claim.now, limit], |row| {
             Ok(ClaimRow {
-                transfer_id: row.try_get(0).map_err(unavailable)?,
-                lead_id: row.try_get(1).map_err(unavailable)?,
-                flow_id: row.try_get(2).map_err(unavailable)?,
-                source_id: row.try_get(3).map_err(unavailable)?,
-                destination_id: row.try_get(4).map_err(unavailable)?,
-                attempts: row.try_get(5).map_err(unavailable)?,
-                retry_base: row.try_get(6).map_err(unavailable)?,
-                created_at: row.try_get(7).map_err(unavailable)?,
+                transfer_id: row.get(0)?,
+                lead_id: row.get(1)?,
+                flow_id: row.get(2)?,
+                source_id: row.get(3)?,
+                destination_id: row.get(4)?,
+                attempts: row.get(5)?,
+                retry_base: row.get(6)?,
+                created_at: row.get(7)?,
             })
+        })
+        .map_err(unavailable)?;
+    rows.collect::<Result<_, _>>().map_err(unavailable)
+}
+
+/// Completes claimed rows with their leads' current snapshots, on the writer's connection
+/// (inside a claim: its page cache stays warm, where a reader's is reset by every commit).
+pub(super) fn snapshots_of(connection: &Connection, rows: Vec<ClaimRow>) -> StoreResult<Vec<ClaimedTransfer>> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut statement = connection
+        .prepare_cached(
+            "SELECT s.id, s.body, s.digest FROM leads l JOIN snapshots s ON s.id = l.snapshot_id WHERE l.id = ?1",
+        )
+        .map_err(unavailable)?;
+    rows.into_iter()
+        .map(|row| {
+            let mut found = statement.query([&row.lead_id]).map_err(unavailable)?;
+            let Some(snapshot) = found.next().map_err(unavailable)? else {
+                return Err(corrupt(format!(
+                    "transfer {} names lead {} without a snapshot",
+                    row.transfer_id, row.lead_id
+                )));
+            };
+            let snapshot = (
+                snapshot.get(0).map_err(unavailable)?,
+                snapshot.get(1).map_err(unavailable)?,
+                snapshot.get(2).map_err(unavailable)?,
+            );
+            claimed_transfer(row, snapshot)
         })
         .collect()
 }
 
+/// What resends need of transfers, with their leads' current snapshots.
+pub(super) fn resend_rows(connection: &Connection, transfer_ids: &[&str]) -> StoreResult<HashMap<String, ResendRow>> {
+    let mut rows = HashMap::with_capacity(transfer_ids.len());
+    if transfer_ids.is_empty() {
+        return Ok(rows);
+    }
+    let mut statement = connection
+        .prepare_cached(
+            "SELECT t.id, t.lead_id, t.flow_id, t.source_id, t.destination_id, t.status, t.state, t.lease_owner, \
+             t.attempts, s.id, s.digest FROM transfers t JOIN leads l ON l.id = t.lead_id \
+             JOIN snapshots s ON s.id = l.snapshot_id WHERE t.id = ?1",
+        )
+        .map_err(unavailable)?;
+    for transfer_id in transfer_ids {
+        let mut found = statement.query([transfer_id]).map_err(unavailable)?;
+        if let Some(row) = found.next().map_err(unavailable)? {
+            let row = resend_row(row).map_err(unavailable)??;
+            rows.insert(row.transfer_id.clone(), row);
+        }
+    }
+    Ok(rows)
+}
+
+fn resend_row(row: &Row<'_>) -> rusqlite::Result<StoreResult<ResendRow>> {
+    let attempts: i64 = row.get(8)?;
+    let digest: Vec<u8> = row.get(10)?;
+    let Ok(snapshot_digest) = digest.try_into() else {
+        return Ok(Err(corrupt("snapshot digest is not 32 bytes")));
+    };
+    Ok(Ok(ResendRow {
+        transfer_id: row.get(0)?,
+        lead_id: row.get(1)?,
+        flow_id: row.get(2)?,
+        source_id: row.get(3)?,
+        destination_id: row.get(4)?,
+        status: row.get(5)?,
+        state: row.get(6)?,
+        lease_owner: row.get(7)?,
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        snapshot_id: row.get(9)?,
+        snapshot_digest,
+    }))
+}
+
 /// Saves a job, unless another node holds it.
-pub(super) async fn save_job(connection: &mut SqliteConnection, job: &JobRecord) -> StoreResult<()> {
-    let saved = sqlx::query(
-        "INSERT INTO jobs (id, kind, status, params, cursor, matched, queued, skipped, error, created_at, updated_at, \
-         owner, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-         ON CONFLICT (id) DO UPDATE SET status = excluded.status, cursor = excluded.cursor, matched = excluded.matched, \
-         queued = excluded.queued, skipped = excluded.skipped, error = excluded.error, updated_at = excluded.updated_at, \
-         lease_until = excluded.lease_until WHERE jobs.owner IS excluded.owner",
-    )
-    .bind(&job.id)
-    .bind(&job.kind)
-    .bind(&job.status)
-    .bind(job.params.to_string())
-    .bind(job.cursor.as_deref())
-    .bind(i64::try_from(job.matched).unwrap_or(i64::MAX))
-    .bind(i64::try_from(job.queued).unwrap_or(i64::MAX))
-    .bind(i64::try_from(job.skipped).unwrap_or(i64::MAX))
-    .bind(job.error.as_deref())
-    .bind(job.created_at)
-    .bind(job.updated_at)
-    .bind(job.owner.as_deref())
-    .bind(job.lease_until)
-    .execute(&mut *connection)
-    .await
-    .map_err(unavailable)?;
-    if saved.rows_affected() == 0 {
+pub(super) fn save_job(connection: &Connection, job: &JobRecord) -> StoreResult<()> {
+    let count = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+    let saved = connection
+        .execute(
+            "INSERT INTO jobs (id, kind, status, params, cursor, matched, queued, skipped, error, created_at, \
+             updated_at, owner, lease_until) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+             ON CONFLICT (id) DO UPDATE SET status = excluded.status, cursor = excluded.cursor, \
+             matched = excluded.matched, queued = excluded.queued, skipped = excluded.skipped, error = excluded.error, \
+             updated_at = excluded.updated_at, lease_until = excluded.lease_until WHERE jobs.owner IS excluded.owner",
+            params![
+                job.id,
+                job.kind,
+                job.status,
+                job.params.to_string(),
+                job.cursor,
+                count(job.matched),
+                count(job.queued),
+                count(job.skipped),
+                job.error,
+                job.created_at,
+                job.updated_at,
+                job.owner,
+                job.lease_until,
+            ],
+        )
+        .map_err(unavailable)?;
+    if saved == 0 {
         return Err(StoreError::Conflict(format!("job {} is held by another node", job.id)));
     }
     Ok(())
 }
 
 /// Leases the running jobs no node holds to the claiming node.
-pub(super) async fn claim_jobs(connection: &mut SqliteConnection, claim: &JobClaim) -> StoreResult<Vec<JobRecord>> {
-    let rows = sqlx::query(&format!(
-        "UPDATE jobs SET owner = ?, lease_until = ? WHERE status = 'running' \
-         AND (lease_until IS NULL OR lease_until <= ?) RETURNING {JOB_COLUMNS}"
-    ))
-    .bind(&claim.owner)
-    .bind(claim.now + claim.lease_ms)
-    .bind(claim.now)
-    .fetch_all(&mut *connection)
-    .await
-    .map_err(unavailable)?;
-    let mut jobs = rows.iter().map(job_from_row).collect::<StoreResult<Vec<_>>>()?;
+pub(super) fn claim_jobs(connection: &Connection, claim: &JobClaim) -> StoreResult<Vec<JobRecord>> {
+    let mut statement = connection
+        .prepare_cached(&format!(
+            "UPDATE jobs SET owner = ?1, lease_until = ?2 WHERE status = 'running' \
+             AND (lease_until IS NULL OR lease_until <= ?3) RETURNING {JOB_COLUMNS}"
+        ))
+        .map_err(unavailable)?;
+    let mut rows = statement.query(params![claim.owner, claim.now + claim.lease_ms, claim.now]).map_err(unavailable)?;
+    let mut jobs = Vec::new();
+    while let Some(row) = rows.next().map_err(unavailable)? {
+        let count =
+            |index: usize| -> rusqlite::Result<u64> { Ok(u64::try_from(row.get::<_, i64>(index)?).unwrap_or(0)) };
+        let params: String = row.get(3).map_err(unavailable)?;
+        jobs.push(JobRecord {
+            id: row.get(0).map_err(unavailable)?,
+            kind: row.get(1).map_err(unavailable)?,
+            status: row.get(2).map_err(unavailable)?,
+            params: serde_json::from_str(&params).map_err(corrupt)?,
+            cursor: row.get(4).map_err(unavailable)?,
+            matched: count(5).map_err(unavailable)?,
+            queued: count(6).map_err(unavailable)?,
+            skipped: count(7).map_err(unavailable)?,
+            error: row.get(8).map_err(unavailable)?,
+            created_at: row.get(9).map_err(unavailable)?,
+            updated_at: row.get(10).map_err(unavailable)?,
+            owner: row.get(11).map_err(unavailable)?,
+            lease_until: row.get(12).map_err(unavailable)?,
+        });
+    }
     jobs.sort_by_key(|job| job.created_at);
     Ok(jobs)
 }
 
 /// The held completions of `leads` that are due: none of the lead's transfers is pending.
 /// Their rows are removed; the caller logs the events in the same transaction.
-pub(super) async fn take_due_completions(
-    transaction: &mut SqliteConnection,
-    leads: &[String],
-) -> StoreResult<Vec<DueCompletion>> {
-    let mut due = Vec::new();
-    for chunk in leads.chunks(MAX_BOUND_VALUES) {
-        let mut builder: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "SELECT p.lead_id, p.flow_id, p.source_id, p.body, l.snapshot_id, s.digest FROM pending_completions p \
-             JOIN leads l ON l.id = p.lead_id JOIN snapshots s ON s.id = l.snapshot_id \
-             WHERE NOT EXISTS (SELECT 1 FROM transfers t WHERE t.lead_id = p.lead_id AND t.state = 'pending') \
-             AND p.lead_id IN (",
-        );
-        let mut separated = builder.separated(", ");
-        for lead in chunk {
-            separated.push_bind(lead.as_str());
-        }
-        builder.push(")");
-        for row in builder.build().fetch_all(&mut *transaction).await.map_err(unavailable)? {
-            due.push(due_completion_from_row(&row)?);
-        }
+pub(super) fn take_due_completions(connection: &Connection, leads: &[String]) -> StoreResult<Vec<DueCompletion>> {
+    if leads.is_empty() {
+        return Ok(Vec::new());
     }
-    for chunk in due.chunks_mut(MAX_BOUND_VALUES) {
-        let mut builder: QueryBuilder<Sqlite> =
-            QueryBuilder::new("SELECT lead_id, id, destination_id, status FROM transfers WHERE lead_id IN (");
-        let mut separated = builder.separated(", ");
-        for completion in chunk.iter() {
-            separated.push_bind(completion.lead_id.clone());
-        }
-        builder.push(") ORDER BY seq");
-        for row in builder.build().fetch_all(&mut *transaction).await.map_err(unavailable)? {
-            let (lead_id, transfer) = completion_transfer_from_row(&row)?;
-            if let Some(completion) = chunk.iter_mut().find(|completion| completion.lead_id == lead_id) {
-                completion.transfers.push(transfer);
-            }
-        }
-        let mut deletion: QueryBuilder<Sqlite> =
-            QueryBuilder::new("DELETE FROM pending_completions WHERE lead_id IN (");
-        let mut separated = deletion.separated(", ");
-        for completion in chunk.iter() {
-            separated.push_bind(completion.lead_id.clone());
-        }
-        deletion.push(")");
-        deletion.build().persistent(false).execute(&mut *transaction).await.map_err(unavailable)?;
+    let mut held = connection
+        .prepare_cached(
+            "SELECT p.flow_id, p.source_id, p.body, l.snapshot_id, s.digest FROM pending_completions p \
+             JOIN leads l ON l.id = p.lead_id JOIN snapshots s ON s.id = l.snapshot_id \
+             WHERE p.lead_id = ?1 AND NOT EXISTS \
+             (SELECT 1 FROM transfers t WHERE t.lead_id = p.lead_id AND t.state = 'pending')",
+        )
+        .map_err(unavailable)?;
+    let mut transfers = connection
+        .prepare_cached("SELECT id, destination_id, status FROM transfers WHERE lead_id = ?1 ORDER BY seq")
+        .map_err(unavailable)?;
+    let mut remove =
+        connection.prepare_cached("DELETE FROM pending_completions WHERE lead_id = ?1").map_err(unavailable)?;
+    let mut due = Vec::new();
+    for lead_id in leads {
+        let mut found = held.query([lead_id]).map_err(unavailable)?;
+        let Some(row) = found.next().map_err(unavailable)? else { continue };
+        let mut completion = DueCompletion {
+            lead_id: lead_id.clone(),
+            flow_id: row.get(0).map_err(unavailable)?,
+            source_id: row.get(1).map_err(unavailable)?,
+            body: row.get(2).map_err(unavailable)?,
+            snapshot_id: row.get(3).map_err(unavailable)?,
+            snapshot_digest: row.get(4).map_err(unavailable)?,
+            transfers: Vec::new(),
+        };
+        drop(found);
+        completion.transfers = transfers
+            .query_map([lead_id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .map_err(unavailable)?
+            .collect::<Result<_, _>>()
+            .map_err(unavailable)?;
+        remove.execute([lead_id]).map_err(unavailable)?;
+        due.push(completion);
     }
     Ok(due)
 }

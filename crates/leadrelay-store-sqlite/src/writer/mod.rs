@@ -1,22 +1,32 @@
-//! The single writer: every write goes through one connection and one task, which takes all
-//! submissions waiting at once into one transaction (group commit) and links their events
-//! into the hash chain in order.
+//! The single writer: every write goes through one connection, owned by a thread of its own,
+//! which takes all submissions waiting at once into one transaction (group commit) and links
+//! their events into the hash chain in order.
+//!
+//! The writer talks to SQLite directly (rusqlite) with cached single-row statements: a batch
+//! steps a handful of prepared statements once per row, where building, parsing and binding a
+//! multi-row statement per batch, and crossing to a driver thread for every statement, cost
+//! several times the work SQLite itself does. Its thread runs the shared group-commit loop on a
+//! runtime of its own, so that the blocking calls into SQLite never hold up the server's
+//! runtime.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use leadrelay_domain::chain::{Hash, GENESIS};
-use leadrelay_domain::config::{Config, ConfigChange, ObjectWrite};
+use leadrelay_domain::config::{Config, ConfigChange, ConfigKind, ObjectWrite};
 use leadrelay_domain::time::now_millis;
 use leadrelay_store::batch::{
     admit, event_rows, idempotency_lookups, link_events, number_snapshots, plan_resends, ChainHead,
 };
 use leadrelay_store::completion;
-use leadrelay_store::group_commit::{BatchAnswer, BatchRefs, BatchWriter};
+use leadrelay_store::group_commit::{self, BatchAnswer, BatchRefs, BatchWriter, WriteCommand, WriterHealth};
 use leadrelay_store::{
     ConfigWriteError, DeliveryRecord, JobClaim, JobRecord, NewToken, Role, StoreError, StoreResult, StoredAnswer,
 };
 use leadrelay_store_sql::{last_admin, KEEPS_AN_ADMIN};
-use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{ConnectOptions, Connection, Row, SqliteConnection};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use tokio::sync::mpsc;
 
 use crate::{read, unavailable};
 
@@ -24,24 +34,25 @@ mod delivery;
 mod submission;
 
 use delivery::{
-    claim_jobs, claim_transfers, count_caps, insert_attempts, save_job, take_due_completions, update_transfers,
+    claim_jobs, claim_transfers, count_caps, insert_attempts, resend_rows, save_job, snapshots_of,
+    take_due_completions, update_transfers,
 };
 use submission::{
     insert_duplicate_keys, insert_events, insert_idempotency, insert_leads, insert_pending_completions,
     insert_snapshots, insert_transfers, load_answers, load_duplicate_keys,
 };
 
-/// SQLite allows 32766 bound values in one statement; stay well below.
-const MAX_BOUND_VALUES: usize = 30_000;
+/// Statements the writer keeps prepared: every one it runs, with room to spare.
+const STATEMENT_CACHE: usize = 64;
 
 pub(crate) struct Writer {
-    connection: SqliteConnection,
-    /// How to open the connection again (`heal`).
-    options: SqliteConnectOptions,
+    connection: Connection,
+    /// The database file, to open the connection again (`heal`).
+    path: PathBuf,
     head: ChainHead,
 }
 
-/// A transfer as a claim returns it from the writer; the lead's snapshot is read after commit.
+/// A transfer as a claim returns it from the writer, before its lead's snapshot is added.
 #[derive(Clone, Debug)]
 pub(crate) struct ClaimRow {
     pub transfer_id: String,
@@ -54,81 +65,110 @@ pub(crate) struct ClaimRow {
     pub created_at: i64,
 }
 
-impl Writer {
-    pub(crate) async fn start(mut connection: SqliteConnection, options: SqliteConnectOptions) -> StoreResult<Self> {
-        let head = load_head(&mut connection).await?;
-        Ok(Self { connection, options, head })
+/// Opens the writer's connection to the database file, tuned as the readers are.
+fn connect(path: &Path) -> StoreResult<Connection> {
+    let connection = Connection::open(path).map_err(unavailable)?;
+    connection.busy_timeout(Duration::from_secs(10)).map_err(unavailable)?;
+    connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    // Checkpoints run on a timer of their own (`checkpoint_loop`), never inside a commit.
+    connection
+        .execute_batch(
+            "PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF; PRAGMA wal_autocheckpoint = 0; \
+             PRAGMA journal_size_limit = 67108864; PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;",
+        )
+        .map_err(unavailable)?;
+    let mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0)).map_err(unavailable)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(unavailable(format!("the database would not use write-ahead logging (journal mode {mode})")));
     }
+    Ok(connection)
+}
 
+/// Starts the writer of the database file on a thread of its own; writes sent to the returned
+/// channel are carried out there. The thread ends once every sender is gone or a shutdown is
+/// sent.
+pub(crate) fn spawn(path: &Path, max_batch: usize, health: WriterHealth) -> StoreResult<mpsc::Sender<WriteCommand>> {
+    let connection = connect(path)?;
+    let head = load_head(&connection)?;
+    let writer = Writer { connection, path: path.to_owned(), head };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|error| unavailable(format!("starting the writer: {error}")))?;
+    let (writes, commands) = mpsc::channel(max_batch.max(1) * 4);
+    std::thread::Builder::new()
+        .name("leadrelay-writer".into())
+        .spawn(move || runtime.block_on(group_commit::run(writer, commands, max_batch, health)))
+        .map_err(|error| unavailable(format!("starting the writer thread: {error}")))?;
+    Ok(writes)
+}
+
+impl Writer {
     /// A token change that touched no row: an error when the token exists (it is the only
     /// admin token), false when it does not.
-    async fn refuse_last_admin(&mut self, changed: bool, token_id: &str) -> StoreResult<bool> {
+    fn refuse_last_admin(&self, changed: bool, token_id: &str) -> StoreResult<bool> {
         if changed {
             return Ok(true);
         }
-        let exists = sqlx::query("SELECT 1 FROM tokens WHERE id = ?")
-            .bind(token_id)
-            .fetch_optional(&mut self.connection)
-            .await
+        let exists = self
+            .connection
+            .query_row("SELECT 1 FROM tokens WHERE id = ?1", [token_id], |_| Ok(()))
+            .optional()
             .map_err(unavailable)?;
         match exists {
-            Some(_) => Err(last_admin(token_id)),
+            Some(()) => Err(last_admin(token_id)),
             None => Ok(false),
         }
     }
 
-    /// Replaces the connection after a failed transaction. sqlx counts the transactions it
-    /// has open; when SQLite already rolled one back itself (a full disk, an I/O error), sqlx's
-    /// own ROLLBACK fails, its count stays at one, and it would refuse every later `BEGIN`: one
-    /// full disk would stop every write until a restart. The chain head is read again from the
-    /// file, which holds exactly what was committed.
-    async fn heal(&mut self) {
-        let fresh = match self.options.connect().await {
+    /// Replaces the connection after a failed transaction, so that nothing a failure left
+    /// behind (a transaction SQLite rolled back itself on a full disk or an I/O error) carries
+    /// over to the next write. The chain head is read again from the file, which holds exactly
+    /// what was committed.
+    fn heal(&mut self) {
+        let fresh = match connect(&self.path) {
             Ok(fresh) => fresh,
             Err(error) => {
                 tracing::error!(%error, "could not reopen the database after a failed write; trying again after the next");
                 return;
             }
         };
-        drop(std::mem::replace(&mut self.connection, fresh));
-        match load_head(&mut self.connection).await {
+        self.connection = fresh;
+        match load_head(&self.connection) {
             Ok(head) => self.head = head,
             Err(error) => tracing::error!(%error, "could not read the chain head after reopening the database"),
         }
     }
 
-    async fn try_change_config(&mut self, change: ConfigChange) -> Result<Config, ConfigWriteError> {
-        let mut transaction = self.connection.begin_with("BEGIN IMMEDIATE").await.map_err(unavailable)?;
-        let current = read::load_config(&mut *transaction).await?;
+    fn try_change_config(&mut self, change: ConfigChange) -> Result<Config, ConfigWriteError> {
+        let transaction =
+            self.connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
+        let current = load_config(&transaction)?;
         let now = now_millis();
         let (next, writes) = current.change(change, now)?;
         for write in writes {
             match write {
                 ObjectWrite::Put(object) => {
-                    sqlx::query(
-                        "INSERT INTO config_objects (kind, id, position, body, created_at, updated_at)
-                         VALUES (?1, ?2, (SELECT COALESCE(MAX(position), 0) + 1 FROM config_objects), ?3, ?4, ?4)
-                         ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
-                    )
-                    .bind(object.kind().as_str())
-                    .bind(object.id())
-                    .bind(object.to_json().to_string())
-                    .bind(now)
-                    .execute(&mut *transaction)
-                    .await
-                    .map_err(unavailable)?;
+                    transaction
+                        .execute(
+                            "INSERT INTO config_objects (kind, id, position, body, created_at, updated_at)
+                             VALUES (?1, ?2, (SELECT COALESCE(MAX(position), 0) + 1 FROM config_objects), ?3, ?4, ?4)
+                             ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
+                            params![object.kind().as_str(), object.id(), object.to_json().to_string(), now],
+                        )
+                        .map_err(unavailable)?;
                 }
                 ObjectWrite::Delete { kind, id } => {
                     // Transfers are never dropped: a destination with transfers still waiting
                     // for it stays until they are delivered, abandoned or resent elsewhere.
-                    if kind == leadrelay_domain::config::ConfigKind::Destination {
-                        let waiting: i64 = sqlx::query_scalar(
-                            "SELECT COUNT(*) FROM transfers WHERE state = 'pending' AND destination_id = ?",
-                        )
-                        .bind(&id)
-                        .fetch_one(&mut *transaction)
-                        .await
-                        .map_err(unavailable)?;
+                    if kind == ConfigKind::Destination {
+                        let waiting: i64 = transaction
+                            .query_row(
+                                "SELECT COUNT(*) FROM transfers WHERE state = 'pending' AND destination_id = ?1",
+                                [&id],
+                                |row| row.get(0),
+                            )
+                            .map_err(unavailable)?;
                         if waiting > 0 {
                             return Err(ConfigWriteError::Change(leadrelay_domain::config::ChangeError::InUse(
                                 format!(
@@ -138,173 +178,155 @@ impl Writer {
                             )));
                         }
                     }
-                    sqlx::query("DELETE FROM config_objects WHERE kind = ? AND id = ?")
-                        .bind(kind.as_str())
-                        .bind(&id)
-                        .execute(&mut *transaction)
-                        .await
+                    transaction
+                        .execute("DELETE FROM config_objects WHERE kind = ?1 AND id = ?2", params![kind.as_str(), id])
                         .map_err(unavailable)?;
                 }
             }
         }
-        transaction.commit().await.map_err(unavailable)?;
+        transaction.commit().map_err(unavailable)?;
         Ok(next)
     }
 
-    async fn try_commit_batch(&mut self, refs: BatchRefs<'_>) -> StoreResult<BatchAnswer> {
+    fn try_commit_batch(&mut self, refs: BatchRefs<'_>) -> StoreResult<BatchAnswer> {
         let BatchRefs { submissions: batch, records, claims, resends } = refs;
-        let mut transaction = self.connection.begin_with("BEGIN IMMEDIATE").await.map_err(unavailable)?;
+        let Self { connection, head, .. } = self;
+        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
         // Another process may have written to the file since (a second `serve` on it, by
         // mistake): link onto the chain as it is on disk, never onto a stale copy.
-        let on_disk = load_head(&mut transaction).await?;
-        if on_disk.seq != self.head.seq
-            || on_disk.hash != self.head.hash
-            || on_disk.snapshot_id != self.head.snapshot_id
-        {
+        let on_disk = load_head(&transaction)?;
+        if (on_disk.seq, on_disk.hash, on_disk.snapshot_id) != (head.seq, head.hash, head.snapshot_id) {
             tracing::warn!("the event log was written by another process; continuing from its end");
-            self.head = on_disk;
+            *head = on_disk;
         }
-        // What the database already holds for this batch's keys, read in one query per flow.
-        let mut keys = load_duplicate_keys(&mut transaction, batch).await?;
-        let mut answers = load_answers(&mut transaction, &idempotency_lookups(batch)).await?;
+        // What the database already holds for this batch's keys.
+        let mut keys = load_duplicate_keys(&transaction, batch)?;
+        let mut answers = load_answers(&transaction, &idempotency_lookups(batch))?;
         let (outcomes, accepted) = admit(batch, &mut keys, &mut answers);
 
         // Resends read the transfers' state in this transaction, then write like deliveries.
-        let resend_ids: Vec<String> = resends.iter().flat_map(|request| request.transfer_ids.iter().cloned()).collect();
-        let resend_rows = read::resend_rows(&mut transaction, &resend_ids).await?;
+        let resend_ids: Vec<&str> =
+            resends.iter().flat_map(|request| request.transfer_ids.iter().map(String::as_str)).collect();
+        let resend_rows = resend_rows(&transaction, &resend_ids)?;
         let (resent, resend_records) = plan_resends(resends, &resend_rows);
         let records: Vec<&DeliveryRecord> = records.iter().copied().chain(resend_records.iter()).collect();
         let records = records.as_slice();
 
-        let snapshot_bases = number_snapshots(&mut self.head, &accepted);
-        if !accepted.is_empty() {
-            insert_snapshots(&mut transaction, &accepted, &snapshot_bases).await?;
-            insert_leads(&mut transaction, &accepted, &snapshot_bases).await?;
-            insert_transfers(&mut transaction, &accepted).await?;
-            insert_duplicate_keys(&mut transaction, &accepted).await?;
-            insert_idempotency(&mut transaction, &accepted).await?;
-            insert_pending_completions(&mut transaction, &accepted).await?;
-        }
-        update_transfers(&mut transaction, records).await?;
+        let snapshot_bases = number_snapshots(head, &accepted);
+        insert_snapshots(&transaction, &accepted, &snapshot_bases)?;
+        insert_leads(&transaction, &accepted, &snapshot_bases)?;
+        insert_transfers(&transaction, &accepted)?;
+        insert_duplicate_keys(&transaction, &accepted)?;
+        insert_idempotency(&transaction, &accepted)?;
+        insert_pending_completions(&transaction, &accepted)?;
+        update_transfers(&transaction, records)?;
         // Held `flow.completed` events whose leads have no transfer pending any more follow
-        // the outcomes just written, in the batch's one insert of events.
-        let due = take_due_completions(&mut transaction, &completion::leads_of(records)).await?;
+        // the outcomes just written, in the batch's events.
+        let due = take_due_completions(&transaction, &completion::leads_of(records))?;
         let completed = completion::completion_record(due, records, now_millis())?;
         let logged: Vec<&DeliveryRecord> = records.iter().copied().chain(completed.as_ref()).collect();
         let rows = event_rows(&accepted, &snapshot_bases, &logged);
-        let links = link_events(&mut self.head, &rows);
+        let links = link_events(head, &rows);
         if !rows.is_empty() {
-            insert_events(&mut transaction, &rows, &links).await?;
-            save_head(&mut transaction, &self.head).await?;
+            insert_events(&transaction, &rows, &links)?;
+            save_head(&transaction, head)?;
         }
-        insert_attempts(&mut transaction, records).await?;
-        count_caps(&mut transaction, records).await?;
+        insert_attempts(&transaction, records)?;
+        count_caps(&transaction, records)?;
         let mut claimed = Vec::with_capacity(claims.len());
         for claim in claims {
-            let rows = claim_transfers(&mut transaction, claim).await?;
-            claimed.push(read::snapshots_on(&mut transaction, rows).await?);
+            let rows = claim_transfers(&transaction, claim)?;
+            claimed.push(snapshots_of(&transaction, rows)?);
         }
-        transaction.commit().await.map_err(unavailable)?;
+        transaction.commit().map_err(unavailable)?;
         Ok(BatchAnswer { outcomes, claimed, resent })
+    }
+
+    fn run_token_change(&self, sql: &str, params: impl rusqlite::Params) -> StoreResult<bool> {
+        self.connection.execute(sql, params).map(|changed| changed > 0).map_err(unavailable)
     }
 }
 
+// The writer's thread runs nothing but the group-commit loop, so these calls into SQLite may
+// block it.
 #[async_trait]
 impl BatchWriter for Writer {
     async fn commit_batch(&mut self, refs: BatchRefs<'_>) -> StoreResult<BatchAnswer> {
         let start_head = self.head;
-        let result = self.try_commit_batch(refs).await;
+        let result = self.try_commit_batch(refs);
         if result.is_err() {
             self.head = start_head;
-            self.heal().await;
+            self.heal();
         }
         result
     }
 
     async fn release(&mut self, owner: &str, now: i64) -> StoreResult<u64> {
-        sqlx::query("UPDATE transfers SET due_at = ?, lease_owner = NULL WHERE state = 'pending' AND lease_owner = ?")
-            .bind(now)
-            .bind(owner)
-            .execute(&mut self.connection)
-            .await
-            .map(|done| done.rows_affected())
+        self.connection
+            .execute(
+                "UPDATE transfers SET due_at = ?1, lease_owner = NULL WHERE state = 'pending' AND lease_owner = ?2",
+                params![now, owner],
+            )
+            .map(|changed| changed as u64)
             .map_err(unavailable)
     }
 
     async fn delete_token(&mut self, token_id: &str) -> StoreResult<bool> {
-        let deleted = sqlx::query(&format!("DELETE FROM tokens WHERE id = ? AND {KEEPS_AN_ADMIN}"))
-            .bind(token_id)
-            .execute(&mut self.connection)
-            .await
-            .map(|done| done.rows_affected() > 0)
-            .map_err(unavailable)?;
-        self.refuse_last_admin(deleted, token_id).await
+        let deleted =
+            self.run_token_change(&format!("DELETE FROM tokens WHERE id = ?1 AND {KEEPS_AN_ADMIN}"), [token_id])?;
+        self.refuse_last_admin(deleted, token_id)
     }
 
     async fn replace_answer(&mut self, source_id: &str, key: &str, answer: &StoredAnswer) -> StoreResult<()> {
-        sqlx::query("UPDATE idempotency_keys SET http_status = ?, answer = ? WHERE source_id = ? AND key = ?")
-            .bind(i64::from(answer.http_status))
-            .bind(&answer.body_json)
-            .bind(source_id)
-            .bind(key)
-            .execute(&mut self.connection)
-            .await
+        self.connection
+            .execute(
+                "UPDATE idempotency_keys SET http_status = ?1, answer = ?2 WHERE source_id = ?3 AND key = ?4",
+                params![answer.http_status, answer.body_json, source_id, key],
+            )
             .map(|_| ())
             .map_err(unavailable)
     }
 
     async fn update_token(&mut self, token_id: &str, name: &str, role: Option<Role>) -> StoreResult<bool> {
         let sql = format!(
-            "UPDATE tokens SET name = ?, role = COALESCE(?, role) WHERE id = ? AND (COALESCE(?, role) = 'admin' OR {KEEPS_AN_ADMIN})"
+            "UPDATE tokens SET name = ?1, role = COALESCE(?2, role) WHERE id = ?3 AND (COALESCE(?2, role) = 'admin' OR {KEEPS_AN_ADMIN})"
         );
-        let updated = sqlx::query(&sql)
-            .bind(name)
-            .bind(role.map(Role::as_str))
-            .bind(token_id)
-            .bind(role.map(Role::as_str))
-            .execute(&mut self.connection)
-            .await
-            .map(|done| done.rows_affected() > 0)
-            .map_err(unavailable)?;
-        self.refuse_last_admin(updated, token_id).await
+        let updated = self.run_token_change(&sql, params![name, role.map(Role::as_str), token_id])?;
+        self.refuse_last_admin(updated, token_id)
     }
 
     async fn save_job(&mut self, job: &JobRecord) -> StoreResult<()> {
-        save_job(&mut self.connection, job).await
+        save_job(&self.connection, job)
     }
 
     async fn claim_jobs(&mut self, claim: &JobClaim) -> StoreResult<Vec<JobRecord>> {
-        claim_jobs(&mut self.connection, claim).await
+        claim_jobs(&self.connection, claim)
     }
 
     async fn close(self) {
-        let _ = self.connection.close().await;
+        if let Err((_, error)) = self.connection.close() {
+            tracing::warn!(%error, "closing the writer's connection");
+        }
     }
 
     async fn change_config(&mut self, change: ConfigChange) -> Result<Config, ConfigWriteError> {
-        let result = self.try_change_config(change).await;
+        let result = self.try_change_config(change);
         if let Err(ConfigWriteError::Store(_)) = &result {
-            self.heal().await;
+            self.heal();
         }
         result
     }
 
     async fn create_token(&mut self, token: NewToken, replace: bool) -> StoreResult<()> {
         let sql = if replace {
-            "INSERT INTO tokens (id, name, role, hash, created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (hash) DO UPDATE SET role = excluded.role"
+            "INSERT INTO tokens (id, name, role, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (hash) DO UPDATE SET role = excluded.role"
         } else {
-            "INSERT INTO tokens (id, name, role, hash, created_at) VALUES (?, ?, ?, ?, ?)"
+            "INSERT INTO tokens (id, name, role, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)"
         };
-        sqlx::query(sql)
-            .bind(&token.id)
-            .bind(&token.name)
-            .bind(token.role.as_str())
-            .bind(&token.hash[..])
-            .bind(token.created_at)
-            .execute(&mut self.connection)
-            .await
-            .map_err(|error| match &error {
-                sqlx::Error::Database(db) if db.is_unique_violation() => {
+        self.connection
+            .execute(sql, params![token.id, token.name, token.role.as_str(), &token.hash[..], token.created_at])
+            .map_err(|error| match error.sqlite_error() {
+                Some(cause) if cause.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE => {
                     StoreError::Conflict("a token with that value already exists".to_owned())
                 }
                 _ => unavailable(error),
@@ -313,37 +335,45 @@ impl BatchWriter for Writer {
     }
 }
 
-async fn save_head(transaction: &mut SqliteConnection, head: &ChainHead) -> StoreResult<()> {
-    sqlx::query("INSERT INTO chain_head (id, seq, hash) VALUES (1, ?, ?) ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash")
-        .bind(head.seq)
-        .bind(&head.hash[..])
-        .execute(&mut *transaction)
-        .await
+/// The configuration as stored, read inside the writer's transaction.
+fn load_config(connection: &Connection) -> StoreResult<Config> {
+    let mut statement = connection
+        .prepare_cached("SELECT kind, id, body FROM config_objects ORDER BY position")
+        .map_err(unavailable)?;
+    let rows = statement
+        .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?)))
+        .map_err(unavailable)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(unavailable)?;
+    read::config_from_rows(rows)
+}
+
+fn save_head(connection: &Connection, head: &ChainHead) -> StoreResult<()> {
+    connection
+        .prepare_cached(
+            "INSERT INTO chain_head (id, seq, hash) VALUES (1, ?1, ?2) \
+             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+        )
+        .and_then(|mut statement| statement.execute(params![head.seq, &head.hash[..]]))
         .map(|_| ())
         .map_err(unavailable)
 }
 
-async fn load_head(connection: &mut SqliteConnection) -> StoreResult<ChainHead> {
-    let row = sqlx::query(
-        "SELECT seq, hash, COALESCE((SELECT ts FROM events WHERE events.seq = chain_head.seq), 0) AS ts \
-         FROM chain_head WHERE id = 1",
-    )
-    .fetch_optional(&mut *connection)
-    .await
-    .map_err(unavailable)?;
-    let snapshot_id: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM snapshots")
-        .fetch_one(&mut *connection)
-        .await
+fn load_head(connection: &Connection) -> StoreResult<ChainHead> {
+    let row: Option<(i64, Vec<u8>, i64)> = connection
+        .prepare_cached(
+            "SELECT seq, hash, COALESCE((SELECT ts FROM events WHERE events.seq = chain_head.seq), 0) \
+             FROM chain_head WHERE id = 1",
+        )
+        .and_then(|mut statement| statement.query_row([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?))).optional())
         .map_err(unavailable)?;
-    let Some(row) = row else { return Ok(ChainHead { seq: 0, hash: GENESIS, snapshot_id, timestamp: 0 }) };
-    let seq: i64 = row.try_get("seq").map_err(unavailable)?;
-    let hash: Vec<u8> = row.try_get("hash").map_err(unavailable)?;
+    let snapshot_id: i64 = connection
+        .prepare_cached("SELECT COALESCE(MAX(id), 0) FROM snapshots")
+        .and_then(|mut statement| statement.query_row([], |row| row.get(0)))
+        .map_err(unavailable)?;
+    let Some((seq, hash, timestamp)) = row else {
+        return Ok(ChainHead { seq: 0, hash: GENESIS, snapshot_id, timestamp: 0 });
+    };
     let hash: Hash = hash.try_into().map_err(|_| StoreError::Corrupt("chain head hash is not 32 bytes".into()))?;
-    let timestamp: i64 = row.try_get("ts").map_err(unavailable)?;
     Ok(ChainHead { seq, hash, snapshot_id, timestamp })
-}
-
-/// Rows per statement for a table with `columns` bound values per row.
-fn rows_per_statement(columns: usize) -> usize {
-    (MAX_BOUND_VALUES / columns).max(1)
 }
