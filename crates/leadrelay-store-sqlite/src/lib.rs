@@ -75,13 +75,25 @@ fn unavailable(error: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(error.to_string())
 }
 
-/// The file a `sqlite://` URL names; `None` for an in-memory database.
+/// The file a `sqlite://` URL names; `None` for a database without one (in memory, or no
+/// path).
 pub fn database_file(url: &str) -> StoreResult<Option<std::path::PathBuf>> {
     let options = SqliteConnectOptions::from_str(url)
         .map_err(|error| unavailable(format!("invalid SQLite URL {url:?}: {error}")))?;
     let path = options.get_filename();
-    Ok((path != std::path::Path::new(":memory:")).then(|| path.to_owned()))
+    // sqlx names an in-memory database `file:sqlx-in-memory-N`.
+    let in_memory = path == std::path::Path::new(":memory:") || path.to_string_lossy().starts_with("file:");
+    Ok((!in_memory && !path.as_os_str().is_empty()).then(|| path.to_owned()))
 }
+
+/// The settings of every connection to the file, the writer's and the readers': checkpoints run
+/// on a timer of their own (`checkpoint_loop`), never inside a commit.
+pub(crate) const PRAGMAS: [(&str, &str); 4] = [
+    ("wal_autocheckpoint", "0"),
+    ("journal_size_limit", "67108864"),
+    ("cache_size", "-65536"),
+    ("temp_store", "memory"),
+];
 
 impl SqliteStore {
     /// Opens (creating if missing) the database at a `sqlite://path` URL and migrates it.
@@ -89,18 +101,18 @@ impl SqliteStore {
         let file = database_file(url)?
             .ok_or_else(|| unavailable(format!("{url:?} names no file: the SQLite store keeps its data in a file")))?;
         let server_lock = if options.serving { Some(take_server_lock(&file)?) } else { None };
-        let connect = SqliteConnectOptions::from_str(url)
-            .map_err(|error| unavailable(format!("invalid SQLite URL {url:?}: {error}")))?
+        let connect = PRAGMAS
+            .iter()
+            .fold(
+                SqliteConnectOptions::from_str(url)
+                    .map_err(|error| unavailable(format!("invalid SQLite URL {url:?}: {error}")))?,
+                |options, (name, value)| options.pragma(*name, *value),
+            )
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10))
+            .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(false)
-            // Checkpoints run on a timer of their own, never inside a commit.
-            .pragma("wal_autocheckpoint", "0")
-            .pragma("journal_size_limit", "67108864")
-            .pragma("cache_size", "-65536")
-            .pragma("temp_store", "memory")
             .disable_statement_logging();
 
         let mut write_connection = connect.connect().await.map_err(unavailable)?;
@@ -132,7 +144,7 @@ impl SqliteStore {
         // The writer opens its own connection; this one, which set the file up, is done.
         write_connection.close().await.map_err(unavailable)?;
         let health = group_commit::WriterHealth::default();
-        let writes = writer::spawn(&file, options.max_batch, health.clone())?;
+        let writes = writer::spawn(file, options.max_batch, health.clone()).await?;
         let checkpoint_task = tokio::spawn(checkpoint_loop(readers.clone(), options.checkpoint_interval));
         Ok(Arc::new(Self {
             readers,
@@ -178,6 +190,9 @@ fn take_server_lock(database: &std::path::Path) -> StoreResult<std::fs::File> {
         }
     }
 }
+
+/// How long a write waits for another process's write to the file (`apply` beside `serve`).
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often a server looks for configuration changes another process made to its file.
 const CONFIG_POLL: Duration = Duration::from_millis(250);

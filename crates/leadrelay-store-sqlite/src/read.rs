@@ -23,11 +23,16 @@ fn corrupt(error: impl std::fmt::Display) -> StoreError {
 }
 
 pub(crate) async fn load_config(executor: impl SqliteExecutor<'_>) -> StoreResult<Config> {
-    let rows: Vec<(String, String, String)> =
-        sqlx::query_as("SELECT kind, id, body FROM config_objects ORDER BY position")
-            .fetch_all(executor)
-            .await
-            .map_err(unavailable)?;
+    let rows = sqlx::query("SELECT kind, id, body FROM config_objects ORDER BY position")
+        .fetch_all(executor)
+        .await
+        .map_err(unavailable)?;
+    let rows = rows
+        .iter()
+        .map(|row| {
+            Ok((row.try_get(0).map_err(corrupt)?, row.try_get(1).map_err(corrupt)?, row.try_get(2).map_err(corrupt)?))
+        })
+        .collect::<StoreResult<_>>()?;
     config_from_rows(rows)
 }
 

@@ -88,8 +88,8 @@ fn missing_sqlite_file(database_url: &str) -> anyhow::Result<Option<std::path::P
 /// what it stored would vanish with the process.
 fn sqlite_file(database_url: &str) -> anyhow::Result<std::path::PathBuf> {
     match leadrelay_store_sqlite::database_file(database_url)? {
-        Some(path) if !path.as_os_str().is_empty() && !path.to_string_lossy().starts_with("file:") => Ok(path),
-        _ => bail!(
+        Some(path) => Ok(path),
+        None => bail!(
             "{database_url:?} names no database file: use sqlite://PATH (for example sqlite://leadrelay.db); an \
              in-memory database would lose everything when the process ends"
         ),

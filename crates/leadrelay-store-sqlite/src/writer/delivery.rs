@@ -10,11 +10,11 @@ use leadrelay_store::{
     TransferState,
 };
 use leadrelay_store_sql::corrupt;
+use rusqlite::types::Type;
 use rusqlite::{params, Connection, Row};
 
-use super::ClaimRow;
+use super::{failed, ClaimRow};
 use crate::read::{claimed_transfer, JOB_COLUMNS};
-use crate::unavailable;
 
 /// Sets the states delivery steps reached; a step whose lease was taken over by another node
 /// leaves the state to that node.
@@ -29,7 +29,7 @@ pub(super) fn update_transfers(connection: &Connection, records: &[&DeliveryReco
              attempts = ?7, updated_at = ?8, retry_base = COALESCE(?9, retry_base) \
              WHERE id = ?1 AND (?2 IS NULL OR lease_owner = ?2)",
         )
-        .map_err(unavailable)?;
+        .map_err(failed)?;
     for update in updates {
         let due_at = match update.state {
             TransferState::Pending { due_at } => Some(due_at),
@@ -47,7 +47,7 @@ pub(super) fn update_transfers(connection: &Connection, records: &[&DeliveryReco
                 update.updated_at,
                 update.retry_base,
             ])
-            .map_err(unavailable)?;
+            .map_err(failed)?;
     }
     Ok(())
 }
@@ -65,9 +65,9 @@ pub(super) fn count_caps(connection: &Connection, records: &[&DeliveryRecord]) -
             "INSERT INTO cap_counters (destination_id, cap_key, window_start, count) VALUES (?1, ?2, ?3, ?4) \
              ON CONFLICT (destination_id, cap_key, window_start) DO UPDATE SET count = cap_counters.count + excluded.count",
         )
-        .map_err(unavailable)?;
+        .map_err(failed)?;
     for (key, count) in counts {
-        statement.execute(params![key.destination_id, key.cap_key, key.window_start, count]).map_err(unavailable)?;
+        statement.execute(params![key.destination_id, key.cap_key, key.window_start, count]).map_err(failed)?;
     }
     Ok(())
 }
@@ -82,7 +82,7 @@ pub(super) fn insert_attempts(connection: &Connection, records: &[&DeliveryRecor
             "INSERT OR IGNORE INTO attempts (transfer_id, attempt, started_at, duration_ms, outcome, response_code, \
              event_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )
-        .map_err(unavailable)?;
+        .map_err(failed)?;
     for attempt in attempts {
         statement
             .execute(params![
@@ -94,7 +94,7 @@ pub(super) fn insert_attempts(connection: &Connection, records: &[&DeliveryRecor
                 attempt.response_code,
                 attempt.event_id,
             ])
-            .map_err(unavailable)?;
+            .map_err(failed)?;
     }
     Ok(())
 }
@@ -109,7 +109,7 @@ pub(super) fn claim_transfers(connection: &Connection, claim: &DeliveryClaim) ->
                 ORDER BY due_at, seq LIMIT ?5) \
              RETURNING id, lead_id, flow_id, source_id, destination_id, attempts, retry_base, created_at",
         )
-        .map_err(unavailable)?;
+        .map_err(failed)?;
     let limit = i64::try_from(claim.limit).unwrap_or(i64::MAX);
     let rows = statement
         .query_map(params![claim.now + claim.lease_ms, claim.owner, claim.destination_id, claim.now, limit], |row| {
@@ -124,8 +124,8 @@ pub(super) fn claim_transfers(connection: &Connection, claim: &DeliveryClaim) ->
                 created_at: row.get(7)?,
             })
         })
-        .map_err(unavailable)?;
-    rows.collect::<Result<_, _>>().map_err(unavailable)
+        .map_err(failed)?;
+    rows.collect::<Result<_, _>>().map_err(failed)
 }
 
 /// Completes claimed rows with their leads' current snapshots, on the writer's connection
@@ -138,21 +138,18 @@ pub(super) fn snapshots_of(connection: &Connection, rows: Vec<ClaimRow>) -> Stor
         .prepare_cached(
             "SELECT s.id, s.body, s.digest FROM leads l JOIN snapshots s ON s.id = l.snapshot_id WHERE l.id = ?1",
         )
-        .map_err(unavailable)?;
+        .map_err(failed)?;
     rows.into_iter()
         .map(|row| {
-            let mut found = statement.query([&row.lead_id]).map_err(unavailable)?;
-            let Some(snapshot) = found.next().map_err(unavailable)? else {
+            let mut found = statement.query([&row.lead_id]).map_err(failed)?;
+            let Some(snapshot) = found.next().map_err(failed)? else {
                 return Err(corrupt(format!(
                     "transfer {} names lead {} without a snapshot",
                     row.transfer_id, row.lead_id
                 )));
             };
-            let snapshot = (
-                snapshot.get(0).map_err(unavailable)?,
-                snapshot.get(1).map_err(unavailable)?,
-                snapshot.get(2).map_err(unavailable)?,
-            );
+            let snapshot =
+                (snapshot.get(0).map_err(failed)?, snapshot.get(1).map_err(failed)?, snapshot.get(2).map_err(failed)?);
             claimed_transfer(row, snapshot)
         })
         .collect()
@@ -170,24 +167,24 @@ pub(super) fn resend_rows(connection: &Connection, transfer_ids: &[&str]) -> Sto
              t.attempts, s.id, s.digest FROM transfers t JOIN leads l ON l.id = t.lead_id \
              JOIN snapshots s ON s.id = l.snapshot_id WHERE t.id = ?1",
         )
-        .map_err(unavailable)?;
+        .map_err(failed)?;
     for transfer_id in transfer_ids {
-        let mut found = statement.query([transfer_id]).map_err(unavailable)?;
-        if let Some(row) = found.next().map_err(unavailable)? {
-            let row = resend_row(row).map_err(unavailable)??;
+        let mut found = statement.query([transfer_id]).map_err(failed)?;
+        if let Some(row) = found.next().map_err(failed)? {
+            let row = resend_row(row).map_err(failed)?;
             rows.insert(row.transfer_id.clone(), row);
         }
     }
     Ok(rows)
 }
 
-fn resend_row(row: &Row<'_>) -> rusqlite::Result<StoreResult<ResendRow>> {
+fn resend_row(row: &Row<'_>) -> rusqlite::Result<ResendRow> {
     let attempts: i64 = row.get(8)?;
     let digest: Vec<u8> = row.get(10)?;
-    let Ok(snapshot_digest) = digest.try_into() else {
-        return Ok(Err(corrupt("snapshot digest is not 32 bytes")));
-    };
-    Ok(Ok(ResendRow {
+    let snapshot_digest = digest.try_into().map_err(|_| {
+        rusqlite::Error::FromSqlConversionFailure(10, Type::Blob, "snapshot digest is not 32 bytes".into())
+    })?;
+    Ok(ResendRow {
         transfer_id: row.get(0)?,
         lead_id: row.get(1)?,
         flow_id: row.get(2)?,
@@ -199,7 +196,7 @@ fn resend_row(row: &Row<'_>) -> rusqlite::Result<StoreResult<ResendRow>> {
         attempts: u32::try_from(attempts).unwrap_or(0),
         snapshot_id: row.get(9)?,
         snapshot_digest,
-    }))
+    })
 }
 
 /// Saves a job, unless another node holds it.
@@ -228,7 +225,7 @@ pub(super) fn save_job(connection: &Connection, job: &JobRecord) -> StoreResult<
                 job.lease_until,
             ],
         )
-        .map_err(unavailable)?;
+        .map_err(failed)?;
     if saved == 0 {
         return Err(StoreError::Conflict(format!("job {} is held by another node", job.id)));
     }
@@ -242,27 +239,27 @@ pub(super) fn claim_jobs(connection: &Connection, claim: &JobClaim) -> StoreResu
             "UPDATE jobs SET owner = ?1, lease_until = ?2 WHERE status = 'running' \
              AND (lease_until IS NULL OR lease_until <= ?3) RETURNING {JOB_COLUMNS}"
         ))
-        .map_err(unavailable)?;
-    let mut rows = statement.query(params![claim.owner, claim.now + claim.lease_ms, claim.now]).map_err(unavailable)?;
+        .map_err(failed)?;
+    let mut rows = statement.query(params![claim.owner, claim.now + claim.lease_ms, claim.now]).map_err(failed)?;
     let mut jobs = Vec::new();
-    while let Some(row) = rows.next().map_err(unavailable)? {
+    while let Some(row) = rows.next().map_err(failed)? {
         let count =
             |index: usize| -> rusqlite::Result<u64> { Ok(u64::try_from(row.get::<_, i64>(index)?).unwrap_or(0)) };
-        let params: String = row.get(3).map_err(unavailable)?;
+        let params: String = row.get(3).map_err(failed)?;
         jobs.push(JobRecord {
-            id: row.get(0).map_err(unavailable)?,
-            kind: row.get(1).map_err(unavailable)?,
-            status: row.get(2).map_err(unavailable)?,
+            id: row.get(0).map_err(failed)?,
+            kind: row.get(1).map_err(failed)?,
+            status: row.get(2).map_err(failed)?,
             params: serde_json::from_str(&params).map_err(corrupt)?,
-            cursor: row.get(4).map_err(unavailable)?,
-            matched: count(5).map_err(unavailable)?,
-            queued: count(6).map_err(unavailable)?,
-            skipped: count(7).map_err(unavailable)?,
-            error: row.get(8).map_err(unavailable)?,
-            created_at: row.get(9).map_err(unavailable)?,
-            updated_at: row.get(10).map_err(unavailable)?,
-            owner: row.get(11).map_err(unavailable)?,
-            lease_until: row.get(12).map_err(unavailable)?,
+            cursor: row.get(4).map_err(failed)?,
+            matched: count(5).map_err(failed)?,
+            queued: count(6).map_err(failed)?,
+            skipped: count(7).map_err(failed)?,
+            error: row.get(8).map_err(failed)?,
+            created_at: row.get(9).map_err(failed)?,
+            updated_at: row.get(10).map_err(failed)?,
+            owner: row.get(11).map_err(failed)?,
+            lease_until: row.get(12).map_err(failed)?,
         });
     }
     jobs.sort_by_key(|job| job.created_at);
@@ -282,32 +279,31 @@ pub(super) fn take_due_completions(connection: &Connection, leads: &[String]) ->
              WHERE p.lead_id = ?1 AND NOT EXISTS \
              (SELECT 1 FROM transfers t WHERE t.lead_id = p.lead_id AND t.state = 'pending')",
         )
-        .map_err(unavailable)?;
+        .map_err(failed)?;
     let mut transfers = connection
         .prepare_cached("SELECT id, destination_id, status FROM transfers WHERE lead_id = ?1 ORDER BY seq")
-        .map_err(unavailable)?;
-    let mut remove =
-        connection.prepare_cached("DELETE FROM pending_completions WHERE lead_id = ?1").map_err(unavailable)?;
+        .map_err(failed)?;
+    let mut remove = connection.prepare_cached("DELETE FROM pending_completions WHERE lead_id = ?1").map_err(failed)?;
     let mut due = Vec::new();
     for lead_id in leads {
-        let mut found = held.query([lead_id]).map_err(unavailable)?;
-        let Some(row) = found.next().map_err(unavailable)? else { continue };
+        let mut found = held.query([lead_id]).map_err(failed)?;
+        let Some(row) = found.next().map_err(failed)? else { continue };
         let mut completion = DueCompletion {
             lead_id: lead_id.clone(),
-            flow_id: row.get(0).map_err(unavailable)?,
-            source_id: row.get(1).map_err(unavailable)?,
-            body: row.get(2).map_err(unavailable)?,
-            snapshot_id: row.get(3).map_err(unavailable)?,
-            snapshot_digest: row.get(4).map_err(unavailable)?,
+            flow_id: row.get(0).map_err(failed)?,
+            source_id: row.get(1).map_err(failed)?,
+            body: row.get(2).map_err(failed)?,
+            snapshot_id: row.get(3).map_err(failed)?,
+            snapshot_digest: row.get(4).map_err(failed)?,
             transfers: Vec::new(),
         };
         drop(found);
         completion.transfers = transfers
             .query_map([lead_id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
-            .map_err(unavailable)?
+            .map_err(failed)?
             .collect::<Result<_, _>>()
-            .map_err(unavailable)?;
-        remove.execute([lead_id]).map_err(unavailable)?;
+            .map_err(failed)?;
+        remove.execute([lead_id]).map_err(failed)?;
         due.push(completion);
     }
     Ok(due)

@@ -10,7 +10,6 @@
 //! runtime.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use leadrelay_domain::chain::{Hash, GENESIS};
@@ -24,11 +23,11 @@ use leadrelay_store::group_commit::{self, BatchAnswer, BatchRefs, BatchWriter, W
 use leadrelay_store::{
     ConfigWriteError, DeliveryRecord, JobClaim, JobRecord, NewToken, Role, StoreError, StoreResult, StoredAnswer,
 };
-use leadrelay_store_sql::{last_admin, KEEPS_AN_ADMIN};
+use leadrelay_store_sql::{corrupt, last_admin, KEEPS_AN_ADMIN};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::{read, unavailable};
+use crate::{read, unavailable, BUSY_TIMEOUT, PRAGMAS};
 
 mod delivery;
 mod submission;
@@ -42,7 +41,7 @@ use submission::{
     insert_snapshots, insert_transfers, load_answers, load_duplicate_keys,
 };
 
-/// Statements the writer keeps prepared: every one it runs, with room to spare.
+/// Statements the writer keeps prepared: those of batches, with room to spare.
 const STATEMENT_CACHE: usize = 64;
 
 pub(crate) struct Writer {
@@ -65,41 +64,72 @@ pub(crate) struct ClaimRow {
     pub created_at: i64,
 }
 
-/// Opens the writer's connection to the database file, tuned as the readers are.
+/// What a failed call into SQLite means for the caller: a stored value that cannot be read
+/// back is corrupt; anything else (a full disk, an I/O error, a busy file) leaves the store
+/// unavailable for now.
+pub(crate) fn failed(error: rusqlite::Error) -> StoreError {
+    match error {
+        rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..) => corrupt(error),
+        error => unavailable(error),
+    }
+}
+
+/// Opens the writer's connection to the database file, set up as the readers' are.
 fn connect(path: &Path) -> StoreResult<Connection> {
-    let connection = Connection::open(path).map_err(unavailable)?;
-    connection.busy_timeout(Duration::from_secs(10)).map_err(unavailable)?;
+    let connection = Connection::open(path).map_err(failed)?;
+    connection.busy_timeout(BUSY_TIMEOUT).map_err(failed)?;
     connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-    // Checkpoints run on a timer of their own (`checkpoint_loop`), never inside a commit.
-    connection
-        .execute_batch(
-            "PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF; PRAGMA wal_autocheckpoint = 0; \
-             PRAGMA journal_size_limit = 67108864; PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;",
-        )
-        .map_err(unavailable)?;
-    let mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0)).map_err(unavailable)?;
+    let mode: String =
+        connection.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)).map_err(failed)?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(unavailable(format!("the database would not use write-ahead logging (journal mode {mode})")));
+    }
+    connection.pragma_update(None, "synchronous", "FULL").map_err(failed)?;
+    connection.pragma_update(None, "foreign_keys", "OFF").map_err(failed)?;
+    for (name, value) in PRAGMAS {
+        connection.pragma_update(None, name, value).map_err(failed)?;
     }
     Ok(connection)
 }
 
 /// Starts the writer of the database file on a thread of its own; writes sent to the returned
-/// channel are carried out there. The thread ends once every sender is gone or a shutdown is
-/// sent.
-pub(crate) fn spawn(path: &Path, max_batch: usize, health: WriterHealth) -> StoreResult<mpsc::Sender<WriteCommand>> {
-    let connection = connect(path)?;
-    let head = load_head(&connection)?;
-    let writer = Writer { connection, path: path.to_owned(), head };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .map_err(|error| unavailable(format!("starting the writer: {error}")))?;
+/// channel are carried out there. The thread opens its connection itself, so that nothing
+/// blocks the caller's runtime, and ends once every sender is gone or a shutdown is sent.
+pub(crate) async fn spawn(
+    path: PathBuf,
+    max_batch: usize,
+    health: WriterHealth,
+) -> StoreResult<mpsc::Sender<WriteCommand>> {
     let (writes, commands) = mpsc::channel(max_batch.max(1) * 4);
+    let (started, start) = oneshot::channel();
     std::thread::Builder::new()
         .name("leadrelay-writer".into())
-        .spawn(move || runtime.block_on(group_commit::run(writer, commands, max_batch, health)))
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    let _ = started.send(Err(unavailable(format!("starting the writer: {error}"))));
+                    return;
+                }
+            };
+            let opened = connect(&path).and_then(|connection| {
+                let head = load_head(&connection)?;
+                Ok(Writer { connection, path, head })
+            });
+            match opened {
+                Ok(writer) => {
+                    let _ = started.send(Ok(()));
+                    runtime.block_on(group_commit::run(writer, commands, max_batch, health));
+                }
+                Err(error) => {
+                    let _ = started.send(Err(error));
+                }
+            }
+        })
         .map_err(|error| unavailable(format!("starting the writer thread: {error}")))?;
+    start.await.map_err(|_| unavailable("the writer thread stopped while starting"))??;
     Ok(writes)
 }
 
@@ -114,7 +144,7 @@ impl Writer {
             .connection
             .query_row("SELECT 1 FROM tokens WHERE id = ?1", [token_id], |_| Ok(()))
             .optional()
-            .map_err(unavailable)?;
+            .map_err(failed)?;
         match exists {
             Some(()) => Err(last_admin(token_id)),
             None => Ok(false),
@@ -141,8 +171,7 @@ impl Writer {
     }
 
     fn try_change_config(&mut self, change: ConfigChange) -> Result<Config, ConfigWriteError> {
-        let transaction =
-            self.connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
+        let transaction = self.connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(failed)?;
         let current = load_config(&transaction)?;
         let now = now_millis();
         let (next, writes) = current.change(change, now)?;
@@ -156,7 +185,7 @@ impl Writer {
                              ON CONFLICT (kind, id) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
                             params![object.kind().as_str(), object.id(), object.to_json().to_string(), now],
                         )
-                        .map_err(unavailable)?;
+                        .map_err(failed)?;
                 }
                 ObjectWrite::Delete { kind, id } => {
                     // Transfers are never dropped: a destination with transfers still waiting
@@ -168,7 +197,7 @@ impl Writer {
                                 [&id],
                                 |row| row.get(0),
                             )
-                            .map_err(unavailable)?;
+                            .map_err(failed)?;
                         if waiting > 0 {
                             return Err(ConfigWriteError::Change(leadrelay_domain::config::ChangeError::InUse(
                                 format!(
@@ -180,18 +209,18 @@ impl Writer {
                     }
                     transaction
                         .execute("DELETE FROM config_objects WHERE kind = ?1 AND id = ?2", params![kind.as_str(), id])
-                        .map_err(unavailable)?;
+                        .map_err(failed)?;
                 }
             }
         }
-        transaction.commit().map_err(unavailable)?;
+        transaction.commit().map_err(failed)?;
         Ok(next)
     }
 
     fn try_commit_batch(&mut self, refs: BatchRefs<'_>) -> StoreResult<BatchAnswer> {
         let BatchRefs { submissions: batch, records, claims, resends } = refs;
         let Self { connection, head, .. } = self;
-        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(unavailable)?;
+        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(failed)?;
         // Another process may have written to the file since (a second `serve` on it, by
         // mistake): link onto the chain as it is on disk, never onto a stale copy.
         let on_disk = load_head(&transaction)?;
@@ -213,12 +242,14 @@ impl Writer {
         let records = records.as_slice();
 
         let snapshot_bases = number_snapshots(head, &accepted);
-        insert_snapshots(&transaction, &accepted, &snapshot_bases)?;
-        insert_leads(&transaction, &accepted, &snapshot_bases)?;
-        insert_transfers(&transaction, &accepted)?;
-        insert_duplicate_keys(&transaction, &accepted)?;
-        insert_idempotency(&transaction, &accepted)?;
-        insert_pending_completions(&transaction, &accepted)?;
+        if !accepted.is_empty() {
+            insert_snapshots(&transaction, &accepted, &snapshot_bases)?;
+            insert_leads(&transaction, &accepted, &snapshot_bases)?;
+            insert_transfers(&transaction, &accepted)?;
+            insert_duplicate_keys(&transaction, &accepted)?;
+            insert_idempotency(&transaction, &accepted)?;
+            insert_pending_completions(&transaction, &accepted)?;
+        }
         update_transfers(&transaction, records)?;
         // Held `flow.completed` events whose leads have no transfer pending any more follow
         // the outcomes just written, in the batch's events.
@@ -238,12 +269,12 @@ impl Writer {
             let rows = claim_transfers(&transaction, claim)?;
             claimed.push(snapshots_of(&transaction, rows)?);
         }
-        transaction.commit().map_err(unavailable)?;
+        transaction.commit().map_err(failed)?;
         Ok(BatchAnswer { outcomes, claimed, resent })
     }
 
     fn run_token_change(&self, sql: &str, params: impl rusqlite::Params) -> StoreResult<bool> {
-        self.connection.execute(sql, params).map(|changed| changed > 0).map_err(unavailable)
+        self.connection.execute(sql, params).map(|changed| changed > 0).map_err(failed)
     }
 }
 
@@ -268,7 +299,7 @@ impl BatchWriter for Writer {
                 params![now, owner],
             )
             .map(|changed| changed as u64)
-            .map_err(unavailable)
+            .map_err(failed)
     }
 
     async fn delete_token(&mut self, token_id: &str) -> StoreResult<bool> {
@@ -284,7 +315,7 @@ impl BatchWriter for Writer {
                 params![answer.http_status, answer.body_json, source_id, key],
             )
             .map(|_| ())
-            .map_err(unavailable)
+            .map_err(failed)
     }
 
     async fn update_token(&mut self, token_id: &str, name: &str, role: Option<Role>) -> StoreResult<bool> {
@@ -325,11 +356,11 @@ impl BatchWriter for Writer {
         };
         self.connection
             .execute(sql, params![token.id, token.name, token.role.as_str(), &token.hash[..], token.created_at])
-            .map_err(|error| match error.sqlite_error() {
-                Some(cause) if cause.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE => {
+            .map_err(|error| match error.sqlite_error().map(|cause| cause.extended_code) {
+                Some(rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY) => {
                     StoreError::Conflict("a token with that value already exists".to_owned())
                 }
-                _ => unavailable(error),
+                _ => failed(error),
             })?;
         Ok(())
     }
@@ -337,14 +368,13 @@ impl BatchWriter for Writer {
 
 /// The configuration as stored, read inside the writer's transaction.
 fn load_config(connection: &Connection) -> StoreResult<Config> {
-    let mut statement = connection
-        .prepare_cached("SELECT kind, id, body FROM config_objects ORDER BY position")
-        .map_err(unavailable)?;
+    let mut statement =
+        connection.prepare_cached("SELECT kind, id, body FROM config_objects ORDER BY position").map_err(failed)?;
     let rows = statement
         .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?)))
-        .map_err(unavailable)?
+        .map_err(failed)?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(unavailable)?;
+        .map_err(failed)?;
     read::config_from_rows(rows)
 }
 
@@ -356,7 +386,7 @@ fn save_head(connection: &Connection, head: &ChainHead) -> StoreResult<()> {
         )
         .and_then(|mut statement| statement.execute(params![head.seq, &head.hash[..]]))
         .map(|_| ())
-        .map_err(unavailable)
+        .map_err(failed)
 }
 
 fn load_head(connection: &Connection) -> StoreResult<ChainHead> {
@@ -366,11 +396,11 @@ fn load_head(connection: &Connection) -> StoreResult<ChainHead> {
              FROM chain_head WHERE id = 1",
         )
         .and_then(|mut statement| statement.query_row([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?))).optional())
-        .map_err(unavailable)?;
+        .map_err(failed)?;
     let snapshot_id: i64 = connection
         .prepare_cached("SELECT COALESCE(MAX(id), 0) FROM snapshots")
         .and_then(|mut statement| statement.query_row([], |row| row.get(0)))
-        .map_err(unavailable)?;
+        .map_err(failed)?;
     let Some((seq, hash, timestamp)) = row else {
         return Ok(ChainHead { seq: 0, hash: GENESIS, snapshot_id, timestamp: 0 });
     };

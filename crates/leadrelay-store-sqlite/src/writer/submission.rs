@@ -9,7 +9,7 @@ use leadrelay_store::batch::{duplicate_lookups, AnswerIndex, EventRow, KeyIndex,
 use leadrelay_store::{StoreResult, StoredAnswer, Submission};
 use rusqlite::{params, Connection};
 
-use crate::unavailable;
+use super::failed;
 
 /// Reads the stored duplicate keys that this batch's duplicate queries could match.
 pub(super) fn load_duplicate_keys(connection: &Connection, batch: &[&Submission]) -> StoreResult<KeyIndex> {
@@ -18,13 +18,13 @@ pub(super) fn load_duplicate_keys(connection: &Connection, batch: &[&Submission]
         .prepare_cached(
             "SELECT lead_id, created_at FROM duplicate_keys WHERE flow_id = ?1 AND digest = ?2 AND created_at >= ?3",
         )
-        .map_err(unavailable)?;
+        .map_err(failed)?;
     for (flow_id, (digests, since)) in duplicate_lookups(batch) {
         let mut seen = HashSet::with_capacity(digests.len());
         for digest in digests.into_iter().filter(|digest| seen.insert(*digest)) {
-            let mut rows = statement.query(params![flow_id, digest, since]).map_err(unavailable)?;
-            while let Some(row) = rows.next().map_err(unavailable)? {
-                let found = (row.get(0).map_err(unavailable)?, row.get(1).map_err(unavailable)?);
+            let mut rows = statement.query(params![flow_id, digest, since]).map_err(failed)?;
+            while let Some(row) = rows.next().map_err(failed)? {
+                let found = (row.get(0).map_err(failed)?, row.get(1).map_err(failed)?);
                 index.entry((flow_id.to_owned(), digest.to_owned())).or_default().push(found);
             }
         }
@@ -40,14 +40,12 @@ pub(super) fn load_answers(connection: &Connection, keys: &[(&str, &str)]) -> St
     }
     let mut statement = connection
         .prepare_cached("SELECT http_status, answer FROM idempotency_keys WHERE source_id = ?1 AND key = ?2")
-        .map_err(unavailable)?;
+        .map_err(failed)?;
     for (source_id, key) in keys {
-        let mut rows = statement.query(params![source_id, key]).map_err(unavailable)?;
-        if let Some(row) = rows.next().map_err(unavailable)? {
-            let answer = StoredAnswer {
-                http_status: row.get(0).map_err(unavailable)?,
-                body_json: row.get(1).map_err(unavailable)?,
-            };
+        let mut rows = statement.query(params![source_id, key]).map_err(failed)?;
+        if let Some(row) = rows.next().map_err(failed)? {
+            let answer =
+                StoredAnswer { http_status: row.get(0).map_err(failed)?, body_json: row.get(1).map_err(failed)? };
             answers.insert(((*source_id).to_owned(), (*key).to_owned()), answer);
         }
     }
@@ -57,13 +55,13 @@ pub(super) fn load_answers(connection: &Connection, keys: &[(&str, &str)]) -> St
 pub(super) fn insert_snapshots(connection: &Connection, accepted: &[&Submission], bases: &[i64]) -> StoreResult<()> {
     let mut statement = connection
         .prepare_cached("INSERT INTO snapshots (id, lead_id, body, digest) VALUES (?1, ?2, ?3, ?4)")
-        .map_err(unavailable)?;
+        .map_err(failed)?;
     for (submission, base) in accepted.iter().zip(bases) {
         let lead_id = submission.lead.record.id.as_str();
         for (index, snapshot) in submission.snapshots.iter().enumerate() {
             statement
                 .execute(params![base + index as i64, lead_id, snapshot.json, &snapshot.digest[..]])
-                .map_err(unavailable)?;
+                .map_err(failed)?;
         }
     }
     Ok(())
@@ -75,7 +73,7 @@ pub(super) fn insert_leads(connection: &Connection, accepted: &[&Submission], ba
             "INSERT INTO leads (id, flow_id, source_id, created_at, updated_at, status, outcome, reason, duplicate_of, \
              cost, snapshot_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )
-        .map_err(unavailable)?;
+        .map_err(failed)?;
     for (submission, base) in accepted.iter().zip(bases) {
         let lead = &submission.lead.record;
         statement
@@ -92,7 +90,7 @@ pub(super) fn insert_leads(connection: &Connection, accepted: &[&Submission], ba
                 lead.cost,
                 base + submission.lead.snapshot as i64,
             ])
-            .map_err(unavailable)?;
+            .map_err(failed)?;
     }
     Ok(())
 }
@@ -105,7 +103,7 @@ pub(super) fn insert_events(connection: &Connection, rows: &[EventRow<'_>], link
              content_digest, hash) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
         )
-        .map_err(unavailable)?;
+        .map_err(failed)?;
     for (row, link) in rows.iter().zip(links) {
         let event = row.event;
         statement
@@ -132,7 +130,7 @@ pub(super) fn insert_events(connection: &Connection, rows: &[EventRow<'_>], link
                 &row.content[..],
                 &link.hash[..],
             ])
-            .map_err(unavailable)?;
+            .map_err(failed)?;
     }
     Ok(())
 }
@@ -143,7 +141,7 @@ pub(super) fn insert_transfers(connection: &Connection, accepted: &[&Submission]
             "INSERT INTO transfers (id, lead_id, flow_id, source_id, destination_id, status, description, created_at, \
              updated_at, state, due_at, lease_owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10, ?11)",
         )
-        .map_err(unavailable)?;
+        .map_err(failed)?;
     for submission in accepted {
         let lease = submission.realtime_lease.as_ref();
         for transfer in &submission.transfers {
@@ -168,7 +166,7 @@ pub(super) fn insert_transfers(connection: &Connection, accepted: &[&Submission]
                     due_at,
                     owner,
                 ])
-                .map_err(unavailable)?;
+                .map_err(failed)?;
         }
     }
     Ok(())
@@ -177,13 +175,11 @@ pub(super) fn insert_transfers(connection: &Connection, accepted: &[&Submission]
 pub(super) fn insert_duplicate_keys(connection: &Connection, accepted: &[&Submission]) -> StoreResult<()> {
     let mut statement = connection
         .prepare_cached("INSERT INTO duplicate_keys (flow_id, digest, lead_id, created_at) VALUES (?1, ?2, ?3, ?4)")
-        .map_err(unavailable)?;
+        .map_err(failed)?;
     for submission in accepted {
         let lead = &submission.lead.record;
         for key in &submission.duplicate_keys {
-            statement
-                .execute(params![lead.flow_id, key.digest, lead.id.as_str(), lead.created_at])
-                .map_err(unavailable)?;
+            statement.execute(params![lead.flow_id, key.digest, lead.id.as_str(), lead.created_at]).map_err(failed)?;
         }
     }
     Ok(())
@@ -198,12 +194,12 @@ pub(super) fn insert_idempotency(connection: &Connection, accepted: &[&Submissio
         .prepare_cached(
             "INSERT INTO idempotency_keys (source_id, key, http_status, answer, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
         )
-        .map_err(unavailable)?;
+        .map_err(failed)?;
     let now = now_millis();
     for record in records {
         statement
             .execute(params![record.source_id, record.key, record.answer.http_status, record.answer.body_json, now])
-            .map_err(unavailable)?;
+            .map_err(failed)?;
     }
     Ok(())
 }
@@ -211,13 +207,11 @@ pub(super) fn insert_idempotency(connection: &Connection, accepted: &[&Submissio
 pub(super) fn insert_pending_completions(connection: &Connection, accepted: &[&Submission]) -> StoreResult<()> {
     let mut statement = connection
         .prepare_cached("INSERT INTO pending_completions (lead_id, flow_id, source_id, body) VALUES (?1, ?2, ?3, ?4)")
-        .map_err(unavailable)?;
+        .map_err(failed)?;
     for submission in accepted {
         if let Some(held) = &submission.pending_completion {
             let lead = &submission.lead.record;
-            statement
-                .execute(params![lead.id.as_str(), lead.flow_id, lead.source_id, held.body])
-                .map_err(unavailable)?;
+            statement.execute(params![lead.id.as_str(), lead.flow_id, lead.source_id, held.body]).map_err(failed)?;
         }
     }
     Ok(())

@@ -58,6 +58,20 @@ async fn data_survives_closing_and_reopening_the_file() {
     store.close().await;
 }
 
+/// A store keeps its data in a file: a URL that names none is refused, and no file is left
+/// behind.
+#[tokio::test]
+async fn a_url_without_a_file_is_refused() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    std::env::set_current_dir(dir.path()).expect("enter the temporary directory");
+    for url in ["sqlite::memory:", "sqlite://"] {
+        let refused = SqliteStore::open(url, SqliteOptions::default()).await;
+        let error = refused.err().unwrap_or_else(|| panic!("{url} was opened"));
+        assert!(error.to_string().contains("names no file"), "{url}: {error}");
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 0);
+}
+
 /// Two stores on one file, as two processes would be: SQLite's lock and the writer's check
 /// of the chain head on disk keep one chain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
