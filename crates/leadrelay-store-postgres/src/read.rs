@@ -7,27 +7,15 @@ use leadrelay_domain::ids::LeadId;
 use leadrelay_domain::pipeline::{DuplicateFound, DuplicateQuery};
 use leadrelay_domain::time::Millis;
 use leadrelay_store::{
-    ClaimedTransfer, Cursor, EventQuery, JobRecord, LeadQuery, OverviewQuery, OverviewRow, Page, RegisterQuery,
-    ResendRow, SortOrder, StoreResult, StoredAnswer, StoredEvent, StoredLead, TokenRecord, TransferRow, MAX_PAGE,
+    ClaimRow, ClaimedTransfer, Cursor, EventQuery, JobRecord, LeadQuery, OverviewQuery, OverviewRow, Page,
+    RegisterQuery, ResendRow, SortOrder, StoreResult, StoredAnswer, StoredEvent, StoredLead, TokenRecord, TransferRow,
+    MAX_PAGE,
 };
 pub(crate) use leadrelay_store_sql::{event_from_row, job_from_row};
 use leadrelay_store_sql::{lead_from_row, overview_from_row, overview_sql, token_from_row, transfer_from_row};
 use sqlx::{PgConnection, PgExecutor, PgPool, Postgres, QueryBuilder, Row};
 
 use crate::{corrupt, unavailable};
-
-/// A transfer as a claim returns it; the lead's snapshot is read in the same transaction.
-#[derive(Clone, Debug)]
-pub(crate) struct ClaimRow {
-    pub transfer_id: String,
-    pub lead_id: String,
-    pub flow_id: String,
-    pub source_id: String,
-    pub destination_id: String,
-    pub attempts: i64,
-    pub retry_base: i64,
-    pub created_at: i64,
-}
 
 pub(crate) async fn load_config(executor: impl PgExecutor<'_>) -> StoreResult<Config> {
     let rows = sqlx::query("SELECT kind, id, body FROM config_objects ORDER BY position")
@@ -351,22 +339,10 @@ pub(crate) async fn with_snapshots(
     }
     rows.into_iter()
         .map(|row| {
-            let (snapshot_id, snapshot, digest) = snapshots.get(&row.lead_id).cloned().ok_or_else(|| {
+            let (id, body, digest) = snapshots.get(&row.lead_id).cloned().ok_or_else(|| {
                 corrupt(format!("transfer {} names lead {} without a snapshot", row.transfer_id, row.lead_id))
             })?;
-            Ok(ClaimedTransfer {
-                transfer_id: row.transfer_id,
-                lead_id: row.lead_id,
-                flow_id: row.flow_id,
-                source_id: row.source_id,
-                destination_id: row.destination_id,
-                attempts: u32::try_from(row.attempts).unwrap_or(0),
-                retry_base: u32::try_from(row.retry_base).unwrap_or(0),
-                created_at: row.created_at,
-                snapshot_id,
-                snapshot,
-                snapshot_digest: digest.try_into().map_err(|_| corrupt("snapshot digest is not 32 bytes"))?,
-            })
+            row.with_snapshot(id, body, digest)
         })
         .collect()
 }

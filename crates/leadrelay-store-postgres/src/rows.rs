@@ -9,12 +9,12 @@ use leadrelay_domain::time::now_millis;
 use leadrelay_store::batch::{EventRow, Link};
 use leadrelay_store::completion::DueCompletion;
 use leadrelay_store::{
-    DeliveryClaim, DeliveryRecord, JobClaim, JobRecord, StoreError, StoreResult, Submission, TransferState,
+    ClaimRow, DeliveryClaim, DeliveryRecord, JobClaim, JobRecord, StoreError, StoreResult, Submission, TransferState,
 };
 use leadrelay_store_sql::{completion_transfer_from_row, due_completion_from_row};
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 
-use crate::read::{job_from_row, ClaimRow, JOB_COLUMNS};
+use crate::read::{job_from_row, JOB_COLUMNS};
 use crate::{corrupt, unavailable};
 
 /// PostgreSQL allows 65535 bound values in one statement; stay below.

@@ -7,7 +7,7 @@ use leadrelay_domain::ids::LeadId;
 use leadrelay_domain::pipeline::{DuplicateFound, DuplicateQuery};
 use leadrelay_domain::time::Millis;
 use leadrelay_store::{
-    ClaimedTransfer, Cursor, EventLines, EventQuery, JobRecord, LeadQuery, OverviewQuery, OverviewRow, Page,
+    ClaimRow, ClaimedTransfer, Cursor, EventLines, EventQuery, JobRecord, LeadQuery, OverviewQuery, OverviewRow, Page,
     RegisterQuery, SortOrder, StoreError, StoreResult, StoredAnswer, StoredEvent, StoredLead, TokenRecord, TransferRow,
     MAX_PAGE,
 };
@@ -16,7 +16,6 @@ use leadrelay_store_sql::{lead_from_row, overview_from_row, overview_sql, token_
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteExecutor, SqlitePool};
 
 use crate::unavailable;
-use crate::writer::ClaimRow;
 
 fn corrupt(error: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(error.to_string())
@@ -364,30 +363,12 @@ pub(crate) async fn with_snapshots(pool: &SqlitePool, rows: Vec<ClaimRow>) -> St
     }
     rows.into_iter()
         .map(|row| {
-            let snapshot = snapshots.get(&row.lead_id).cloned().ok_or_else(|| {
+            let (id, body, digest) = snapshots.get(&row.lead_id).cloned().ok_or_else(|| {
                 corrupt(format!("transfer {} names lead {} without a snapshot", row.transfer_id, row.lead_id))
             })?;
-            claimed_transfer(row, snapshot)
+            row.with_snapshot(id, body, digest)
         })
         .collect()
-}
-
-/// A claimed row with its lead's current snapshot `(id, body, digest)`.
-pub(crate) fn claimed_transfer(row: ClaimRow, snapshot: (i64, String, Vec<u8>)) -> StoreResult<ClaimedTransfer> {
-    let (snapshot_id, snapshot, digest) = snapshot;
-    Ok(ClaimedTransfer {
-        transfer_id: row.transfer_id,
-        lead_id: row.lead_id,
-        flow_id: row.flow_id,
-        source_id: row.source_id,
-        destination_id: row.destination_id,
-        attempts: u32::try_from(row.attempts).unwrap_or(0),
-        retry_base: u32::try_from(row.retry_base).unwrap_or(0),
-        created_at: row.created_at,
-        snapshot_id,
-        snapshot,
-        snapshot_digest: digest.try_into().map_err(|_| corrupt("snapshot digest is not 32 bytes"))?,
-    })
 }
 
 /// Transfers by id, as claims return them; transfers to no destination are left out.

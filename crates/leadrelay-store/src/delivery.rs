@@ -8,6 +8,8 @@ use leadrelay_domain::event::{NewEvent, RegisterStatus};
 use leadrelay_domain::time::Millis;
 use serde_json::Value;
 
+use crate::{StoreError, StoreResult};
+
 /// A request for due transfers of one destination.
 #[derive(Clone, Debug)]
 pub struct DeliveryClaim {
@@ -37,6 +39,41 @@ pub struct ClaimedTransfer {
     pub snapshot_id: i64,
     pub snapshot: String,
     pub snapshot_digest: Hash,
+}
+
+/// A transfer as an engine reads it for delivery, before its lead's snapshot is added.
+#[derive(Clone, Debug)]
+pub struct ClaimRow {
+    pub transfer_id: String,
+    pub lead_id: String,
+    pub flow_id: String,
+    pub source_id: String,
+    pub destination_id: String,
+    pub attempts: i64,
+    pub retry_base: i64,
+    pub created_at: Millis,
+}
+
+impl ClaimRow {
+    /// The claimed transfer, with its lead's current snapshot as stored.
+    pub fn with_snapshot(self, snapshot_id: i64, snapshot: String, digest: Vec<u8>) -> StoreResult<ClaimedTransfer> {
+        let snapshot_digest = digest.try_into().map_err(|_| {
+            StoreError::Corrupt(format!("the snapshot of lead {} has a digest that is not 32 bytes", self.lead_id))
+        })?;
+        Ok(ClaimedTransfer {
+            transfer_id: self.transfer_id,
+            lead_id: self.lead_id,
+            flow_id: self.flow_id,
+            source_id: self.source_id,
+            destination_id: self.destination_id,
+            attempts: u32::try_from(self.attempts).unwrap_or(0),
+            retry_base: u32::try_from(self.retry_base).unwrap_or(0),
+            created_at: self.created_at,
+            snapshot_id,
+            snapshot,
+            snapshot_digest,
+        })
+    }
 }
 
 /// An event about an existing lead, encoded for the log: it shares the lead's stored snapshot.

@@ -6,15 +6,15 @@ use std::collections::HashMap;
 use leadrelay_domain::caps::CapWindowKey;
 use leadrelay_store::completion::DueCompletion;
 use leadrelay_store::{
-    ClaimedTransfer, DeliveryClaim, DeliveryRecord, JobClaim, JobRecord, ResendRow, StoreError, StoreResult,
+    ClaimRow, ClaimedTransfer, DeliveryClaim, DeliveryRecord, JobClaim, JobRecord, ResendRow, StoreError, StoreResult,
     TransferState,
 };
 use leadrelay_store_sql::corrupt;
 use rusqlite::types::Type;
 use rusqlite::{params, Connection, Row};
 
-use super::{failed, ClaimRow};
-use crate::read::{claimed_transfer, JOB_COLUMNS};
+use super::failed;
+use crate::read::JOB_COLUMNS;
 
 /// Sets the states delivery steps reached; a step whose lease was taken over by another node
 /// leaves the state to that node.
@@ -148,9 +148,9 @@ pub(super) fn snapshots_of(connection: &Connection, rows: Vec<ClaimRow>) -> Stor
                     row.transfer_id, row.lead_id
                 )));
             };
-            let snapshot =
+            let (id, body, digest) =
                 (snapshot.get(0).map_err(failed)?, snapshot.get(1).map_err(failed)?, snapshot.get(2).map_err(failed)?);
-            claimed_transfer(row, snapshot)
+            row.with_snapshot(id, body, digest)
         })
         .collect()
 }

@@ -51,19 +51,6 @@ pub(crate) struct Writer {
     head: ChainHead,
 }
 
-/// A transfer as a claim returns it from the writer, before its lead's snapshot is added.
-#[derive(Clone, Debug)]
-pub(crate) struct ClaimRow {
-    pub transfer_id: String,
-    pub lead_id: String,
-    pub flow_id: String,
-    pub source_id: String,
-    pub destination_id: String,
-    pub attempts: i64,
-    pub retry_base: i64,
-    pub created_at: i64,
-}
-
 /// What a failed call into SQLite means for the caller: a stored value that cannot be read
 /// back is corrupt; anything else (a full disk, an I/O error, a busy file) leaves the store
 /// unavailable for now.
