@@ -10,6 +10,7 @@ mod error;
 pub mod export;
 mod intake;
 mod jobs;
+mod listen;
 mod openapi;
 mod params;
 mod read_api;
@@ -53,6 +54,9 @@ pub struct Settings {
     /// Longest a request body may take to arrive: a client that sends its headers and then
     /// trickles (or never sends) the body it announced gets `408`, and holds no connection.
     pub body_timeout: std::time::Duration,
+    /// Longest a client may take to send a request's headers, from when its connection is idle
+    /// (new, or kept alive after a response); past it the connection is closed.
+    pub header_timeout: std::time::Duration,
 }
 
 impl Default for Settings {
@@ -66,6 +70,7 @@ impl Default for Settings {
             delivery: DeliverySettings::default(),
             dispatch: true,
             body_timeout: std::time::Duration::from_secs(30),
+            header_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -227,7 +232,8 @@ pub async fn serve(
         })
     };
     let warming = tokio::spawn(web::warm_overview(state.clone()));
-    let served = axum::serve(listener, router(state)).with_graceful_shutdown(until_stopped(stopped)).await;
+    let header_timeout = state.settings.header_timeout;
+    listen::serve_connections(listener, router(state), header_timeout, until_stopped(stopped)).await;
     if let Some(dispatcher) = dispatcher {
         if let Err(error) = dispatcher.await {
             tracing::error!(%error, "the delivery dispatcher ended abnormally");
@@ -238,7 +244,7 @@ pub async fn serve(
     }
     resumer.abort();
     warming.abort();
-    served
+    Ok(())
 }
 
 /// Acts on what other nodes on the same database do: their configuration changes are put in

@@ -379,6 +379,42 @@ async fn a_body_that_never_arrives_answers_408_and_frees_the_connection() {
     app.stop().await;
 }
 
+/// Clients that hold connections without sending requests: one that trickles its headers and
+/// one that sends none are disconnected, and so is a kept-alive connection left idle; the
+/// server goes on answering everybody else.
+#[tokio::test]
+async fn connections_without_headers_in_time_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let settings =
+        leadrelay_server::Settings { header_timeout: std::time::Duration::from_millis(200), ..Default::default() };
+    let app = spawn_app_with(settings).await;
+    let host = app.address.trim_start_matches("http://").to_owned();
+    // Reads until the server closes the connection; the guard only keeps a broken server from
+    // hanging the test.
+    async fn closed_by_server(stream: &mut tokio::net::TcpStream) -> String {
+        let mut answer = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(20), stream.read_to_end(&mut answer))
+            .await
+            .expect("the server closes the connection")
+            .unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    let mut silent = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let mut trickling = tokio::net::TcpStream::connect(&host).await.unwrap();
+    trickling.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut kept_alive = tokio::net::TcpStream::connect(&host).await.unwrap();
+    kept_alive.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).await.unwrap();
+
+    assert_eq!(closed_by_server(&mut silent).await, "");
+    assert!(!closed_by_server(&mut trickling).await.starts_with("HTTP/1.1 200"));
+    let answered = closed_by_server(&mut kept_alive).await;
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+    assert_eq!(answered.matches("HTTP/1.1").count(), 1, "{answered}");
+    assert_eq!(app.client.get(app.url("/healthz")).send().await.unwrap().status(), StatusCode::OK);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn oversized_bodies_answer_413_and_huge_fields_400() {
     let app = spawn_app_with(leadrelay_server::Settings { max_body_bytes: 4096, ..Default::default() }).await;
