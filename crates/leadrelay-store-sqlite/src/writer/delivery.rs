@@ -13,30 +13,24 @@ use leadrelay_store_sql::corrupt;
 use rusqlite::types::Type;
 use rusqlite::{params, Connection, Row};
 
-use super::failed;
+use super::{execute_each, failed};
 use crate::read::JOB_COLUMNS;
 
 /// Sets the states delivery steps reached; a step whose lease was taken over by another node
 /// leaves the state to that node.
 pub(super) fn update_transfers(connection: &Connection, records: &[&DeliveryRecord]) -> StoreResult<()> {
-    let mut updates = records.iter().filter_map(|record| record.update.as_ref()).peekable();
-    if updates.peek().is_none() {
-        return Ok(());
-    }
-    let mut statement = connection
-        .prepare_cached(
-            "UPDATE transfers SET status = ?3, description = ?4, state = ?5, due_at = ?6, lease_owner = NULL, \
-             attempts = ?7, updated_at = ?8, retry_base = COALESCE(?9, retry_base) \
-             WHERE id = ?1 AND (?2 IS NULL OR lease_owner = ?2)",
-        )
-        .map_err(failed)?;
-    for update in updates {
-        let due_at = match update.state {
-            TransferState::Pending { due_at } => Some(due_at),
-            _ => None,
-        };
-        statement
-            .execute(params![
+    execute_each(
+        connection,
+        "UPDATE transfers SET status = ?3, description = ?4, state = ?5, due_at = ?6, lease_owner = NULL, \
+         attempts = ?7, updated_at = ?8, retry_base = COALESCE(?9, retry_base) \
+         WHERE id = ?1 AND (?2 IS NULL OR lease_owner = ?2)",
+        records.iter().filter_map(|record| record.update.as_ref()),
+        |statement, update| {
+            let due_at = match update.state {
+                TransferState::Pending { due_at } => Some(due_at),
+                _ => None,
+            };
+            statement.execute(params![
                 update.transfer_id,
                 update.owner,
                 update.status.as_str(),
@@ -47,9 +41,8 @@ pub(super) fn update_transfers(connection: &Connection, records: &[&DeliveryReco
                 update.updated_at,
                 update.retry_base,
             ])
-            .map_err(failed)?;
-    }
-    Ok(())
+        },
+    )
 }
 
 pub(super) fn count_caps(connection: &Connection, records: &[&DeliveryRecord]) -> StoreResult<()> {
@@ -57,35 +50,23 @@ pub(super) fn count_caps(connection: &Connection, records: &[&DeliveryRecord]) -
     for key in records.iter().flat_map(|record| record.cap_counts.iter()) {
         *counts.entry(key).or_default() += 1;
     }
-    if counts.is_empty() {
-        return Ok(());
-    }
-    let mut statement = connection
-        .prepare_cached(
-            "INSERT INTO cap_counters (destination_id, cap_key, window_start, count) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (destination_id, cap_key, window_start) DO UPDATE SET count = cap_counters.count + excluded.count",
-        )
-        .map_err(failed)?;
-    for (key, count) in counts {
-        statement.execute(params![key.destination_id, key.cap_key, key.window_start, count]).map_err(failed)?;
-    }
-    Ok(())
+    execute_each(
+        connection,
+        "INSERT INTO cap_counters (destination_id, cap_key, window_start, count) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (destination_id, cap_key, window_start) DO UPDATE SET count = cap_counters.count + excluded.count",
+        counts,
+        |statement, (key, count)| statement.execute(params![key.destination_id, key.cap_key, key.window_start, count]),
+    )
 }
 
 pub(super) fn insert_attempts(connection: &Connection, records: &[&DeliveryRecord]) -> StoreResult<()> {
-    let mut attempts = records.iter().filter_map(|record| record.attempt.as_ref()).peekable();
-    if attempts.peek().is_none() {
-        return Ok(());
-    }
-    let mut statement = connection
-        .prepare_cached(
-            "INSERT OR IGNORE INTO attempts (transfer_id, attempt, started_at, duration_ms, outcome, response_code, \
-             event_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )
-        .map_err(failed)?;
-    for attempt in attempts {
-        statement
-            .execute(params![
+    execute_each(
+        connection,
+        "INSERT OR IGNORE INTO attempts (transfer_id, attempt, started_at, duration_ms, outcome, response_code, \
+         event_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        records.iter().filter_map(|record| record.attempt.as_ref()),
+        |statement, attempt| {
+            statement.execute(params![
                 attempt.transfer_id,
                 attempt.attempt,
                 attempt.started_at,
@@ -94,9 +75,8 @@ pub(super) fn insert_attempts(connection: &Connection, records: &[&DeliveryRecor
                 attempt.response_code,
                 attempt.event_id,
             ])
-            .map_err(failed)?;
-    }
-    Ok(())
+        },
+    )
 }
 
 /// Leases the due transfers of one destination to the claiming node: their `due_at` moves to

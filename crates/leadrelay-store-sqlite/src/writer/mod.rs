@@ -24,7 +24,7 @@ use leadrelay_store::{
     ConfigWriteError, DeliveryRecord, JobClaim, JobRecord, NewToken, Role, StoreError, StoreResult, StoredAnswer,
 };
 use leadrelay_store_sql::{corrupt, last_admin, KEEPS_AN_ADMIN};
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, CachedStatement, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{read, unavailable, BUSY_TIMEOUT, PRAGMAS};
@@ -68,6 +68,24 @@ pub(crate) fn failed(error: rusqlite::Error) -> StoreError {
         | rusqlite::Error::IntegralValueOutOfRange(..) => corrupt(error),
         error => unavailable(error),
     }
+}
+
+/// Runs one cached statement once per item, preparing it only when there is an item.
+fn execute_each<T>(
+    connection: &Connection,
+    sql: &str,
+    items: impl IntoIterator<Item = T>,
+    mut run: impl FnMut(&mut CachedStatement<'_>, T) -> rusqlite::Result<usize>,
+) -> StoreResult<()> {
+    let mut items = items.into_iter().peekable();
+    if items.peek().is_none() {
+        return Ok(());
+    }
+    let mut statement = connection.prepare_cached(sql).map_err(failed)?;
+    for item in items {
+        run(&mut statement, item).map_err(failed)?;
+    }
+    Ok(())
 }
 
 /// Opens the writer's connection to the database file, set up as the readers' are.

@@ -9,7 +9,7 @@ use leadrelay_store::batch::{duplicate_lookups, AnswerIndex, EventRow, KeyIndex,
 use leadrelay_store::{StoreResult, StoredAnswer, Submission};
 use rusqlite::{params, Connection};
 
-use super::failed;
+use super::{execute_each, failed};
 
 /// Reads the stored duplicate keys that this batch's duplicate queries could match.
 pub(super) fn load_duplicate_keys(connection: &Connection, batch: &[&Submission]) -> StoreResult<KeyIndex> {
@@ -53,31 +53,29 @@ pub(super) fn load_answers(connection: &Connection, keys: &[(&str, &str)]) -> St
 }
 
 pub(super) fn insert_snapshots(connection: &Connection, accepted: &[&Submission], bases: &[i64]) -> StoreResult<()> {
-    let mut statement = connection
-        .prepare_cached("INSERT INTO snapshots (id, lead_id, body, digest) VALUES (?1, ?2, ?3, ?4)")
-        .map_err(failed)?;
-    for (submission, base) in accepted.iter().zip(bases) {
+    let snapshots = accepted.iter().zip(bases).flat_map(|(submission, base)| {
         let lead_id = submission.lead.record.id.as_str();
-        for (index, snapshot) in submission.snapshots.iter().enumerate() {
-            statement
-                .execute(params![base + index as i64, lead_id, snapshot.json, &snapshot.digest[..]])
-                .map_err(failed)?;
-        }
-    }
-    Ok(())
+        submission.snapshots.iter().enumerate().map(move |(index, snapshot)| (base + index as i64, lead_id, snapshot))
+    });
+    execute_each(
+        connection,
+        "INSERT INTO snapshots (id, lead_id, body, digest) VALUES (?1, ?2, ?3, ?4)",
+        snapshots,
+        |statement, (id, lead_id, snapshot)| {
+            statement.execute(params![id, lead_id, snapshot.json, &snapshot.digest[..]])
+        },
+    )
 }
 
 pub(super) fn insert_leads(connection: &Connection, accepted: &[&Submission], bases: &[i64]) -> StoreResult<()> {
-    let mut statement = connection
-        .prepare_cached(
-            "INSERT INTO leads (id, flow_id, source_id, created_at, updated_at, status, outcome, reason, duplicate_of, \
-             cost, snapshot_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        )
-        .map_err(failed)?;
-    for (submission, base) in accepted.iter().zip(bases) {
-        let lead = &submission.lead.record;
-        statement
-            .execute(params![
+    execute_each(
+        connection,
+        "INSERT INTO leads (id, flow_id, source_id, created_at, updated_at, status, outcome, reason, duplicate_of, \
+         cost, snapshot_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        accepted.iter().zip(bases),
+        |statement, (submission, base)| {
+            let lead = &submission.lead.record;
+            statement.execute(params![
                 lead.id.as_str(),
                 lead.flow_id,
                 lead.source_id,
@@ -90,24 +88,21 @@ pub(super) fn insert_leads(connection: &Connection, accepted: &[&Submission], ba
                 lead.cost,
                 base + submission.lead.snapshot as i64,
             ])
-            .map_err(failed)?;
-    }
-    Ok(())
+        },
+    )
 }
 
 pub(super) fn insert_events(connection: &Connection, rows: &[EventRow<'_>], links: &[Link]) -> StoreResult<()> {
-    let mut statement = connection
-        .prepare_cached(
-            "INSERT INTO events (seq, id, type, ts, lead_id, flow_id, source_id, destination_id, transfer_id, status, \
-             outcome, reason, duration_ms, integration, response_code, price, attempt, data, snapshot_id, \
-             content_digest, hash) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
-        )
-        .map_err(failed)?;
-    for (row, link) in rows.iter().zip(links) {
-        let event = row.event;
-        statement
-            .execute(params![
+    execute_each(
+        connection,
+        "INSERT INTO events (seq, id, type, ts, lead_id, flow_id, source_id, destination_id, transfer_id, status, \
+         outcome, reason, duration_ms, integration, response_code, price, attempt, data, snapshot_id, \
+         content_digest, hash) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+        rows.iter().zip(links),
+        |statement, (row, link)| {
+            let event = row.event;
+            statement.execute(params![
                 link.seq,
                 event.id.as_str(),
                 event.event_type.as_str(),
@@ -130,21 +125,20 @@ pub(super) fn insert_events(connection: &Connection, rows: &[EventRow<'_>], link
                 &row.content[..],
                 &link.hash[..],
             ])
-            .map_err(failed)?;
-    }
-    Ok(())
+        },
+    )
 }
 
 pub(super) fn insert_transfers(connection: &Connection, accepted: &[&Submission]) -> StoreResult<()> {
-    let mut statement = connection
-        .prepare_cached(
-            "INSERT INTO transfers (id, lead_id, flow_id, source_id, destination_id, status, description, created_at, \
-             updated_at, state, due_at, lease_owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10, ?11)",
-        )
-        .map_err(failed)?;
-    for submission in accepted {
-        let lease = submission.realtime_lease.as_ref();
-        for transfer in &submission.transfers {
+    let transfers = accepted.iter().flat_map(|submission| {
+        submission.transfers.iter().map(|transfer| (transfer, submission.realtime_lease.as_ref()))
+    });
+    execute_each(
+        connection,
+        "INSERT INTO transfers (id, lead_id, flow_id, source_id, destination_id, status, description, created_at, \
+         updated_at, state, due_at, lease_owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10, ?11)",
+        transfers,
+        |statement, (transfer, lease)| {
             // Realtime transfers are held by the node that delivers them while the submitter
             // waits; background ones are due at once.
             let (state, due_at, owner) = match (transfer.queued, transfer.realtime, lease) {
@@ -152,67 +146,63 @@ pub(super) fn insert_transfers(connection: &Connection, accepted: &[&Submission]
                 (true, true, Some(lease)) => ("pending", Some(lease.until), Some(lease.owner.as_str())),
                 (true, _, _) => ("pending", Some(transfer.created_at), None),
             };
-            statement
-                .execute(params![
-                    transfer.id.as_str(),
-                    transfer.lead_id.as_str(),
-                    transfer.flow_id,
-                    transfer.source_id,
-                    transfer.destination_id,
-                    transfer.status.as_str(),
-                    transfer.description,
-                    transfer.created_at,
-                    state,
-                    due_at,
-                    owner,
-                ])
-                .map_err(failed)?;
-        }
-    }
-    Ok(())
+            statement.execute(params![
+                transfer.id.as_str(),
+                transfer.lead_id.as_str(),
+                transfer.flow_id,
+                transfer.source_id,
+                transfer.destination_id,
+                transfer.status.as_str(),
+                transfer.description,
+                transfer.created_at,
+                state,
+                due_at,
+                owner,
+            ])
+        },
+    )
 }
 
 pub(super) fn insert_duplicate_keys(connection: &Connection, accepted: &[&Submission]) -> StoreResult<()> {
-    let mut statement = connection
-        .prepare_cached("INSERT INTO duplicate_keys (flow_id, digest, lead_id, created_at) VALUES (?1, ?2, ?3, ?4)")
-        .map_err(failed)?;
-    for submission in accepted {
-        let lead = &submission.lead.record;
-        for key in &submission.duplicate_keys {
-            statement.execute(params![lead.flow_id, key.digest, lead.id.as_str(), lead.created_at]).map_err(failed)?;
-        }
-    }
-    Ok(())
+    let keys = accepted
+        .iter()
+        .flat_map(|submission| submission.duplicate_keys.iter().map(move |key| (&submission.lead.record, key)));
+    execute_each(
+        connection,
+        "INSERT INTO duplicate_keys (flow_id, digest, lead_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+        keys,
+        |statement, (lead, key)| {
+            statement.execute(params![lead.flow_id, key.digest, lead.id.as_str(), lead.created_at])
+        },
+    )
 }
 
 pub(super) fn insert_idempotency(connection: &Connection, accepted: &[&Submission]) -> StoreResult<()> {
-    let mut records = accepted.iter().filter_map(|submission| submission.idempotency.as_ref()).peekable();
-    if records.peek().is_none() {
-        return Ok(());
-    }
-    let mut statement = connection
-        .prepare_cached(
-            "INSERT INTO idempotency_keys (source_id, key, http_status, answer, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )
-        .map_err(failed)?;
     let now = now_millis();
-    for record in records {
-        statement
-            .execute(params![record.source_id, record.key, record.answer.http_status, record.answer.body_json, now])
-            .map_err(failed)?;
-    }
-    Ok(())
+    execute_each(
+        connection,
+        "INSERT INTO idempotency_keys (source_id, key, http_status, answer, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        accepted.iter().filter_map(|submission| submission.idempotency.as_ref()),
+        |statement, record| {
+            statement.execute(params![
+                record.source_id,
+                record.key,
+                record.answer.http_status,
+                record.answer.body_json,
+                now
+            ])
+        },
+    )
 }
 
 pub(super) fn insert_pending_completions(connection: &Connection, accepted: &[&Submission]) -> StoreResult<()> {
-    let mut statement = connection
-        .prepare_cached("INSERT INTO pending_completions (lead_id, flow_id, source_id, body) VALUES (?1, ?2, ?3, ?4)")
-        .map_err(failed)?;
-    for submission in accepted {
-        if let Some(held) = &submission.pending_completion {
-            let lead = &submission.lead.record;
-            statement.execute(params![lead.id.as_str(), lead.flow_id, lead.source_id, held.body]).map_err(failed)?;
-        }
-    }
-    Ok(())
+    let held = accepted
+        .iter()
+        .filter_map(|submission| submission.pending_completion.as_ref().map(|held| (&submission.lead.record, held)));
+    execute_each(
+        connection,
+        "INSERT INTO pending_completions (lead_id, flow_id, source_id, body) VALUES (?1, ?2, ?3, ?4)",
+        held,
+        |statement, (lead, held)| statement.execute(params![lead.id.as_str(), lead.flow_id, lead.source_id, held.body]),
+    )
 }
