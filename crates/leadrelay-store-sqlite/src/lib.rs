@@ -81,8 +81,12 @@ pub fn database_file(url: &str) -> StoreResult<Option<std::path::PathBuf>> {
     let options = SqliteConnectOptions::from_str(url)
         .map_err(|error| unavailable(format!("invalid SQLite URL {url:?}: {error}")))?;
     let path = options.get_filename();
-    // sqlx names an in-memory database `file:sqlx-in-memory-N`.
-    let in_memory = path == std::path::Path::new(":memory:") || path.to_string_lossy().starts_with("file:");
+    // sqlx names an in-memory database `file:sqlx-in-memory-N`; `?mode=memory` asks for one too.
+    let memory_mode = url
+        .split_once('?')
+        .is_some_and(|(_, query)| query.split('&').any(|parameter| parameter.eq_ignore_ascii_case("mode=memory")));
+    let in_memory =
+        memory_mode || path == std::path::Path::new(":memory:") || path.to_string_lossy().starts_with("file:");
     Ok((!in_memory && !path.as_os_str().is_empty()).then(|| path.to_owned()))
 }
 

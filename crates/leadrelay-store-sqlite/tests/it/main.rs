@@ -64,7 +64,7 @@ async fn data_survives_closing_and_reopening_the_file() {
 async fn a_url_without_a_file_is_refused() {
     let dir = tempfile::tempdir().expect("temporary directory");
     std::env::set_current_dir(dir.path()).expect("enter the temporary directory");
-    for url in ["sqlite::memory:", "sqlite://"] {
+    for url in ["sqlite::memory:", "sqlite://", "sqlite://kept.db?mode=memory"] {
         let refused = SqliteStore::open(url, SqliteOptions::default()).await;
         let error = refused.err().unwrap_or_else(|| panic!("{url} was opened"));
         assert!(error.to_string().contains("names no file"), "{url}: {error}");
