@@ -163,6 +163,14 @@ async fn ensure_admin_token(store: &dyn Store) -> anyhow::Result<()> {
         created_at: now_millis(),
     };
     let hash = token.hash;
+    if let Some(existing) = store.find_token(&hash).await.context("while reading tokens")? {
+        if existing.role != Role::Admin {
+            tracing::warn!(
+                token_id = %existing.id, name = %existing.name, role = existing.role.as_str(),
+                "LEADRELAY_ADMIN_TOKEN is the value of an existing token, which now becomes an admin token"
+            );
+        }
+    }
     store.ensure_token(token).await.context("while storing LEADRELAY_ADMIN_TOKEN")?;
     // Changing the variable rotates the token: what an earlier value created stops working.
     for earlier in store.list_tokens().await.context("while reading tokens")? {
