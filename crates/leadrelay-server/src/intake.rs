@@ -443,18 +443,8 @@ pub(crate) async fn submit(
 ) -> ApiResult<Response> {
     let received_at = now_millis();
     let arrived = tokio::time::Instant::now();
-    let mut config = state.config();
-    if !config.sources.contains_key(&source_id) {
-        // Created a moment ago by another process or node, perhaps: look in the store.
-        config = state.config_since(arrived).await?;
-    }
-    let Some(source) = config.sources.get(&source_id) else {
-        return Err(ApiError::not_found("source_not_found", format!("no source {source_id:?}")));
-    };
-    let Some(flow) = config.flows.get(&source.flow_id) else {
-        return Err(ApiError::not_found("source_not_found", format!("source {source_id:?} has no flow")));
-    };
-
+    // The body is read before anything is answered, a 404 included: a client that sent one
+    // keeps its connection for the next request.
     let (parts, body) = request.into_parts();
     let limit = state.settings.max_body_bytes;
     let declared =
@@ -472,6 +462,18 @@ pub(crate) async fn submit(
             ApiError::bad_request("invalid_body", format!("could not read the body: {inner}"))
         }
     })?;
+
+    let mut config = state.config();
+    if !config.sources.contains_key(&source_id) {
+        // Created a moment ago by another process or node, perhaps: look in the store.
+        config = state.config_since(arrived).await?;
+    }
+    let Some(source) = config.sources.get(&source_id) else {
+        return Err(ApiError::not_found("source_not_found", format!("no source {source_id:?}")));
+    };
+    let Some(flow) = config.flows.get(&source.flow_id) else {
+        return Err(ApiError::not_found("source_not_found", format!("source {source_id:?} has no flow")));
+    };
 
     let mut fields = parse_query(parts.uri.query())?;
     let from_body = match multipart_boundary(&parts.headers) {

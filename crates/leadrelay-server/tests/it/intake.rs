@@ -415,6 +415,54 @@ async fn connections_without_headers_in_time_are_closed() {
     app.stop().await;
 }
 
+/// A submission to a source that does not exist is answered 404 after its body is read, so
+/// the client's kept-alive connection serves its next request: one connection, many answers.
+#[tokio::test]
+async fn a_404_submission_keeps_the_connection() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    app.apply(&solar_config()).await;
+    let host = app.address.trim_start_matches("http://").to_owned();
+    // Nagle's algorithm (on by default) holds the body back until the head is acknowledged,
+    // so a server that answered without waiting for the body would answer before it arrives.
+    let stream = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = tokio::io::BufReader::new(reader);
+    let body = "email=a%40example.com&state=TX";
+    for round in 0..20 {
+        let source = if round % 2 == 0 { "nope" } else { "web" };
+        let head = format!(
+            "POST /api/v1/sources/{source}/submit HTTP/1.1\r\nHost: {host}\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        // Head and body apart, as most clients send them: a server that answers before the
+        // body has arrived cannot keep the connection.
+        writer.write_all(head.as_bytes()).await.unwrap();
+        tokio::task::yield_now().await;
+        writer.write_all(body.as_bytes()).await.unwrap();
+        let mut status = String::new();
+        reader.read_line(&mut status).await.unwrap();
+        let expected = if round % 2 == 0 { "HTTP/1.1 404" } else { "HTTP/1.1 20" };
+        assert!(status.starts_with(expected), "round {round}: {status:?}");
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).await.unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            assert!(!line.to_ascii_lowercase().starts_with("connection: close"), "round {round}: {line}");
+            if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = value.trim().parse().unwrap();
+            }
+        }
+        let mut answer = vec![0; length];
+        reader.read_exact(&mut answer).await.unwrap();
+    }
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn oversized_bodies_answer_413_and_huge_fields_400() {
     let app = spawn_app_with(leadrelay_server::Settings { max_body_bytes: 4096, ..Default::default() }).await;
