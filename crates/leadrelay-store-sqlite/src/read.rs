@@ -22,10 +22,7 @@ fn corrupt(error: impl std::fmt::Display) -> StoreError {
 }
 
 pub(crate) async fn load_config(executor: impl SqliteExecutor<'_>) -> StoreResult<Config> {
-    let rows = sqlx::query("SELECT kind, id, body FROM config_objects ORDER BY position")
-        .fetch_all(executor)
-        .await
-        .map_err(unavailable)?;
+    let rows = sqlx::query(CONFIG_ROWS).fetch_all(executor).await.map_err(unavailable)?;
     let rows = rows
         .iter()
         .map(|row| {
@@ -34,6 +31,9 @@ pub(crate) async fn load_config(executor: impl SqliteExecutor<'_>) -> StoreResul
         .collect::<StoreResult<_>>()?;
     config_from_rows(rows)
 }
+
+/// The stored configuration objects in order, as [`config_from_rows`] takes them.
+pub(crate) const CONFIG_ROWS: &str = "SELECT kind, id, body FROM config_objects ORDER BY position";
 
 /// The configuration from its stored rows, `(kind, id, body)` in order.
 pub(crate) fn config_from_rows(rows: Vec<(String, String, String)>) -> StoreResult<Config> {
@@ -106,7 +106,6 @@ fn push_equals<'a>(builder: &mut QueryBuilder<'a, Sqlite>, column: &str, value: 
     }
 }
 
-/// Appends the indexed filters of an events query (all but the time range and `rules`).
 /// The events table as a query reads it. One lead's events are few, and its index finds them
 /// at once; left to itself, SQLite may prefer an index that gives the order (by type, by
 /// destination) and walk every event of that type to find the lead's.
@@ -118,6 +117,7 @@ fn events_of(query: &EventQuery) -> &'static str {
     }
 }
 
+/// Appends the indexed filters of an events query (all but the time range and `rules`).
 fn push_event_filters<'a>(builder: &mut QueryBuilder<'a, Sqlite>, query: &'a EventQuery) {
     push_equals(builder, "lead_id", query.lead_id.as_deref());
     push_equals(builder, "type", query.event_type.map(|t| t.as_str()));

@@ -12,6 +12,7 @@ use leadrelay_store::{
 use leadrelay_store_sql::corrupt;
 use rusqlite::types::Type;
 use rusqlite::{params, Connection, Row};
+use serde_json::Value;
 
 use super::{execute_each, failed};
 use crate::read::JOB_COLUMNS;
@@ -220,27 +221,32 @@ pub(super) fn claim_jobs(connection: &Connection, claim: &JobClaim) -> StoreResu
              AND (lease_until IS NULL OR lease_until <= ?3) RETURNING {JOB_COLUMNS}"
         ))
         .map_err(failed)?;
-    let mut rows = statement.query(params![claim.owner, claim.now + claim.lease_ms, claim.now]).map_err(failed)?;
+    let count = |value: i64| u64::try_from(value).unwrap_or(0);
+    let rows = statement
+        .query_map(params![claim.owner, claim.now + claim.lease_ms, claim.now], |row| {
+            let params: String = row.get(3)?;
+            let job = JobRecord {
+                id: row.get(0)?,
+                kind: row.get(1)?,
+                status: row.get(2)?,
+                params: Value::Null,
+                cursor: row.get(4)?,
+                matched: count(row.get(5)?),
+                queued: count(row.get(6)?),
+                skipped: count(row.get(7)?),
+                error: row.get(8)?,
+                created_at: row.get(9)?,
+                updated_at: row.get(10)?,
+                owner: row.get(11)?,
+                lease_until: row.get(12)?,
+            };
+            Ok((job, params))
+        })
+        .map_err(failed)?;
     let mut jobs = Vec::new();
-    while let Some(row) = rows.next().map_err(failed)? {
-        let count =
-            |index: usize| -> rusqlite::Result<u64> { Ok(u64::try_from(row.get::<_, i64>(index)?).unwrap_or(0)) };
-        let params: String = row.get(3).map_err(failed)?;
-        jobs.push(JobRecord {
-            id: row.get(0).map_err(failed)?,
-            kind: row.get(1).map_err(failed)?,
-            status: row.get(2).map_err(failed)?,
-            params: serde_json::from_str(&params).map_err(corrupt)?,
-            cursor: row.get(4).map_err(failed)?,
-            matched: count(5).map_err(failed)?,
-            queued: count(6).map_err(failed)?,
-            skipped: count(7).map_err(failed)?,
-            error: row.get(8).map_err(failed)?,
-            created_at: row.get(9).map_err(failed)?,
-            updated_at: row.get(10).map_err(failed)?,
-            owner: row.get(11).map_err(failed)?,
-            lease_until: row.get(12).map_err(failed)?,
-        });
+    for row in rows {
+        let (job, params) = row.map_err(failed)?;
+        jobs.push(JobRecord { params: serde_json::from_str(&params).map_err(corrupt)?, ..job });
     }
     jobs.sort_by_key(|job| job.created_at);
     Ok(jobs)
@@ -277,6 +283,7 @@ pub(super) fn take_due_completions(connection: &Connection, leads: &[String]) ->
             snapshot_digest: row.get(4).map_err(failed)?,
             transfers: Vec::new(),
         };
+        // Done with the held row before it is deleted below.
         drop(found);
         completion.transfers = transfers
             .query_map([lead_id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))

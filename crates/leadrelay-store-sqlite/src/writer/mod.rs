@@ -381,8 +381,7 @@ impl BatchWriter for Writer {
 
 /// The configuration as stored, read inside the writer's transaction.
 fn load_config(connection: &Connection) -> StoreResult<Config> {
-    let mut statement =
-        connection.prepare_cached("SELECT kind, id, body FROM config_objects ORDER BY position").map_err(failed)?;
+    let mut statement = connection.prepare_cached(read::CONFIG_ROWS).map_err(failed)?;
     let rows = statement
         .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?)))
         .map_err(failed)?
