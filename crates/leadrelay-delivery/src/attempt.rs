@@ -7,12 +7,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderMap, ACCEPT, HOST, RETRY_AFTER};
+use hyper::Request;
 use leadrelay_domain::config::{Destination, DestinationKind, HttpMethod};
 use leadrelay_domain::time::{format_millis, Millis};
 use serde_json::{json, Map, Value};
 
 use crate::guard::{check_url, EgressPolicy, GuardedResolver, Lookup, Refusal, SystemLookup};
 use crate::judge::{capture, judge, parse_retry_after, revenue, Verdict};
+use crate::pool::{ConnectionPool, Origin, OutboundBody, TransportError};
 use crate::request::{build_request, redacted_url, secret_headers, DeliveryContext, OutboundRequest};
 use crate::signing;
 
@@ -52,11 +57,12 @@ pub enum AttemptVerdict {
     },
 }
 
-/// The HTTP clients of outbound calls: one guarded client, and one per outbound proxy.
+/// The HTTP clients of outbound calls: the guarded pool of direct connections, and a client
+/// per outbound proxy.
 pub struct HttpClients {
     policy: Arc<EgressPolicy>,
     resolver: Arc<GuardedResolver>,
-    direct: reqwest::Client,
+    direct: ConnectionPool,
     proxied: Mutex<HashMap<String, reqwest::Client>>,
 }
 
@@ -69,29 +75,17 @@ impl HttpClients {
     pub fn with_lookup(policy: EgressPolicy, lookup: Arc<dyn Lookup>) -> Self {
         let policy = Arc::new(policy);
         let resolver = Arc::new(GuardedResolver::new(policy.clone(), lookup));
-        let direct = Self::builder(&resolver).build().expect("the HTTP client's settings are valid");
+        let direct = ConnectionPool::new(resolver.clone());
         Self { policy, resolver, direct, proxied: Mutex::new(HashMap::new()) }
-    }
-
-    fn builder(resolver: &Arc<GuardedResolver>) -> reqwest::ClientBuilder {
-        reqwest::Client::builder()
-            // A redirect could lead anywhere the guard would refuse; destinations get no second hop.
-            .redirect(reqwest::redirect::Policy::none())
-            // HTTP(S)_PROXY in the environment must not route calls around the guard.
-            .no_proxy()
-            .dns_resolver(resolver.clone())
-            .pool_max_idle_per_host(256)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
     }
 
     pub fn policy(&self) -> &EgressPolicy {
         &self.policy
     }
 
-    /// The client for a destination: through its proxy when it has one.
-    fn client(&self, proxy: Option<&str>) -> Result<reqwest::Client, String> {
-        let Some(proxy) = proxy else { return Ok(self.direct.clone()) };
+    /// The client of an outbound proxy. Redirects are not followed: a redirect could lead
+    /// anywhere the guard would refuse, so destinations get no second hop (nor do direct calls).
+    fn proxied(&self, proxy: &str) -> Result<reqwest::Client, String> {
         let mut clients = self.proxied.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(client) = clients.get(proxy) {
             return Ok(client.clone());
@@ -119,12 +113,12 @@ impl HttpClients {
     }
 }
 
-fn method_of(method: HttpMethod) -> reqwest::Method {
+fn method_of(method: HttpMethod) -> hyper::Method {
     match method {
-        HttpMethod::GET => reqwest::Method::GET,
-        HttpMethod::POST => reqwest::Method::POST,
-        HttpMethod::PUT => reqwest::Method::PUT,
-        HttpMethod::PATCH => reqwest::Method::PATCH,
+        HttpMethod::GET => hyper::Method::GET,
+        HttpMethod::POST => hyper::Method::POST,
+        HttpMethod::PUT => hyper::Method::PUT,
+        HttpMethod::PATCH => hyper::Method::PATCH,
     }
 }
 
@@ -184,13 +178,26 @@ fn refusal_in(error: &(dyn std::error::Error + 'static)) -> Option<Refusal> {
     None
 }
 
-/// A transport error in words an operator understands.
-fn describe_transport(error: &reqwest::Error, timeout: Duration) -> String {
-    if error.is_timeout() {
-        return format!("timed out after {} ms", timeout.as_millis());
+/// Why a call failed, from its error chain: the guard's refusal, or a transport failure in
+/// words an operator understands (`connecting`: it failed before a connection was made).
+fn failure_in(error: &(dyn std::error::Error + 'static), connecting: bool) -> SendFailure {
+    match refusal_in(error) {
+        Some(refusal) => refused(refusal),
+        None => SendFailure::Failed(describe_transport(error, connecting)),
     }
+}
+
+fn refused(refusal: Refusal) -> SendFailure {
+    match refusal {
+        // A name that does not resolve may resolve later: retried like any network error.
+        Refusal::Unresolved { .. } => SendFailure::Failed(refusal.to_string()),
+        _ => SendFailure::Blocked(refusal.to_string()),
+    }
+}
+
+fn describe_transport(error: &(dyn std::error::Error + 'static), connecting: bool) -> String {
     let mut text = String::new();
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    let mut current = Some(error);
     while let Some(inner) = current {
         if let Some(io) = inner.downcast_ref::<std::io::Error>() {
             return match io.kind() {
@@ -202,7 +209,7 @@ fn describe_transport(error: &reqwest::Error, timeout: Duration) -> String {
         text = inner.to_string();
         current = inner.source();
     }
-    if error.is_connect() {
+    if connecting {
         format!("could not connect: {text}")
     } else {
         format!("request failed: {text}")
@@ -223,7 +230,7 @@ pub fn signing_keys(destination: &Destination, now: Millis) -> Vec<Vec<u8>> {
 
 /// A response's headers as its event keeps them: up to [`RECORDED_HEADER_BYTES`], and
 /// whether some were left out.
-fn recorded_headers(headers: &reqwest::header::HeaderMap) -> (Map<String, Value>, bool) {
+fn recorded_headers(headers: &HeaderMap) -> (Map<String, Value>, bool) {
     let mut kept = Map::new();
     let mut room = RECORDED_HEADER_BYTES;
     let mut truncated = false;
@@ -243,7 +250,7 @@ fn recorded_headers(headers: &reqwest::header::HeaderMap) -> (Map<String, Value>
 /// What came back from a call: status, headers, and the body (at most [`READ_BODY_BYTES`]).
 pub struct Answer {
     pub status: u16,
-    pub headers: reqwest::header::HeaderMap,
+    pub headers: HeaderMap,
     pub body: Vec<u8>,
     /// False when the body was longer than what was read.
     pub complete: bool,
@@ -267,19 +274,97 @@ pub async fn send(
     timeout: Duration,
 ) -> Result<Answer, SendFailure> {
     check_url(clients.policy(), &request.url).map_err(|refusal| SendFailure::Blocked(refusal.to_string()))?;
-    let client = clients.client(proxy).map_err(SendFailure::Blocked)?;
-    if let Some(proxy) = proxy {
-        // The proxy is reached like any destination: the HTTP client connects to an address
-        // literal without asking the resolver, so the guard checks it here.
-        let proxy_url =
-            url::Url::parse(proxy).map_err(|error| SendFailure::Blocked(format!("invalid proxy: {error}")))?;
-        check_url(clients.policy(), &proxy_url)
-            .map_err(|refusal| SendFailure::Blocked(format!("proxy refused: {refusal}")))?;
-        clients
-            .check_proxied_target(&request.url)
-            .await
-            .map_err(|refusal| SendFailure::Blocked(refusal.to_string()))?;
+    let exchange = match proxy {
+        None => {
+            let origin = Origin::of(&request.url).map_err(|refusal| SendFailure::Blocked(refusal.to_string()))?;
+            let outbound = direct_request(request).map_err(SendFailure::Blocked)?;
+            futures::future::Either::Left(send_direct(&clients.direct, origin, outbound))
+        }
+        Some(proxy) => {
+            let client = clients.proxied(proxy).map_err(SendFailure::Blocked)?;
+            // The proxy is reached like any destination: the HTTP client connects to an
+            // address literal without asking the resolver, so the guard checks it here.
+            let proxy_url =
+                url::Url::parse(proxy).map_err(|error| SendFailure::Blocked(format!("invalid proxy: {error}")))?;
+            check_url(clients.policy(), &proxy_url)
+                .map_err(|refusal| SendFailure::Blocked(format!("proxy refused: {refusal}")))?;
+            clients
+                .check_proxied_target(&request.url)
+                .await
+                .map_err(|refusal| SendFailure::Blocked(refusal.to_string()))?;
+            futures::future::Either::Right(send_proxied(client, request))
+        }
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Err(_) => Err(SendFailure::Failed(format!("timed out after {} ms", timeout.as_millis()))),
+        Ok(result) => result,
     }
+}
+
+/// The request as it goes on a direct connection: the target in origin form, and `Host` and
+/// `Accept: */*` unless the destination sets them.
+fn direct_request(request: &OutboundRequest) -> Result<Request<OutboundBody>, String> {
+    let url = &request.url;
+    let target = &url[url::Position::BeforePath..url::Position::AfterQuery];
+    let mut builder = Request::builder().method(method_of(request.method)).uri(target);
+    let (mut has_host, mut has_accept) = (false, false);
+    for (name, value) in &request.headers {
+        has_host |= name.eq_ignore_ascii_case(HOST.as_str());
+        has_accept |= name.eq_ignore_ascii_case(ACCEPT.as_str());
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    if !has_host {
+        let host = url.host_str().unwrap_or_default();
+        builder = builder.header(
+            HOST,
+            match url.port() {
+                Some(port) => format!("{host}:{port}"),
+                None => host.to_owned(),
+            },
+        );
+    }
+    if !has_accept {
+        builder = builder.header(ACCEPT, "*/*");
+    }
+    builder
+        .body(Full::new(Bytes::from(request.body.clone())))
+        .map_err(|error| format!("the request cannot be sent as configured: {error}"))
+}
+
+/// One exchange on a pooled connection; the connection goes back once the answer was read
+/// to the end.
+async fn send_direct(
+    pool: &ConnectionPool,
+    origin: Origin,
+    request: Request<OutboundBody>,
+) -> Result<Answer, SendFailure> {
+    let (response, connection) = pool.send(&origin, request).await.map_err(|error| match error {
+        TransportError::Refused(refusal) => refused(refusal),
+        TransportError::Tls(error) => SendFailure::Failed(format!("TLS handshake failed: {error}")),
+        TransportError::Connect(error) => failure_in(&error, true),
+        TransportError::Http(error) => failure_in(&error, false),
+    })?;
+    let (parts, mut incoming) = response.into_parts();
+    let mut body = Vec::new();
+    let mut complete = true;
+    while let Some(frame) = incoming.frame().await {
+        let frame = frame.map_err(|error| failure_in(&error, false))?;
+        let Ok(data) = frame.into_data() else { continue };
+        body.extend_from_slice(&data);
+        if body.len() >= READ_BODY_BYTES {
+            body.truncate(READ_BODY_BYTES);
+            complete = false;
+            break;
+        }
+    }
+    if complete {
+        pool.release(connection);
+    }
+    Ok(Answer { status: parts.status.as_u16(), headers: parts.headers, body, complete })
+}
+
+/// One exchange through an outbound proxy.
+async fn send_proxied(client: reqwest::Client, request: &OutboundRequest) -> Result<Answer, SendFailure> {
     let mut builder = client.request(method_of(request.method), request.url.clone());
     for (name, value) in &request.headers {
         builder = builder.header(name.as_str(), value.as_str());
@@ -290,7 +375,7 @@ pub async fn send(
     let exchange = async {
         let mut response = builder.send().await?;
         let status = response.status().as_u16();
-        let headers = response.headers().clone();
+        let headers = std::mem::take(response.headers_mut());
         let mut body = Vec::new();
         let mut complete = true;
         while let Some(chunk) = response.chunk().await? {
@@ -303,16 +388,7 @@ pub async fn send(
         }
         Ok::<_, reqwest::Error>(Answer { status, headers, body, complete })
     };
-    match tokio::time::timeout(timeout, exchange).await {
-        Err(_) => Err(SendFailure::Failed(format!("timed out after {} ms", timeout.as_millis()))),
-        Ok(Err(error)) => match refusal_in(&error) {
-            // A name that does not resolve may resolve later: retried like any network error.
-            Some(refusal @ Refusal::Unresolved { .. }) => Err(SendFailure::Failed(refusal.to_string())),
-            Some(refusal) => Err(SendFailure::Blocked(refusal.to_string())),
-            None => Err(SendFailure::Failed(describe_transport(&error, timeout))),
-        },
-        Ok(Ok(answer)) => Ok(answer),
-    }
+    exchange.await.map_err(|error| failure_in(&error, error.is_connect()))
 }
 
 /// The inputs of one attempt.
@@ -393,7 +469,7 @@ pub async fn attempt(clients: &HttpClients, input: AttemptInput<'_>) -> AttemptR
     };
     let text = String::from_utf8_lossy(&body);
     let retry_after = headers
-        .get(reqwest::header::RETRY_AFTER)
+        .get(RETRY_AFTER)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| parse_retry_after(value, input.now.div_euclid(1000)));
     let mut verdict = judge(destination, status, retry_after, &text);
@@ -434,7 +510,7 @@ pub async fn attempt(clients: &HttpClients, input: AttemptInput<'_>) -> AttemptR
 
 #[cfg(test)]
 mod tests {
-    use reqwest::header::{HeaderMap, HeaderValue};
+    use hyper::header::HeaderValue;
 
     use super::*;
 

@@ -9,6 +9,7 @@ pub mod enhance;
 pub mod guard;
 pub mod judge;
 pub mod plan;
+mod pool;
 pub mod request;
 mod service;
 pub mod signing;

@@ -3,7 +3,8 @@
 //! 1. deliveries per second to a fast local receiver, each with its durable records (the
 //!    outcome event in the hash chain, the transfer's state, the attempt row), beside a
 //!    baseline in the same run: the same requests from a bare HTTP client, nothing stored;
-//! 2. peak memory (RSS) with 10,000 deliveries in flight to a receiver that answers after 1 s.
+//! 2. peak memory (RSS) with 10,000 deliveries in flight to a receiver that answers after 1 s:
+//!    the leads are queued here, then delivered by a process of its own that opens the store.
 //!
 //! `cargo bench -p leadrelay-server --bench deliver` (`DELIVER_COUNT`, `DELIVER_CONCURRENCY`,
 //! `SLOW_COUNT`).
@@ -74,8 +75,9 @@ fn config(receiver: &str, destinations: usize, concurrency: usize) -> Value {
 }
 
 /// Starts this benchmark again as a slow receiver (answering after 1 s) in a child process;
-/// counts the requests it reports, one line each on its standard output.
-async fn receiver_process() -> (String, Arc<AtomicUsize>, std::process::Child) {
+/// counts the requests it reports, one line each on its standard output, and keeps the most
+/// it held at once (each line says it).
+async fn receiver_process() -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>, std::process::Child) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(std::env::current_exe().expect("this binary"))
         .env("DELIVER_SLOW_RECEIVER", "1")
@@ -85,26 +87,37 @@ async fn receiver_process() -> (String, Arc<AtomicUsize>, std::process::Child) {
     let stdout = child.stdout.take().expect("stdout");
     let (address_sender, address) = tokio::sync::oneshot::channel();
     let count = Arc::new(AtomicUsize::new(0));
-    let counter = count.clone();
+    let most = Arc::new(AtomicUsize::new(0));
+    let (counter, most_seen) = (count.clone(), most.clone());
     std::thread::spawn(move || {
         let mut lines = std::io::BufReader::new(stdout).lines();
         let first = lines.next().and_then(Result::ok).unwrap_or_default();
         let _ = address_sender.send(first);
-        for _ in lines {
+        for line in lines.map_while(Result::ok) {
+            let held = line.rsplit(' ').next().and_then(|number| number.parse().ok()).unwrap_or(0);
+            most_seen.fetch_max(held, Ordering::Relaxed);
             counter.fetch_add(1, Ordering::Relaxed);
         }
     });
-    (address.await.expect("receiver address"), count, child)
+    (address.await.expect("receiver address"), count, most, child)
 }
 
-/// The child process of [`receiver_process`]: prints its address, then a line per request.
+/// The child process of [`receiver_process`]: prints its address, then a line per request
+/// with the most requests it has held at once.
 fn run_slow_receiver() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
-        let app = axum::Router::new().fallback(|| async {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            println!("answered");
-            "{\"accepted\":true}"
+        let held = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let app = axum::Router::new().fallback(move || {
+            let (held, most) = (held.clone(), most.clone());
+            async move {
+                most.fetch_max(held.fetch_add(1, Ordering::Relaxed) + 1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                held.fetch_sub(1, Ordering::Relaxed);
+                println!("answered {}", most.load(Ordering::Relaxed));
+                "{\"accepted\":true}"
+            }
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         println!("http://{}", listener.local_addr().expect("address"));
@@ -151,8 +164,16 @@ async fn queued_store(dir: &std::path::Path, name: &str, config: Value, leads: u
     store
 }
 
-/// Runs the delivery service until every queued transfer is delivered; returns the time taken.
-async fn deliver_all(store: &Arc<dyn Store>, expected: usize, count: &AtomicUsize) -> Duration {
+/// Resolves once `count` has reached `expected`.
+async fn reaching(count: &AtomicUsize, expected: usize) {
+    while count.load(Ordering::Relaxed) < expected {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Runs the delivery service until the receiver has `answered` every request and no
+/// transfer waits any more; returns the time taken.
+async fn deliver_all(store: &Arc<dyn Store>, answered: impl std::future::Future<Output = ()>) -> Duration {
     let configuration = ConfigHandle::load(store.clone()).await.expect("config");
     let clients = HttpClients::new(EgressPolicy::allow_private());
     let service = DeliveryService::new(store.clone(), clients, configuration.clone(), DeliverySettings::default());
@@ -161,12 +182,8 @@ async fn deliver_all(store: &Arc<dyn Store>, expected: usize, count: &AtomicUsiz
     let runner = tokio::spawn(service.run(async move {
         let _ = stopped.await;
     }));
-    // Done when the receiver has every request and no transfer waits any more.
+    answered.await;
     loop {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        if count.load(Ordering::Relaxed) < expected {
-            continue;
-        }
         let mut waiting = false;
         for id in configuration.current().destinations.keys() {
             waiting |= store.next_due(id).await.expect("next due").is_some();
@@ -174,11 +191,57 @@ async fn deliver_all(store: &Arc<dyn Store>, expected: usize, count: &AtomicUsiz
         if !waiting {
             break;
         }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let elapsed = start.elapsed();
     let _ = stop.send(());
     runner.await.expect("dispatcher");
     elapsed
+}
+
+/// The delivering process of the slow phase: opens the store its parent queued, delivers
+/// every transfer, and prints the time taken, its RSS once the store was open and its peak
+/// RSS. Its parent writes a line to its standard input once the receiver has answered all.
+fn run_slow_sender(path: std::ffi::OsString) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let url = format!("sqlite://{}", std::path::Path::new(&path).display());
+        let store: Arc<dyn Store> = SqliteStore::open(&url, SqliteOptions::default()).await.expect("open");
+        let opened = memory_mib("VmRSS:");
+        let (answered_sender, answered) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let _ = std::io::stdin().read_line(&mut String::new());
+            let _ = answered_sender.send(());
+        });
+        let elapsed = deliver_all(&store, async {
+            let _ = answered.await;
+        })
+        .await;
+        println!("{} {opened} {}", elapsed.as_secs_f64(), memory_mib("VmHWM:"));
+        store.close().await;
+    });
+}
+
+/// Delivers the transfers queued in the store at `path` from a process of their own (so that
+/// its memory is the delivering's alone, not that of queueing them), once `received` reaches
+/// `expected`; returns the time taken, the RSS once the store was open and the peak RSS (MiB).
+async fn slow_sender_process(path: &std::path::Path, received: &AtomicUsize, expected: usize) -> (f64, f64, f64) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(std::env::current_exe().expect("this binary"))
+        .env("DELIVER_SLOW_SENDER", path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sender process");
+    let mut stdin = child.stdin.take().expect("stdin");
+    reaching(received, expected).await;
+    writeln!(stdin, "answered").expect("tell the sender");
+    drop(stdin);
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output()).await.expect("wait").expect("sender");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let figures: Vec<f64> = text.split_whitespace().filter_map(|figure| figure.parse().ok()).collect();
+    assert!(output.status.success() && figures.len() == 3, "the sender reported {text:?}");
+    (figures[0], figures[1], figures[2])
 }
 
 /// The same requests as the deliveries, from a bare client, nothing stored.
@@ -229,42 +292,38 @@ fn main() {
     if std::env::var_os("DELIVER_SLOW_RECEIVER").is_some() {
         return run_slow_receiver();
     }
+    if let Some(path) = std::env::var_os("DELIVER_SLOW_SENDER") {
+        return run_slow_sender(path);
+    }
     let count = env_number("DELIVER_COUNT", 50_000);
     let concurrency = env_number("DELIVER_CONCURRENCY", 256);
     let slow_count = env_number("SLOW_COUNT", 10_000);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
         let dir = tempfile::tempdir().expect("temporary directory");
-        // The slow phase runs first, so that its peak is not the fast phase's; its receiver is
-        // a child process, so that the peak is the delivering process's own.
-        let (slow, slow_received, mut child) = receiver_process().await;
+        // The slow phase: the leads are queued here, then delivered by a process of their own
+        // to a receiver in another, so that the peak is the delivering's alone.
+        let (slow, slow_received, most_held, mut receiver_child) = receiver_process().await;
         let destinations = slow_count.div_ceil(1000);
         let store =
             queued_store(dir.path(), "slow.db", config(&slow, destinations, 1000), slow_count / destinations).await;
-        let before = memory_mib("VmRSS:");
-        let peak_before = memory_mib("VmHWM:");
-        // Start the peak over (Linux ≥ 4.0), so that it is the delivering's own, not that of
-        // queueing the leads above.
-        let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+        store.close().await;
         let expected = (slow_count / destinations) * destinations;
-        let elapsed = deliver_all(&store, expected, &slow_received).await;
+        let (elapsed, opened, peak) = slow_sender_process(&dir.path().join("slow.db"), &slow_received, expected).await;
         println!(
             "slow receiver (1 s): {expected} deliveries, {destinations} destinations of 1000 in flight each: \
-             done in {:.1} s; peak RSS while delivering {:.0} MiB{} (RSS before delivering: {before:.0} MiB, peak \
-             while queueing {peak_before:.0} MiB; the receiver is another process)",
-            elapsed.as_secs_f64(),
-            memory_mib("VmHWM:"),
-            if reset { "" } else { " (peak of the whole process: /proc/self/clear_refs refused)" }
+             done in {elapsed:.1} s, at most {} in flight at once; peak RSS of the delivering process {peak:.0} MiB \
+             ({opened:.0} MiB once its store was open)",
+            most_held.load(Ordering::Relaxed),
         );
-        store.close().await;
-        let _ = child.kill();
-        let _ = child.wait();
+        let _ = receiver_child.kill();
+        let _ = receiver_child.wait();
 
         let (fast, fast_count) = receiver(Duration::ZERO).await;
         let store = queued_store(dir.path(), "fast.db", config(&fast, 1, concurrency), count).await;
         let base = baseline(format!("{fast}/leads"), count, concurrency).await;
         fast_count.store(0, Ordering::Relaxed);
-        let elapsed = deliver_all(&store, count, &fast_count).await;
+        let elapsed = deliver_all(&store, reaching(&fast_count, count)).await;
         let rate = count as f64 / elapsed.as_secs_f64();
         let base_rate = count as f64 / base.as_secs_f64();
         let sorted = durations(&store).await;
