@@ -340,8 +340,14 @@ async fn send_direct(
 ) -> Result<Answer, SendFailure> {
     let (response, connection) = pool.send(&origin, request).await.map_err(|error| match error {
         TransportError::Refused(refusal) => refused(refusal),
-        TransportError::Tls(error) => SendFailure::Failed(format!("TLS handshake failed: {error}")),
-        TransportError::Connect(error) => failure_in(&error, true),
+        // A name no certificate can be checked against: a person has to change the URL.
+        error @ TransportError::ServerName(_) => SendFailure::Blocked(error.to_string()),
+        // The TLS protocol failed (a certificate no trusted root vouches for, say); a socket
+        // error during the handshake is told like any other.
+        TransportError::Tls(error) if error.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) => {
+            SendFailure::Failed(format!("TLS handshake failed: {error}"))
+        }
+        TransportError::Tls(error) | TransportError::Connect(error) => failure_in(&error, true),
         TransportError::Http(error) => failure_in(&error, false),
     })?;
     let (parts, mut incoming) = response.into_parts();

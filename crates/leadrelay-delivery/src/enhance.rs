@@ -9,7 +9,7 @@ use leadrelay_domain::pipeline::{EnhancementOutcome, EnhancementResult};
 use serde_json::{json, Map, Value};
 
 use crate::attempt::{send, Answer, HttpClients, SendFailure, RECORDED_BODY_BYTES};
-use crate::request::{form_pairs, redacted_url, OutboundRequest};
+use crate::request::{form_pairs, redacted_url, take_url_credentials, OutboundRequest};
 
 /// The request an enhancement receives: the lead's id and field values, as JSON (or in the
 /// query string for `GET`).
@@ -35,6 +35,11 @@ pub fn enhancement_request(
         headers.push(("Content-Type".to_owned(), "application/json".to_owned()));
     }
     headers.push(("Accept".to_owned(), "application/json".to_owned()));
+    // Credentials written in the URL go as the header they stand for, unless one is configured.
+    let configured_authorization = enhancement.headers.keys().any(|name| name.eq_ignore_ascii_case("authorization"));
+    if let Some(authorization) = take_url_credentials(&mut url).filter(|_| !configured_authorization) {
+        headers.push(("Authorization".to_owned(), authorization));
+    }
     headers.extend(enhancement.headers.iter().map(|(name, value)| (name.clone(), value.clone())));
     headers.push(("User-Agent".to_owned(), concat!("leadrelay/", env!("CARGO_PKG_VERSION")).to_owned()));
     Ok(OutboundRequest { method: enhancement.method, url, headers, body })
@@ -116,6 +121,23 @@ mod tests {
 
     fn answer(status: u16, body: &str) -> Answer {
         Answer { status, headers: Default::default(), body: body.as_bytes().to_vec(), complete: true }
+    }
+
+    #[test]
+    fn credentials_in_an_enhancement_url_go_as_its_authorization_header() {
+        let mut enhancement: Enhancement = serde_json::from_value(json!({
+            "name": "phone", "url": "https://bob:s%3Acret@lookup.example.com/v1?x=1", "method": "POST"
+        }))
+        .unwrap();
+        let request = enhancement_request(&enhancement, "L1", &Map::new()).unwrap();
+        assert_eq!(request.url.as_str(), "https://lookup.example.com/v1?x=1");
+        assert_eq!(request.header("authorization"), Some("Basic Ym9iOnM6Y3JldA=="));
+        // A configured header wins.
+        enhancement.headers.insert("Authorization".into(), "Bearer t".into());
+        let request = enhancement_request(&enhancement, "L1", &Map::new()).unwrap();
+        let authorizations: Vec<_> =
+            request.headers.iter().filter(|(name, _)| name.eq_ignore_ascii_case("authorization")).collect();
+        assert_eq!(authorizations, [&("Authorization".to_owned(), "Bearer t".to_owned())]);
     }
 
     #[test]

@@ -301,24 +301,31 @@ pub fn build_request(
     Ok(OutboundRequest { method, url, headers: headers.into_iter().collect(), body })
 }
 
+fn basic(username: &str, password: &str) -> String {
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}")))
+}
+
+/// Takes the credentials written in a URL out of it, as the `Authorization: Basic` value they
+/// stand for.
+pub fn take_url_credentials(url: &mut url::Url) -> Option<String> {
+    if url.username().is_empty() && url.password().is_none() {
+        return None;
+    }
+    let decode = |part: &str| percent_encoding::percent_decode_str(part).decode_utf8_lossy().into_owned();
+    let authorization = basic(&decode(url.username()), &decode(url.password().unwrap_or_default()));
+    // Clearing the user info of a URL that has some cannot fail.
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    Some(authorization)
+}
+
 /// Sets what a destination's `auth`, URL credentials and `headers` ask for, and leadrelay's
 /// `User-Agent`; the URL is left without credentials.
 fn apply_auth_and_headers(destination: &Destination, url: &mut url::Url, headers: &mut IndexMap<String, String>) {
     // Credentials written in the URL are sent as the `Authorization` header they stand for,
     // and the URL goes without them: the recorded request then shows that header (masked) as
     // it was sent. A configured `auth` wins over them.
-    let url_credentials = (!url.username().is_empty() || url.password().is_some()).then(|| {
-        let decode = |part: &str| percent_encoding::percent_decode_str(part).decode_utf8_lossy().into_owned();
-        (decode(url.username()), decode(url.password().unwrap_or_default()))
-    });
-    if url_credentials.is_some() {
-        // Clearing the user info of a URL that has some cannot fail.
-        let _ = url.set_username("");
-        let _ = url.set_password(None);
-    }
-    let basic = |username: &str, password: &str| {
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}")))
-    };
+    let url_credentials = take_url_credentials(url);
     match &destination.auth {
         Some(Auth::Basic { username, password }) => {
             headers.insert("Authorization".to_owned(), basic(username, password));
@@ -330,8 +337,8 @@ fn apply_auth_and_headers(destination: &Destination, url: &mut url::Url, headers
             headers.insert(name.clone(), value.clone());
         }
         None => {
-            if let Some((username, password)) = &url_credentials {
-                headers.insert("Authorization".to_owned(), basic(username, password));
+            if let Some(authorization) = url_credentials {
+                headers.insert("Authorization".to_owned(), authorization);
             }
         }
     }
