@@ -391,10 +391,13 @@ pub(crate) async fn take_due_completions(
     if leads.is_empty() {
         return Ok(Vec::new());
     }
+    // The lead's pending transfers are counted through its index: with `state = 'pending'` in
+    // the WHERE clause, stale statistics let the planner pick the index of every pending
+    // transfer (`transfers_due`) and walk it for each lead (13 ms a batch at 22,000 pending).
     let rows = sqlx::query(
         "DELETE FROM pending_completions p USING leads l, snapshots s \
          WHERE p.lead_id = ANY($1) AND l.id = p.lead_id AND s.id = l.snapshot_id \
-         AND NOT EXISTS (SELECT 1 FROM transfers t WHERE t.lead_id = p.lead_id AND t.state = 'pending') \
+         AND (SELECT COUNT(*) FILTER (WHERE t.state = 'pending') FROM transfers t WHERE t.lead_id = p.lead_id) = 0 \
          RETURNING p.lead_id, p.flow_id, p.source_id, p.body, l.snapshot_id, s.digest",
     )
     .bind(leads)
