@@ -361,24 +361,24 @@ mod tests {
         Ok(String::from_utf8_lossy(&body).into_owned())
     }
 
-    #[tokio::test]
-    async fn calls_one_after_another_share_one_kept_alive_connection() {
-        let (origin, accepted) = server(false).await;
+    /// How many connections five calls one after another took.
+    async fn connections_for_five_calls(one_per_connection: bool) -> usize {
+        let (origin, accepted) = server(one_per_connection).await;
         let pool = pool();
         for _ in 0..5 {
             assert_eq!(exchange(&pool, &origin).await.unwrap(), "ok");
         }
-        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        accepted.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn calls_one_after_another_share_one_kept_alive_connection() {
+        assert_eq!(connections_for_five_calls(false).await, 1);
     }
 
     #[tokio::test]
     async fn a_connection_the_destination_closed_is_not_used_again() {
-        let (origin, accepted) = server(true).await;
-        let pool = pool();
-        for _ in 0..5 {
-            assert_eq!(exchange(&pool, &origin).await.unwrap(), "ok");
-        }
-        assert_eq!(accepted.load(Ordering::SeqCst), 5);
+        assert_eq!(connections_for_five_calls(true).await, 5);
     }
 
     #[tokio::test]
