@@ -82,6 +82,24 @@ pub async fn duplicate_window_is_measured_from_the_original(store: Arc<dyn Store
     assert_eq!(again_recent.lead.record.outcome.map(|o| o.as_str()), Some("failure"));
 }
 
+/// A linked duplicate's keys point later leads to the original it is linked to, whatever order
+/// the leads were received in: a family of duplicates links to one original, never to a chain.
+pub async fn linked_duplicates_lead_later_ones_to_their_original(store: Arc<dyn Store>) {
+    let mut document = serde_json::to_value(document()).expect("document");
+    document["flows"][0]["duplicates"]["policy"] = json!("link");
+    store.change_config(ConfigChange::Apply(parse_value(document).expect("link policy"))).await.expect("apply");
+    let now = now_millis();
+    let original = submission(&store, json!({"email": "family@example.com", "state": "TX"}), now - 2000, None).await;
+    let original_id = original.lead.record.id.clone();
+    assert_eq!(store.commit_submission(original).await.expect("commit"), CommitOutcome::Committed);
+    // Received before the original (a slow request), decided after it: linked to it.
+    let earlier = submission(&store, json!({"email": "family@example.com", "state": "TX"}), now - 3000, None).await;
+    assert_eq!(earlier.lead.record.duplicate_of.as_ref(), Some(&original_id));
+    assert_eq!(store.commit_submission(earlier).await.expect("commit"), CommitOutcome::Committed);
+    let later = submission(&store, json!({"email": "family@example.com", "state": "TX"}), now, None).await;
+    assert_eq!(later.lead.record.duplicate_of, Some(original_id));
+}
+
 /// Two submissions decided without seeing each other: the second commit is told what changed.
 pub async fn commit_rechecks_the_duplicate_answer(store: Arc<dyn Store>) {
     configured(&store).await;

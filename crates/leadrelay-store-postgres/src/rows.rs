@@ -161,15 +161,16 @@ pub(crate) async fn insert_transfers(transaction: &mut PgConnection, accepted: &
 pub(crate) async fn insert_duplicate_keys(transaction: &mut PgConnection, accepted: &[&Submission]) -> StoreResult<()> {
     let keys: Vec<_> = accepted
         .iter()
-        .flat_map(|submission| submission.duplicate_keys.iter().map(move |key| (&submission.lead.record, key)))
+        .flat_map(|submission| submission.duplicate_keys.iter().map(move |key| (submission, key)))
         .collect();
     for chunk in keys.chunks(rows_per_statement(4)) {
         let mut builder: QueryBuilder<Postgres> =
             QueryBuilder::new("INSERT INTO duplicate_keys (flow_id, digest, lead_id, created_at) ");
-        builder.push_values(chunk, |mut row, (lead, key)| {
+        builder.push_values(chunk, |mut row, (submission, key)| {
+            let lead = &submission.lead.record;
             row.push_bind(lead.flow_id.as_str())
                 .push_bind(key.digest.as_str())
-                .push_bind(lead.id.as_str())
+                .push_bind(submission.duplicate_key_owner())
                 .push_bind(lead.created_at);
         });
         builder.build().persistent(false).execute(&mut *transaction).await.map_err(unavailable)?;

@@ -127,7 +127,7 @@ pub fn admit<'a>(
         for key in &submission.duplicate_keys {
             keys.entry((lead.flow_id.clone(), key.digest.clone()))
                 .or_default()
-                .push((lead.id.as_str().to_owned(), lead.created_at));
+                .push((submission.duplicate_key_owner().to_owned(), lead.created_at));
         }
         if let Some(record) = &submission.idempotency {
             answers.insert((record.source_id.clone(), record.key.clone()), record.answer.clone());

@@ -86,6 +86,14 @@ pub struct Lease {
 }
 
 impl Submission {
+    /// The lead its duplicate keys point later submissions to: the original a linked duplicate
+    /// is linked to, so that a lead matching it links to that original too, not to a chain of
+    /// duplicates; else the lead itself.
+    pub fn duplicate_key_owner(&self) -> &str {
+        let lead = &self.lead.record;
+        lead.duplicate_of.as_ref().unwrap_or(&lead.id).as_str()
+    }
+
     /// Encodes a decision for storage, with the answer an idempotency key keeps.
     pub fn from_decision(decision: Decision, idempotency: Option<IdempotencyRecord>) -> Self {
         let mut snapshots: Vec<EncodedSnapshot> = Vec::new();

@@ -229,15 +229,15 @@ async fn link_policy_accepts_and_links_to_the_original() {
     let accepted = &app.timeline(second["lead_id"].as_str().unwrap()).await[1];
     assert_eq!(accepted["type"], "source.accepted");
     assert_eq!(accepted["data"]["duplicate_of"], first["lead_id"]);
-    // A key first seen on a linked lead (its new phone) is compared with later leads too,
-    // while a key the original has still links to the original.
+    // A key first seen on a linked lead (its new phone) is compared with later leads too, and
+    // a lead that matches it links to the original of the family, not to the linked lead.
     let (_, with_phone) =
         app.submit("web", &json!({"email": "link@example.com", "phone": "512-555-0100", "state": "TX"})).await;
     assert_eq!(app.lead_of(&with_phone).await["duplicate_of"], first["lead_id"]);
     let (status, by_phone) = app.submit("web", &json!({"phone": "(512) 555-0100", "state": "TX"})).await;
     assert_eq!(status, StatusCode::CREATED);
     let lead = app.lead_of(&by_phone).await;
-    assert_eq!(lead["duplicate_of"], with_phone["lead_id"]);
+    assert_eq!(lead["duplicate_of"], first["lead_id"]);
     let (_, by_email) = app.submit("web", &json!({"email": "link@example.com", "state": "CA"})).await;
     let lead = app.lead_of(&by_email).await;
     assert_eq!(lead["duplicate_of"], first["lead_id"], "the earliest lead with the key is the original");

@@ -164,15 +164,15 @@ pub(super) fn insert_transfers(connection: &Connection, accepted: &[&Submission]
 }
 
 pub(super) fn insert_duplicate_keys(connection: &Connection, accepted: &[&Submission]) -> StoreResult<()> {
-    let keys = accepted
-        .iter()
-        .flat_map(|submission| submission.duplicate_keys.iter().map(move |key| (&submission.lead.record, key)));
+    let keys =
+        accepted.iter().flat_map(|submission| submission.duplicate_keys.iter().map(move |key| (submission, key)));
     execute_each(
         connection,
         "INSERT INTO duplicate_keys (flow_id, digest, lead_id, created_at) VALUES (?1, ?2, ?3, ?4)",
         keys,
-        |statement, (lead, key)| {
-            statement.execute(params![lead.flow_id, key.digest, lead.id.as_str(), lead.created_at])
+        |statement, (submission, key)| {
+            let lead = &submission.lead.record;
+            statement.execute(params![lead.flow_id, key.digest, submission.duplicate_key_owner(), lead.created_at])
         },
     )
 }

@@ -28,6 +28,7 @@ macro_rules! conformance {
 conformance!(
     duplicate_window_is_measured_from_the_original,
     commit_rechecks_the_duplicate_answer,
+    linked_duplicates_lead_later_ones_to_their_original,
     idempotency_keys_replay_the_first_answer,
     concurrent_commits_link_one_valid_chain,
     a_cursor_finds_events_decided_before_it_but_logged_after,
