@@ -210,6 +210,12 @@ impl ConnectionPool {
 
     /// A new connection to `origin`: to one of its allowed addresses, then TLS for https.
     async fn connect(&self, origin: &Origin) -> Result<SendRequest<OutboundBody>, TransportError> {
+        // Checked before connecting: a name no certificate can match needs no connection.
+        let bare = origin.host.trim_start_matches('[').trim_end_matches(']');
+        let server_name = origin
+            .https
+            .then(|| ServerName::try_from(bare.to_owned()).map_err(|_| TransportError::ServerName(origin.host.clone())))
+            .transpose()?;
         let addresses = self.resolver.resolve_checked(&origin.host).await?;
         let stream = connect_any(addresses.into_iter().map(|address| SocketAddr::new(address.ip(), origin.port)))
             .await
@@ -218,14 +224,10 @@ impl ConnectionPool {
         let _ = stream.set_nodelay(true);
         let keepalive = socket2::TcpKeepalive::new().with_time(KEEPALIVE).with_interval(KEEPALIVE);
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-        if !origin.https {
-            return handshake(stream).await;
+        match server_name {
+            None => handshake(stream).await,
+            Some(name) => handshake(self.tls.connect(name, stream).await.map_err(TransportError::Tls)?).await,
         }
-        let bare = origin.host.trim_start_matches('[').trim_end_matches(']');
-        let name =
-            ServerName::try_from(bare.to_owned()).map_err(|_| TransportError::ServerName(origin.host.clone()))?;
-        let stream = self.tls.connect(name, stream).await.map_err(TransportError::Tls)?;
-        handshake(stream).await
     }
 }
 
