@@ -229,7 +229,8 @@ pub fn signing_keys(destination: &Destination, now: Millis) -> Vec<Vec<u8>> {
 }
 
 /// A response's headers as its event keeps them: up to [`RECORDED_HEADER_BYTES`], and
-/// whether some were left out.
+/// whether some were left out. A header that came several times keeps its values in order,
+/// joined by `, ` (as HTTP combines them).
 fn recorded_headers(headers: &HeaderMap) -> (Map<String, Value>, bool) {
     let mut kept = Map::new();
     let mut room = RECORDED_HEADER_BYTES;
@@ -242,9 +243,52 @@ fn recorded_headers(headers: &HeaderMap) -> (Map<String, Value>, bool) {
             continue;
         }
         room -= size;
-        kept.insert(name.to_string(), Value::String(value.to_owned()));
+        match kept.get_mut(name.as_str()) {
+            Some(Value::String(earlier)) => {
+                earlier.push_str(", ");
+                earlier.push_str(value);
+            }
+            _ => {
+                kept.insert(name.to_string(), Value::String(value.to_owned()));
+            }
+        }
     }
     (kept, truncated)
+}
+
+/// Why a TLS handshake failed, in words an operator understands.
+fn tls_reason(error: &rustls::Error) -> String {
+    use rustls::CertificateError as Problem;
+    let rustls::Error::InvalidCertificate(problem) = error else { return format!("TLS handshake failed: {error}") };
+    let what = match problem {
+        Problem::UnknownIssuer => {
+            "is not signed by an authority in Mozilla's list (self-signed, or a private CA)".to_owned()
+        }
+        Problem::Expired | Problem::ExpiredContext { .. } => "has expired".to_owned(),
+        Problem::NotValidYet | Problem::NotValidYetContext { .. } => "is not valid yet".to_owned(),
+        Problem::NotValidForName | Problem::NotValidForNameContext { .. } => {
+            "is not valid for this host name".to_owned()
+        }
+        Problem::Revoked => "was revoked".to_owned(),
+        Problem::BadSignature => "has a bad signature".to_owned(),
+        Problem::InvalidPurpose | Problem::InvalidPurposeContext { .. } => "is not meant for a server".to_owned(),
+        // The verifier names the rest in CamelCase (`CaUsedAsEndEntity`): told as words.
+        Problem::Other(other) => format!("was refused: {}", words_of(&other.to_string())),
+        other => format!("was refused: {}", words_of(&format!("{other:?}"))),
+    };
+    format!("TLS handshake failed: the destination's certificate {what}")
+}
+
+/// `CaUsedAsEndEntity` → `ca used as end entity`.
+fn words_of(camel: &str) -> String {
+    let mut words = String::with_capacity(camel.len() + 8);
+    for (index, character) in camel.chars().enumerate() {
+        if character.is_uppercase() && index > 0 {
+            words.push(' ');
+        }
+        words.extend(character.to_lowercase());
+    }
+    words
 }
 
 /// What came back from a call: status, headers, and the body (at most [`READ_BODY_BYTES`]).
@@ -345,9 +389,14 @@ async fn send_direct(
         // The TLS protocol failed (a certificate no trusted root vouches for, say); a socket
         // error during the handshake is told like any other.
         TransportError::Tls(error) if error.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) => {
-            SendFailure::Failed(format!("TLS handshake failed: {error}"))
+            let reason = error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()).map(tls_reason);
+            SendFailure::Failed(reason.unwrap_or_else(|| format!("TLS handshake failed: {error}")))
         }
         TransportError::Tls(error) | TransportError::Connect(error) => failure_in(&error, true),
+        TransportError::Http(error) if error.is_parse_too_large() => SendFailure::Failed(format!(
+            "the answer's head is too large to read (more than {} header lines, or about 400 KB)",
+            crate::pool::MAX_RESPONSE_HEADERS
+        )),
         TransportError::Http(error) => failure_in(&error, false),
     })?;
     let (parts, mut incoming) = response.into_parts();
@@ -530,5 +579,19 @@ mod tests {
         assert!(kept.get("x-huge").is_none() && truncated);
         headers.remove("x-huge");
         assert!(!recorded_headers(&headers).1);
+        headers.append("set-cookie", HeaderValue::from_static("a=1"));
+        headers.append("set-cookie", HeaderValue::from_static("b=2"));
+        assert_eq!(recorded_headers(&headers).0.get("set-cookie"), Some(&Value::from("a=1, b=2")));
+    }
+
+    #[test]
+    fn certificate_problems_are_told_in_words() {
+        let unknown = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        assert!(
+            tls_reason(&unknown).contains("not signed by an authority in Mozilla's list"),
+            "{}",
+            tls_reason(&unknown)
+        );
+        assert_eq!(words_of("CaUsedAsEndEntity"), "ca used as end entity");
     }
 }

@@ -31,6 +31,9 @@ use crate::guard::{GuardedResolver, Refusal};
 /// The body of an outbound request: sent whole.
 pub type OutboundBody = Full<Bytes>;
 
+/// Header lines an answer may have (hyper's default is 100; some servers send more cookies).
+pub const MAX_RESPONSE_HEADERS: usize = 256;
+
 /// Idle connections kept per origin.
 const MAX_IDLE_PER_ORIGIN: usize = 256;
 
@@ -277,7 +280,8 @@ async fn handshake<S>(stream: S) -> Result<SendRequest<OutboundBody>, TransportE
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+    let (sender, connection) =
+        http1::Builder::new().max_headers(MAX_RESPONSE_HEADERS).handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, "destination connection ended");
@@ -381,6 +385,29 @@ mod tests {
     #[tokio::test]
     async fn a_connection_the_destination_closed_is_not_used_again() {
         assert_eq!(connections_for_five_calls(true).await, 5);
+    }
+
+    #[tokio::test]
+    async fn an_answer_with_many_header_lines_is_read() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = Origin { https: false, host: "127.0.0.1".into(), port: listener.local_addr().unwrap().port() };
+        let mut answer = String::from("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n");
+        for index in 0..200 {
+            answer.push_str(&format!("set-cookie: c{index}=1\r\n"));
+        }
+        answer.push_str("\r\nok");
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buffer = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while buffer.len() < head_len(&buffer).saturating_add(2) {
+                let read = stream.read(&mut chunk).await.unwrap();
+                buffer.extend_from_slice(&chunk[..read]);
+            }
+            stream.write_all(answer.as_bytes()).await.unwrap();
+            let _ = stream.read(&mut chunk).await;
+        });
+        assert_eq!(exchange(&pool(), &origin).await.unwrap(), "ok");
     }
 
     #[tokio::test]
