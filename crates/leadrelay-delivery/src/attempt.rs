@@ -388,11 +388,11 @@ async fn send_direct(
         error @ TransportError::ServerName(_) => SendFailure::Blocked(error.to_string()),
         // The TLS protocol failed (a certificate no trusted root vouches for, say); a socket
         // error during the handshake is told like any other.
-        TransportError::Tls(error) if error.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) => {
-            let reason = error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()).map(tls_reason);
-            SendFailure::Failed(reason.unwrap_or_else(|| format!("TLS handshake failed: {error}")))
-        }
-        TransportError::Tls(error) | TransportError::Connect(error) => failure_in(&error, true),
+        TransportError::Tls(error) => match error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+            Some(tls) => SendFailure::Failed(tls_reason(tls)),
+            None => failure_in(&error, true),
+        },
+        TransportError::Connect(error) => failure_in(&error, true),
         TransportError::Http(error) if error.is_parse_too_large() => SendFailure::Failed(format!(
             "the answer's head is too large to read (more than {} header lines, or about 400 KB)",
             crate::pool::MAX_RESPONSE_HEADERS
