@@ -375,6 +375,17 @@ fn direct_request(request: &OutboundRequest) -> Result<Request<OutboundBody>, St
         .map_err(|error| format!("the request cannot be sent as configured: {error}"))
 }
 
+/// Adds a chunk of an answer's body; false once [`READ_BODY_BYTES`] are read (the rest is
+/// not).
+fn keep_reading(body: &mut Vec<u8>, chunk: &[u8]) -> bool {
+    body.extend_from_slice(chunk);
+    if body.len() < READ_BODY_BYTES {
+        return true;
+    }
+    body.truncate(READ_BODY_BYTES);
+    false
+}
+
 /// One exchange on a pooled connection; the connection goes back once the answer was read
 /// to the end.
 async fn send_direct(
@@ -405,9 +416,7 @@ async fn send_direct(
     while let Some(frame) = incoming.frame().await {
         let frame = frame.map_err(|error| failure_in(&error, false))?;
         let Ok(data) = frame.into_data() else { continue };
-        body.extend_from_slice(&data);
-        if body.len() >= READ_BODY_BYTES {
-            body.truncate(READ_BODY_BYTES);
+        if !keep_reading(&mut body, &data) {
             complete = false;
             break;
         }
@@ -434,9 +443,7 @@ async fn send_proxied(client: reqwest::Client, request: &OutboundRequest) -> Res
         let mut body = Vec::new();
         let mut complete = true;
         while let Some(chunk) = response.chunk().await? {
-            body.extend_from_slice(&chunk);
-            if body.len() >= READ_BODY_BYTES {
-                body.truncate(READ_BODY_BYTES);
+            if !keep_reading(&mut body, &chunk) {
                 complete = false;
                 break;
             }

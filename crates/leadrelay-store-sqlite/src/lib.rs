@@ -91,13 +91,14 @@ pub fn database_file(url: &str) -> StoreResult<Option<std::path::PathBuf>> {
 }
 
 /// The settings of every connection to the file, the writer's and the readers': checkpoints run
-/// on a timer of their own (`checkpoint_loop`), never inside a commit.
-pub(crate) const PRAGMAS: [(&str, &str); 4] = [
-    ("wal_autocheckpoint", "0"),
-    ("journal_size_limit", "67108864"),
-    ("cache_size", "-65536"),
-    ("temp_store", "memory"),
-];
+/// on a timer of their own (`checkpoint_loop`), never inside a commit. Each sets its own page
+/// cache size.
+pub(crate) const PRAGMAS: [(&str, &str); 3] =
+    [("wal_autocheckpoint", "0"), ("journal_size_limit", "67108864"), ("temp_store", "memory")];
+
+/// A reader's page cache, in KiB (negative, as `cache_size` takes it): reads of a large log
+/// want many pages at hand.
+const READER_CACHE_KIB: &str = "-65536";
 
 impl SqliteStore {
     /// Opens (creating if missing) the database at a `sqlite://path` URL and migrates it.
@@ -117,6 +118,7 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(false)
+            .pragma("cache_size", READER_CACHE_KIB)
             .disable_statement_logging();
 
         let mut write_connection = connect.connect().await.map_err(unavailable)?;
