@@ -102,11 +102,11 @@ impl Submission {
         for mut event in decision.events {
             let shared = previous.as_ref().is_some_and(|snapshot| Arc::ptr_eq(snapshot, &event.lead));
             if !shared {
-                snapshots.push(EncodedSnapshot::new(event.lead.to_string()));
+                snapshots.push(EncodedSnapshot::new(json_text(&event.lead)));
                 previous = Some(event.lead.clone());
             }
             let snapshot = snapshots.len() - 1;
-            let data_json = event.data.to_string();
+            let data_json = json_text(&event.data);
             // The JSON texts are now the content of record; drop the trees.
             event.data = Value::Null;
             event.lead = Arc::new(Value::Null);
@@ -118,7 +118,7 @@ impl Submission {
         let lead_snapshot = match previous {
             Some(last) if Arc::ptr_eq(&last, &decision.snapshot) => snapshots.len() - 1,
             _ => {
-                snapshots.push(EncodedSnapshot::new(decision.snapshot.to_string()));
+                snapshots.push(EncodedSnapshot::new(json_text(&decision.snapshot)));
                 snapshots.len() - 1
             }
         };
@@ -137,6 +137,12 @@ impl Submission {
                 .map(crate::completion::PendingCompletion::from_event),
         }
     }
+}
+
+/// A value's JSON text, written straight into a buffer (its `Display`, which `to_string`
+/// uses, goes through the formatting machinery for every token: twice the time).
+fn json_text(value: &Value) -> String {
+    serde_json::to_string(value).expect("a JSON value has string keys only, so it always serializes")
 }
 
 /// An event read back from the log. `data` and `lead` are the JSON texts the store wrote
