@@ -375,11 +375,11 @@ fn direct_request(request: &OutboundRequest) -> Result<Request<OutboundBody>, St
         .map_err(|error| format!("the request cannot be sent as configured: {error}"))
 }
 
-/// Adds a chunk of an answer's body; false once [`READ_BODY_BYTES`] are read (the rest is
-/// not).
+/// Adds a chunk of an answer's body; false once it has more than [`READ_BODY_BYTES`], which
+/// are kept (the rest is not read). A body of exactly that size is read whole.
 fn keep_reading(body: &mut Vec<u8>, chunk: &[u8]) -> bool {
     body.extend_from_slice(chunk);
-    if body.len() < READ_BODY_BYTES {
+    if body.len() <= READ_BODY_BYTES {
         return true;
     }
     body.truncate(READ_BODY_BYTES);
@@ -589,6 +589,16 @@ mod tests {
         headers.append("set-cookie", HeaderValue::from_static("a=1"));
         headers.append("set-cookie", HeaderValue::from_static("b=2"));
         assert_eq!(recorded_headers(&headers).0.get("set-cookie"), Some(&Value::from("a=1, b=2")));
+    }
+
+    #[test]
+    fn a_body_is_cut_only_past_its_cap() {
+        let mut body = Vec::new();
+        assert!(keep_reading(&mut body, &vec![b'a'; READ_BODY_BYTES - 1]));
+        assert!(keep_reading(&mut body, b"b"), "a body of exactly the cap is whole");
+        assert!(!keep_reading(&mut body, b"c"));
+        assert_eq!(body.len(), READ_BODY_BYTES);
+        assert_eq!(body.last(), Some(&b'b'));
     }
 
     #[test]
