@@ -97,10 +97,10 @@ pub fn database_file(url: &str) -> StoreResult<Option<std::path::PathBuf>> {
 /// The write-ahead log keeps up to 320 MiB of its file when it starts over: past the 256 MiB
 /// at which the checkpointer makes it start over (`WAL_RESTART_PAGES`), with room for what is
 /// written before the checkpointer sees it, so that under a steady load commits write over
-/// pages of the file that are already there. The file stays that large while idle. Cutting it back to
-/// 64 MiB at each restart made three in four frames grow the file again, each new block zeroed
-/// and newly allocated by the kernel: the writer spent a sixth of its time there, and the
-/// ingest benchmark's pipeline ran at 5,700–6,100 leads/s against 8,100–9,700 now.
+/// pages of the file that are already there. The file stays that large while idle. Cutting it
+/// back to 64 MiB at each restart made three in four frames grow the file again, each new
+/// block zeroed and newly allocated by the kernel: the writer spent a sixth of its time there,
+/// and the ingest benchmark's pipeline ran at 5,700–6,100 leads/s against 8,100–9,700 now.
 pub(crate) const PRAGMAS: [(&str, &str); 3] =
     [("wal_autocheckpoint", "0"), ("journal_size_limit", "335544320"), ("temp_store", "memory")];
 
