@@ -3,8 +3,9 @@
 //! 1. deliveries per second to a fast local receiver, each with its durable records (the
 //!    outcome event in the hash chain, the transfer's state, the attempt row), beside a
 //!    baseline in the same run: the same requests from a bare HTTP client, nothing stored;
-//! 2. peak memory (RSS) with 10,000 deliveries in flight to a receiver that answers after 1 s:
-//!    the leads are queued here, then delivered by a process of its own that opens the store.
+//! 2. peak memory (RSS) with 10,000 deliveries in flight at once to a receiver that answers
+//!    after 1 s, and not before all of them are in: the leads are queued here, then delivered
+//!    by a process of its own that opens the store.
 //!
 //! `cargo bench -p leadrelay-server --bench deliver` (`DELIVER_COUNT`, `DELIVER_CONCURRENCY`,
 //! `SLOW_COUNT`).
@@ -74,13 +75,14 @@ fn config(receiver: &str, destinations: usize, concurrency: usize) -> Value {
     })
 }
 
-/// Starts this benchmark again as a slow receiver (answering after 1 s) in a child process;
-/// counts the requests it reports, one line each on its standard output, and keeps the most
-/// it held at once (each line says it).
-async fn receiver_process() -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>, std::process::Child) {
+/// Starts this benchmark again as a slow receiver in a child process, which holds every
+/// request for 1 s and until all `expected` are in (so that they are all in flight at once;
+/// at most `SLOW_HOLD_LIMIT`); counts the requests it reports, one line each on its standard
+/// output, and keeps the most it held at once (each line says it).
+async fn receiver_process(expected: usize) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>, std::process::Child) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(std::env::current_exe().expect("this binary"))
-        .env("DELIVER_SLOW_RECEIVER", "1")
+        .env("DELIVER_SLOW_RECEIVER", expected.to_string())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("receiver process");
@@ -102,18 +104,33 @@ async fn receiver_process() -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>, std:
     (address.await.expect("receiver address"), count, most, child)
 }
 
+/// The longest the slow receiver holds a request while it waits for the others; below the
+/// destinations' timeout.
+const SLOW_HOLD_LIMIT: Duration = Duration::from_secs(8);
+
 /// The child process of [`receiver_process`]: prints its address, then a line per request
 /// with the most requests it has held at once.
-fn run_slow_receiver() {
+fn run_slow_receiver(expected: usize) {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
         let held = Arc::new(AtomicUsize::new(0));
         let most = Arc::new(AtomicUsize::new(0));
+        let arrived = Arc::new(AtomicUsize::new(0));
+        let (all_in, all_in_seen) = tokio::sync::watch::channel(false);
+        let all_in = Arc::new(all_in);
         let app = axum::Router::new().fallback(move || {
-            let (held, most) = (held.clone(), most.clone());
+            let (held, most, arrived, all_in) = (held.clone(), most.clone(), arrived.clone(), all_in.clone());
+            let mut all_in_seen = all_in_seen.clone();
             async move {
                 most.fetch_max(held.fetch_add(1, Ordering::Relaxed) + 1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                if arrived.fetch_add(1, Ordering::Relaxed) + 1 >= expected {
+                    all_in.send_replace(true);
+                }
+                // The guard `wait_for` answers with is not `Send`: let it go at once.
+                let everyone = tokio::time::timeout(SLOW_HOLD_LIMIT, async move {
+                    let _ = all_in_seen.wait_for(|all| *all).await.map(|_| ());
+                });
+                let _ = tokio::join!(tokio::time::sleep(Duration::from_secs(1)), everyone);
                 held.fetch_sub(1, Ordering::Relaxed);
                 println!("answered {}", most.load(Ordering::Relaxed));
                 "{\"accepted\":true}"
@@ -289,8 +306,8 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
 }
 
 fn main() {
-    if std::env::var_os("DELIVER_SLOW_RECEIVER").is_some() {
-        return run_slow_receiver();
+    if let Ok(expected) = std::env::var("DELIVER_SLOW_RECEIVER") {
+        return run_slow_receiver(expected.parse().expect("the number of slow deliveries"));
     }
     if let Some(path) = std::env::var_os("DELIVER_SLOW_SENDER") {
         return run_slow_sender(path);
@@ -303,15 +320,15 @@ fn main() {
         let dir = tempfile::tempdir().expect("temporary directory");
         // The slow phase: the leads are queued here, then delivered by a process of their own
         // to a receiver in another, so that the peak is the delivering's alone.
-        let (slow, slow_received, most_held, mut receiver_child) = receiver_process().await;
         let destinations = slow_count.div_ceil(1000);
+        let expected = (slow_count / destinations) * destinations;
+        let (slow, slow_received, most_held, mut receiver_child) = receiver_process(expected).await;
         let store =
             queued_store(dir.path(), "slow.db", config(&slow, destinations, 1000), slow_count / destinations).await;
         store.close().await;
-        let expected = (slow_count / destinations) * destinations;
         let (elapsed, opened, peak) = slow_sender_process(&dir.path().join("slow.db"), &slow_received, expected).await;
         println!(
-            "slow receiver (1 s): {expected} deliveries, {destinations} destinations of 1000 in flight each: \
+            "slow receiver (1 s, and until all are in): {expected} deliveries, {destinations} destinations of 1000 in flight each: \
              done in {elapsed:.1} s, at most {} in flight at once; peak RSS of the delivering process {peak:.0} MiB \
              ({opened:.0} MiB once its store was open)",
             most_held.load(Ordering::Relaxed),
