@@ -3,7 +3,7 @@
 //! transaction), and resends.
 
 use leadrelay_domain::caps::CapWindowKey;
-use leadrelay_domain::chain::{content_digest, Hash};
+use leadrelay_domain::chain::Hash;
 use leadrelay_domain::event::{NewEvent, RegisterStatus};
 use leadrelay_domain::time::Millis;
 use serde_json::Value;
@@ -87,10 +87,7 @@ pub struct LoggedEvent {
 
 impl LoggedEvent {
     pub fn new(mut event: NewEvent, snapshot_id: i64, snapshot_digest: &Hash) -> Self {
-        let data_json = event.data.to_string();
-        event.data = Value::Null;
-        event.lead = std::sync::Arc::new(Value::Null);
-        let content = content_digest(&data_json, snapshot_digest);
+        let (data_json, content) = crate::records::encode_event(&mut event, snapshot_digest);
         Self { event, data_json, snapshot_id, content }
     }
 }

@@ -106,11 +106,7 @@ impl Submission {
                 previous = Some(event.lead.clone());
             }
             let snapshot = snapshots.len() - 1;
-            let data_json = json_text(&event.data);
-            // The JSON texts are now the content of record; drop the trees.
-            event.data = Value::Null;
-            event.lead = Arc::new(Value::Null);
-            let content = content_digest(&data_json, &snapshots[snapshot].digest);
+            let (data_json, content) = encode_event(&mut event, &snapshots[snapshot].digest);
             events.push(EncodedEvent { event, data_json, snapshot, content });
         }
         // The last event usually carries the lead as it ends up; when it does not (the
@@ -144,6 +140,16 @@ impl Submission {
 /// lead fell by about a tenth without it).
 fn json_text(value: &Value) -> String {
     serde_json::to_string(value).expect("a JSON value has string keys only, so it always serializes")
+}
+
+/// An event's data as its JSON text, and the digest of its content with its lead's snapshot;
+/// the event keeps neither tree, the texts being the content of record from now on.
+pub(crate) fn encode_event(event: &mut NewEvent, snapshot_digest: &Hash) -> (String, Hash) {
+    let data_json = json_text(&event.data);
+    event.data = Value::Null;
+    event.lead = Arc::new(Value::Null);
+    let content = content_digest(&data_json, snapshot_digest);
+    (data_json, content)
 }
 
 /// An event read back from the log. `data` and `lead` are the JSON texts the store wrote
